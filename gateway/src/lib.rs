@@ -1,0 +1,1 @@
+//! The Bulkhead spoke gateway.
