@@ -1,1 +1,30 @@
 //! The Bulkhead spoke gateway.
+//!
+//! Layers, from the wire up (each module's own `//!` docs say more):
+//!
+//! - [`wire`]: zero-copy views over IPv4/IPv6/TCP/UDP headers, checksums, and the packets the
+//!   gateway builds itself (TCP RST, ICMP unreachable).
+//! - [`inspect`]: the protocol parsers that find a name: TLS ClientHello SNI, HTTP Host.
+//! - [`capture`]: pcap / pcapng readers that turn captures of any common link type into IP packets.
+//! - [`pipeline`]: the sans-IO heart: `process(now, packet) -> actions`, the flow table, TCP
+//!   reassembly of the first client bytes, verdicts from the policy engine, expiry.
+//! - [`record`]: the decision-log records (OCSF Network Activity) and the sink interface.
+//! - [`runtime`], [`sys`], [`routing`], [`config`], [`logsink`], [`metrics`]: the daemon that drives
+//!   the pipeline from a real TUN device.
+//! - [`netlab`], [`demo`]: network-namespace topologies for `bulkhead demo` and end-to-end tests.
+//! - [`cli`]: the `bulkhead` subcommands; `main.rs` only parses arguments and dispatches.
+
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod inspect;
+pub mod logsink;
+pub mod metrics;
+pub mod netlab;
+pub mod pipeline;
+pub mod record;
+pub mod routing;
+pub mod runtime;
+pub mod sys;
+pub mod wire;
