@@ -215,6 +215,14 @@ impl GroupKind {
             GroupKind::Address => "addressgroup",
         }
     }
+
+    fn with_article(self) -> &'static str {
+        match self {
+            GroupKind::Smart => "a smartgroup",
+            GroupKind::Web => "a webgroup",
+            GroupKind::Address => "an addressgroup",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -244,8 +252,18 @@ struct Loader {
     diags: Vec<(usize, Diagnostic)>,
     policy: Policy,
     groups: HashMap<String, GroupEntry>,
+    group_defs: Vec<GroupDef>,
     rules: Vec<PendingRule>,
     rule_locations: Vec<Location>,
+}
+
+/// A group definition, before duplicates are sorted out.
+#[derive(Debug)]
+struct GroupDef {
+    name: String,
+    entry: GroupEntry,
+    src: usize,
+    span: Span,
 }
 
 fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -330,7 +348,10 @@ impl Loader {
         }
         for e in errors {
             let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim_end().to_owned();
+            let mut message = e.message().trim_end().to_owned();
+            if message == "duplicate key" {
+                message.push_str(" (it is already defined above)");
+            }
             self.error(src, span, format!("invalid TOML: {message}"));
         }
         None
@@ -385,7 +406,27 @@ impl Loader {
                 ),
             }
         }
+        self.index_groups();
         self.resolve_rules();
+    }
+
+    /// Indexes groups by name; a name defined twice is reported at its later definition.
+    fn index_groups(&mut self) {
+        let mut defs = std::mem::take(&mut self.group_defs);
+        defs.sort_by_key(|d| (d.src, d.span.start));
+        for def in defs {
+            if let Some(prev) = self.groups.get(&def.name) {
+                let message = format!(
+                    "`{}` is already defined as {} at {}; group names must be unique across smartgroups, webgroups and addressgroups",
+                    def.name,
+                    prev.kind.with_article(),
+                    prev.at
+                );
+                self.error(def.src, def.span, message);
+            } else {
+                self.groups.insert(def.name, def.entry);
+            }
+        }
     }
 
     fn read_policy_section(
@@ -627,17 +668,12 @@ impl Loader {
                 GroupKind::Web => self.read_webgroup(src, name, body, &key.span()),
                 GroupKind::Address => self.read_addressgroup(src, name, body, &key.span()),
             };
-            if let Some(prev) = self.groups.get(name) {
-                let message = format!(
-                    "`{name}` is already defined as a {} at {}; group names must be unique across smartgroups, webgroups and addressgroups",
-                    prev.kind.as_str(),
-                    prev.at
-                );
-                self.error(src, key.span(), message);
-            } else {
-                self.groups
-                    .insert(name.to_owned(), GroupEntry { kind, index, at });
-            }
+            self.group_defs.push(GroupDef {
+                name: name.to_owned(),
+                entry: GroupEntry { kind, index, at },
+                src,
+                span: key.span(),
+            });
         }
     }
 
@@ -853,6 +889,12 @@ impl Loader {
     }
 
     fn read_rule(&mut self, src: usize, span: Span, table: &DeTable<'_>) {
+        // Point rule-level messages at the `[[rules]]` header rather than the first key.
+        let text = &self.sources[src].text;
+        let span = match text.get(..span.start).and_then(|t| t.rfind("[[")) {
+            Some(h) if text[h..span.start].lines().count() <= 2 => h..span.end,
+            _ => span,
+        };
         let mut rule = Rule {
             name: String::new(),
             priority: 0,
@@ -1164,8 +1206,8 @@ impl Loader {
                 }
                 Some(entry) => {
                     let message = format!(
-                        "`{name}` is a {} (defined at {}); `src` accepts only smartgroups or \"any\"",
-                        entry.kind.as_str(),
+                        "`{name}` is {} (defined at {}); `src` accepts only smartgroups or \"any\"",
+                        entry.kind.with_article(),
                         entry.at
                     );
                     self.error(src, span.clone(), message);
