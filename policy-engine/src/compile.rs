@@ -65,7 +65,7 @@ pub struct Query<'a> {
 /// How many name classes a [`Verdict`] remembers for [`CompiledPolicy::dst_groups`]. A name that
 /// reaches more (it takes many overlapping wildcard patterns) is still decided on all of them;
 /// only the list of destination groups reported is cut short.
-pub const MAX_NAME_CLASSES_REPORTED: usize = 6;
+pub const MAX_NAME_CLASSES_REPORTED: usize = 8;
 
 const NONE: u32 = u32::MAX;
 
@@ -91,6 +91,15 @@ pub struct Verdict {
     dst_class: u32,
     name_classes: [u32; MAX_NAME_CLASSES_REPORTED],
     name_class_count: u8,
+}
+
+impl Verdict {
+    /// False when the name reached more than [`MAX_NAME_CLASSES_REPORTED`] pattern nodes, in
+    /// which case [`CompiledPolicy::dst_groups`] lists only the WebGroups of the first ones (the
+    /// verdict itself always accounts for all of them).
+    pub fn dst_groups_complete(&self) -> bool {
+        usize::from(self.name_class_count) <= MAX_NAME_CLASSES_REPORTED
+    }
 }
 
 /// The answer to the question asked when a connection starts, before any name is seen.
@@ -359,13 +368,14 @@ impl CompiledPolicy {
             self.names.walk(name, |class| {
                 if count < MAX_NAME_CLASSES_REPORTED {
                     name_classes[count] = class;
-                    count += 1;
                 }
+                count = count.saturating_add(1);
                 let lt = self.class_rules(&self.name_classes[class as usize]);
                 self.scan(ls, lt, ports, &mut best);
             });
         }
-        self.verdict(best, src_class, dst_class, name_classes, count as u8)
+        let count = u8::try_from(count).unwrap_or(u8::MAX);
+        self.verdict(best, src_class, dst_class, name_classes, count)
     }
 
     /// The question asked on a SYN, before a name can be known: `Final` when no rule that could
