@@ -663,6 +663,16 @@ listen = "127.0.0.1:9108"
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.gateway.id, "spoke-use1-a");
+        assert!(c.gateway.manage_routing);
+        assert_eq!(c.limits, LimitsSection::default());
+        assert_eq!(c.log.keep_files, DEFAULT_LOG_KEEP_FILES);
+    }
+
+    #[test]
     fn line_col_counts_characters() {
         assert_eq!(line_col("ab\ncdé f", 8), (2, 5));
         assert_eq!(line_col("", 0), (1, 1));

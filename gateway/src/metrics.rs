@@ -99,7 +99,7 @@ const TUN_READ_ERRORS: usize = 5;
 const TUN_WRITE_ERRORS: usize = 6;
 const ACTIVE_FLOWS: usize = 7;
 const HELD_BYTES: usize = 8;
-const EVICTIONS: usize = 9;
+const FLOW_LIMIT_REFUSALS: usize = 9;
 const FLOW_CAPACITY: usize = 10;
 const FIXED: usize = 11;
 
@@ -157,10 +157,16 @@ impl LocalCounters {
         self.values[TUN_WRITE_ERRORS] += 1;
     }
     /// Gauges and counters the pipeline keeps itself.
-    pub fn set_flow_state(&mut self, active: u64, held_bytes: u64, evictions: u64, capacity: u64) {
+    pub fn set_flow_state(
+        &mut self,
+        active: u64,
+        held_bytes: u64,
+        flow_limit_refusals: u64,
+        capacity: u64,
+    ) {
         self.values[ACTIVE_FLOWS] = active;
         self.values[HELD_BYTES] = held_bytes;
-        self.values[EVICTIONS] = evictions;
+        self.values[FLOW_LIMIT_REFUSALS] = flow_limit_refusals;
         self.values[FLOW_CAPACITY] = capacity;
     }
 
@@ -409,10 +415,10 @@ impl Metrics {
         );
         simple(
             &mut out,
-            "bulkhead_flow_evictions_total",
+            "bulkhead_flow_limit_refusals_total",
             "counter",
-            "Flows evicted from a full flow table.",
-            self.sum(EVICTIONS),
+            "New flows refused because a flow table was full.",
+            self.sum(FLOW_LIMIT_REFUSALS),
         );
         simple(
             &mut out,
@@ -708,7 +714,7 @@ mod tests {
         );
         assert_eq!(value(&t, "bulkhead_flows_active"), 7);
         assert_eq!(value(&t, "bulkhead_flow_table_capacity"), 200);
-        assert_eq!(value(&t, "bulkhead_flow_evictions_total"), 3);
+        assert_eq!(value(&t, "bulkhead_flow_limit_refusals_total"), 3);
         assert_eq!(value(&t, "bulkhead_held_bytes"), 700);
         // 2 actions x 3 dispositions x 4 reasons (with `other`), no more.
         assert_eq!(

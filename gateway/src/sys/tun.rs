@@ -16,7 +16,8 @@
 //! The MTU is set and the link brought up with `SIOCSIFMTU` / `SIOCSIFFLAGS` on a datagram socket;
 //! the device gets no address (the routes that use it name it with `dev`). IPv6 link-local
 //! address generation is turned off on it first (`addr_gen_mode = 1`) so the kernel does not send
-//! router solicitations and MLD reports of its own into the gateway.
+//! router solicitations of its own into the gateway, and `IFF_MULTICAST` is cleared so it sends no
+//! MLD or IGMP reports either.
 //!
 //! Queue file descriptors are non-blocking. [`TunQueue::wait`] polls one queue together with a
 //! [`WakeFd`] so a worker thread sleeps until a packet, a wake-up or a deadline.
@@ -440,7 +441,10 @@ impl ControlSocket {
         }
         // SAFETY: the kernel just initialised the flags member of the union.
         let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-        ifr.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // No IFF_MULTICAST: the kernel then sends no MLD / IGMP reports of its own into the
+        // gateway; forwarding through the device never needs it.
+        ifr.ifr_ifru.ifru_flags = (flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short)
+            & !(libc::IFF_MULTICAST as libc::c_short);
         // SAFETY: SIOCSIFFLAGS reads one `struct ifreq`, which `ifr` is and outlives the call.
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCSIFFLAGS, &mut ifr) };
         if rc < 0 {
