@@ -31,6 +31,8 @@ pub struct GatewaySpec {
     pub policy: String,
     /// How long to wait for `/readyz`.
     pub ready_timeout: Duration,
+    /// Appended to the generated gateway.toml (e.g. a `[limits]` table).
+    pub extra_toml: String,
 }
 
 impl GatewaySpec {
@@ -42,6 +44,7 @@ impl GatewaySpec {
             queues: 1,
             policy: policy.to_owned(),
             ready_timeout: Duration::from_secs(20),
+            extra_toml: String::new(),
         }
     }
 }
@@ -76,7 +79,8 @@ pub fn gateway_toml(
         "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n\n\
          [policy]\nfile = {p:?}\nstate_dir = {s:?}\n\n\
          [log]\ndecisions = {d:?}\n\n\
-         [metrics]\nlisten = {METRICS_LISTEN:?}\n",
+         [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{extra}",
+        extra = spec.extra_toml,
         id = spec.id,
         q = spec.queues,
         p = policy.display().to_string(),
