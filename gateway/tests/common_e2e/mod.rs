@@ -1,0 +1,245 @@
+//! Shared helpers of the end-to-end tests (`e2e_*.rs`): root check, the lab's names, waiting.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bulkhead_gateway::netlab::{addr, Testbed};
+use bulkhead_gateway::sys::netns;
+
+/// Names the lab's TLS server has certificates for (all on one address).
+pub const NAMES: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "bedrock-runtime.us-east-1.amazonaws.com",
+    "exfil.example.net",
+    "watch.example.org",
+];
+
+/// True when the tests can build namespaces; otherwise prints why the test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if netns::is_root() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: end-to-end tests build network namespaces and need root \
+         (run `sudo -E cargo test -p bulkhead-gateway --test 'e2e_*'`)"
+    );
+    false
+}
+
+/// Builds a testbed with workloads `prod` and `dev`.
+pub fn testbed() -> Testbed {
+    Testbed::build("bhtest", &["prod", "dev"], NAMES).expect("build the lab")
+}
+
+pub fn server_v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(addr::SERVER_V4), port)
+}
+
+pub fn server_v6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(addr::SERVER_V6), port)
+}
+
+pub fn c2_v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(addr::C2_V4), port)
+}
+
+/// Polls `f` every 10 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+use bulkhead_gateway::netlab::gateway::{GatewayProcess, GatewaySpec};
+use serde_json::Value;
+
+/// Starts `bulkhead run` in the testbed's gateway namespace with `policy`.
+pub fn start_gateway(tb: &Testbed, policy: &str) -> GatewayProcess {
+    start_gateway_with(tb, GatewaySpec::new(env!("CARGO_BIN_EXE_bulkhead"), policy))
+}
+
+pub fn start_gateway_with(tb: &Testbed, spec: GatewaySpec) -> GatewayProcess {
+    match GatewayProcess::start(&tb.lab, &spec) {
+        Ok(gw) => gw,
+        Err(e) => panic!("start the gateway: {e}"),
+    }
+}
+
+/// The groups of the lab policies: prod and dev workloads, one WebGroup per provider.
+pub const GROUPS: &str = r#"
+[smartgroups.prod-agents]
+cidrs = ["10.10.1.0/24", "fd00:10:1::/64"]
+
+[smartgroups.dev]
+cidrs = ["10.10.2.0/24", "fd00:10:2::/64"]
+
+[webgroups.openai]
+domains = ["api.openai.com"]
+
+[webgroups.anthropic]
+domains = ["api.anthropic.com"]
+
+[webgroups.bedrock]
+domains = ["bedrock-runtime.*.amazonaws.com"]
+
+[webgroups.plain-ok]
+domains = ["ok.example.com"]
+
+[addressgroups.c2-blocklist]
+cidrs = ["10.200.0.66/32", "fd00:200::66/128"]
+"#;
+
+/// A policy: `[policy]` header with the given mode, the shared groups, then `rules`.
+pub fn policy(mode: &str, rules: &str) -> String {
+    format!("[policy]\ndefault_action = \"deny\"\nmode = \"{mode}\"\n{GROUPS}\n{rules}")
+}
+
+/// The first record of the flow from `local` with this activity (1 open, 2 close, 5 refuse).
+pub fn wait_flow_record(
+    gw: &GatewayProcess,
+    local: SocketAddr,
+    activities: &[u64],
+    timeout: Duration,
+) -> Value {
+    gw.wait_record(timeout, |r| {
+        src_is(r, local) && activities.contains(&r["activity_id"].as_u64().unwrap_or(0))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no record with activity {activities:?} for {local} within {timeout:?}; records: {:#?}\ngateway output:\n{}",
+            gw.records().unwrap_or_default(),
+            gw.output()
+        )
+    })
+}
+
+pub fn src_is(r: &Value, local: SocketAddr) -> bool {
+    r["src_endpoint"]["port"].as_u64() == Some(u64::from(local.port()))
+        && r["src_endpoint"]["ip"]
+            .as_str()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            == Some(local.ip())
+}
+
+/// What a decision record must say.
+#[derive(Debug, Clone)]
+pub struct Expect<'a> {
+    pub activity_id: u64,
+    pub action: &'a str,
+    pub disposition: &'a str,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub protocol: &'a str,
+    /// `dst_endpoint.hostname` and `tls.sni` (TLS) or `http.host` (plain HTTP).
+    pub name: Option<&'a str>,
+    pub tls: bool,
+    pub rule: &'a str,
+    pub reason: &'a str,
+    pub src_groups: &'a [&'a str],
+    pub dst_groups: &'a [&'a str],
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    let mut s: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    s.sort();
+    s
+}
+
+/// Checks a decision record field by field.
+pub fn check_record(r: &Value, e: &Expect<'_>) {
+    let ctx = || format!("record {r:#}");
+    assert_eq!(r["class_uid"].as_u64(), Some(4001), "{}", ctx());
+    assert_eq!(r["activity_id"].as_u64(), Some(e.activity_id), "{}", ctx());
+    assert_eq!(r["action"].as_str(), Some(e.action), "{}", ctx());
+    assert_eq!(r["disposition"].as_str(), Some(e.disposition), "{}", ctx());
+    assert!(src_is(r, e.src), "src_endpoint: {}", ctx());
+    assert_eq!(
+        r["dst_endpoint"]["ip"]
+            .as_str()
+            .and_then(|s| s.parse::<IpAddr>().ok()),
+        Some(e.dst.ip()),
+        "dst_endpoint.ip: {}",
+        ctx()
+    );
+    assert_eq!(
+        r["dst_endpoint"]["port"].as_u64(),
+        Some(u64::from(e.dst.port())),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        r["connection_info"]["protocol_name"].as_str(),
+        Some(e.protocol),
+        "{}",
+        ctx()
+    );
+    match e.name {
+        Some(name) => {
+            assert_eq!(
+                r["dst_endpoint"]["hostname"].as_str(),
+                Some(name),
+                "{}",
+                ctx()
+            );
+            if e.tls {
+                assert_eq!(r["tls"]["sni"].as_str(), Some(name), "{}", ctx());
+            } else {
+                assert_eq!(r["http"]["host"].as_str(), Some(name), "{}", ctx());
+            }
+        }
+        None => {
+            assert!(
+                r["dst_endpoint"]["hostname"].is_null(),
+                "no hostname: {}",
+                ctx()
+            );
+            assert!(r["tls"]["sni"].is_null(), "no SNI: {}", ctx());
+        }
+    }
+    assert_eq!(r["policy"]["name"].as_str(), Some(e.rule), "{}", ctx());
+    assert!(r["policy"]["version"].as_u64().is_some(), "{}", ctx());
+    assert_eq!(r["reason"].as_str(), Some(e.reason), "{}", ctx());
+    let mut want_src: Vec<String> = e.src_groups.iter().map(|s| (*s).to_owned()).collect();
+    want_src.sort();
+    let mut want_dst: Vec<String> = e.dst_groups.iter().map(|s| (*s).to_owned()).collect();
+    want_dst.sort();
+    assert_eq!(strings(&r["src_groups"]), want_src, "src_groups: {}", ctx());
+    assert_eq!(strings(&r["dst_groups"]), want_dst, "dst_groups: {}", ctx());
+    assert_eq!(r["gateway_id"].as_str(), Some("lab-gw"), "{}", ctx());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let t = r["time"].as_u64().unwrap_or(0);
+    assert!(
+        t <= now_ms && now_ms - t < 120_000,
+        "time {t} is not within the last two minutes ({now_ms}): {}",
+        ctx()
+    );
+}
+
+/// IP + TCP header bytes of every data-bearing or bare segment of a flow with TCP timestamps
+/// (Linux's default): 20 (IPv4) or 40 (IPv6) + 32 (TCP with the timestamp option).
+pub fn tcp_overhead(v6: bool) -> u64 {
+    if v6 {
+        72
+    } else {
+        52
+    }
+}

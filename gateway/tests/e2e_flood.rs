@@ -1,0 +1,184 @@
+//! End-to-end: a bounded SYN flood from one workload (raw socket, a few seconds) against a
+//! gateway with a small flow table. Established transfers from another workload keep flowing,
+//! the gateway's memory stays bounded, and the flow-limit counter moves. Root only.
+
+mod common_e2e;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bulkhead_gateway::netlab::clients::{self, Outcome, Request, StreamWatch};
+use bulkhead_gateway::netlab::gateway::{metric_value, GatewaySpec};
+use bulkhead_gateway::sys::netns;
+use common_e2e::*;
+
+/// Upper bounds of the flood.
+const FLOOD_MAX_PACKETS: u32 = 30_000;
+const FLOOD_MAX_TIME: Duration = Duration::from_secs(3);
+/// A flow table this small fills within a fraction of the flood.
+const FLOW_CAPACITY: usize = 2048;
+/// Nobody answers at this address: every SYN leaves a flow waiting for its ClientHello.
+const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 99);
+
+const RULES: &str = r#"
+[[rules]]
+name = "prod-to-openai"
+priority = 100
+src = ["prod-agents"]
+dst = ["openai"]
+protocol = "tcp"
+ports = ["443"]
+action = "permit"
+
+[[rules]]
+name = "dev-to-openai"
+priority = 110
+src = ["dev"]
+dst = ["openai"]
+protocol = "tcp"
+ports = ["443"]
+action = "permit"
+"#;
+
+/// Sends SYNs with changing source ports from `src` to `BLACKHOLE:443` from inside the
+/// namespace, bounded in count and time. Returns the number sent.
+fn syn_flood(ns: &str, src: Ipv4Addr) -> Result<u32> {
+    let sent = netns::run_in(ns, move || -> std::io::Result<u32> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        let dst = SockAddr::from(SocketAddrV4::new(BLACKHOLE, 443));
+        let start = Instant::now();
+        let mut n = 0u32;
+        let mut pkt = Vec::with_capacity(64);
+        while n < FLOOD_MAX_PACKETS && start.elapsed() < FLOOD_MAX_TIME {
+            let sport = 1024 + (n % 60_000) as u16;
+            pkt.clear();
+            etherparse::PacketBuilder::ipv4(src.octets(), BLACKHOLE.octets(), 64)
+                .tcp(sport, 443, n.wrapping_mul(2_654_435_761), 64_240)
+                .syn()
+                .write(&mut pkt, &[])
+                .map_err(std::io::Error::other)?;
+            match sock.send_to(&pkt, &dst) {
+                Ok(_) => n += 1,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+            // About 10k SYNs a second.
+            if n % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(n)
+    })??;
+    Ok(sent)
+}
+
+#[test]
+fn syn_flood_leaves_established_transfers_working() -> Result<()> {
+    if !root_or_skip("syn_flood_leaves_established_transfers_working") {
+        return Ok(());
+    }
+    let tb = testbed();
+    let mut spec = GatewaySpec::new(env!("CARGO_BIN_EXE_bulkhead"), &policy("enforce", RULES));
+    spec.extra_toml = format!("[limits]\nflow_capacity = {FLOW_CAPACITY}\n");
+    let gw = start_gateway_with(&tb, spec);
+    let prod = tb.lab.workload("prod").netns.clone();
+    let dev = tb.lab.workload("dev").clone();
+
+    let stream = StreamWatch::open(
+        &prod,
+        Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/stream"),
+    )?;
+    assert!(
+        stream.wait_bytes(20_000, Duration::from_secs(10)),
+        "stream did not start"
+    );
+    let rss_before = gw.rss_kib().expect("gateway RSS");
+    let bytes_before = stream.bytes();
+
+    let flood_ns = dev.netns.clone();
+    let flood = std::thread::spawn(move || syn_flood(&flood_ns, dev.v4));
+    let mut rss_peak = rss_before;
+    while !flood.is_finished() {
+        rss_peak = rss_peak.max(gw.rss_kib().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = flood.join().expect("flood thread")?;
+    let bytes_during = stream.bytes() - bytes_before;
+    rss_peak = rss_peak.max(gw.rss_kib().unwrap_or(0));
+
+    let metrics = gw.metrics()?;
+    let flow_limit_drops = metric_value(
+        &metrics,
+        "bulkhead_packets_dropped_total",
+        &[("reason", "flow_limit")],
+    )
+    .unwrap_or(0.0);
+    let flow_limit_decisions = metric_value(
+        &metrics,
+        "bulkhead_decisions_total",
+        &[("reason", "flow_limit")],
+    )
+    .unwrap_or(0.0);
+    let evictions = metric_value(&metrics, "bulkhead_flow_evictions_total", &[]).unwrap_or(0.0);
+    let active = metric_value(&metrics, "bulkhead_flows_active", &[]).unwrap_or(-1.0);
+    eprintln!(
+        "flood: {sent} SYNs; stream +{bytes_during} bytes during the flood; RSS {rss_before} -> peak {rss_peak} KiB; \
+         flow_limit drops {flow_limit_drops}, flow_limit decisions {flow_limit_decisions}, evictions {evictions}, active flows {active}"
+    );
+    assert!(sent >= 10_000, "the flood sent only {sent} SYNs");
+    assert!(
+        stream.ended().is_none(),
+        "the established transfer survived: {:?}",
+        stream.ended()
+    );
+    assert!(stream.intact());
+    // 100 KB/s nominal for about three seconds.
+    assert!(
+        bytes_during >= 100_000,
+        "the established transfer kept flowing: {bytes_during} bytes"
+    );
+    let b = stream.bytes();
+    assert!(
+        stream.wait_bytes(b + 20_000, Duration::from_secs(2)),
+        "and still flows"
+    );
+    assert!(
+        flow_limit_drops + flow_limit_decisions > 0.0,
+        "the flow-limit counter moved:\n{metrics}"
+    );
+    assert!(
+        active <= FLOW_CAPACITY as f64,
+        "active flows {active} within the capacity"
+    );
+    assert!(
+        rss_peak.saturating_sub(rss_before) < 64 * 1024,
+        "gateway memory grew from {rss_before} to {rss_peak} KiB"
+    );
+
+    // Once the half-open flows expire, new connections from the flooding workload go through.
+    let recovered = wait_for(Duration::from_secs(20), || {
+        let ex = clients::fetch(
+            &tb.lab.workload("dev").netns,
+            Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/")
+                .timeout(Duration::from_secs(1)),
+        )
+        .ok()?;
+        (ex.outcome == Outcome::Completed).then_some(())
+    });
+    assert!(
+        recovered.is_some(),
+        "new connections work again after the flood"
+    );
+    Ok(())
+}
