@@ -825,3 +825,86 @@ fn tcp_fragments_are_dropped() {
                  // The IP header checksum is now wrong too, but fragments are dropped before anything else.
     assert_eq!(h.send(&p), Disposition::Drop(DropReason::Fragment));
 }
+
+#[test]
+fn a_client_reset_during_inspection_does_not_open_the_flow() {
+    let denied = client_hello(Some("exfil.attacker.test"), 0);
+    // SYN, RST, then the same SYN again and a denied hello: the new connection is inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(53000);
+    h.send(&c.syn());
+    h.send(&tcp_packet(
+        c.client,
+        c.server,
+        c.cisn.wrapping_add(1),
+        0,
+        RST,
+        &[],
+    ));
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &denied));
+    assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+    assert!(client_stream(&c, &h.wire).is_empty());
+
+    // RST in the middle of the handshake, then data without a new SYN: still held and inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(53001);
+    handshake(&mut h, &c);
+    h.send(&tcp_packet(
+        c.client,
+        c.server,
+        c.cisn.wrapping_add(1),
+        0,
+        RST,
+        &[],
+    ));
+    assert_eq!(h.send(&c.data(0, &denied)), Disposition::Held);
+    assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+    assert!(client_stream(&c, &h.wire).is_empty());
+}
+
+#[test]
+fn a_new_connection_on_the_same_ports_is_decided_afresh() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(54000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    let end = hello.len() as u32;
+    h.send(&c.fin(end));
+    h.send(&c.server_data(0, end + 1, &[]));
+    h.send(&tcp_packet(
+        c.server,
+        c.client,
+        c.sisn.wrapping_add(1),
+        c.cisn.wrapping_add(2 + end),
+        FIN | ACK,
+        &[],
+    ));
+    // Port reuse with a new ISN: the new connection must be inspected.
+    let c2 = Conn {
+        cisn: 0x5000_0000,
+        sisn: 0x6000_0000,
+        ..c
+    };
+    handshake(&mut h, &c2);
+    assert_eq!(
+        h.send(&c2.data(0, &client_hello(Some("exfil.attacker.test"), 0))),
+        Disposition::Held
+    );
+    let names = h.names();
+    assert_eq!(
+        names,
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+    assert_eq!(h.decisions()[1].action, RecordAction::Denied);
+    let end_record = h
+        .records
+        .iter()
+        .find(|r| r.is_flow_end())
+        .expect("flow end of the first");
+    assert_eq!(end_record.end_reason, Some(EndReason::Fin));
+}

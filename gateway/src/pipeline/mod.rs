@@ -115,6 +115,18 @@ impl PacketMeta {
     pub fn partial_checksum(&self) -> bool {
         self.has_vnet && self.vnet[0] & 0x01 != 0
     }
+
+    /// Metadata for a packet whose checksum must not be verified, for offline use (`replay`:
+    /// captures taken on the sending host hold checksums left to the NIC). It marks the packet
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` without offsets: never write it to a TUN device.
+    pub fn unverified() -> PacketMeta {
+        let mut vnet = [0u8; 12];
+        vnet[0] = 0x01;
+        PacketMeta {
+            vnet,
+            has_vnet: true,
+        }
+    }
 }
 
 /// Idle timeouts by flow state.
@@ -140,7 +152,7 @@ impl Default for IdleTimeouts {
             tcp_opening: Duration::from_secs(30),
             tcp_established: Duration::from_secs(3600),
             tcp_closing: Duration::from_secs(60),
-            tcp_closed: Duration::from_secs(10),
+            tcp_closed: Duration::from_secs(30),
             udp: Duration::from_secs(60),
             other: Duration::from_secs(30),
         }
@@ -843,6 +855,12 @@ impl Pipeline {
             return Disposition::Drop(DropReason::Malformed);
         };
         let from_client = side == flow.client_side;
+        if from_client && seg.flags.syn() && !seg.flags.ack() && flow.reusable_by(seg.seq) {
+            // A new connection on the same ports (after a RST or FINs, or with a new ISN): the
+            // old flow ends here and the new one is decided afresh.
+            self.expire(now, id, EndReason::Fin, out);
+            return self.tcp_new(now, key, side, p, seg, meta, out);
+        }
         flow.count(side, p.packet.len() as u64, now);
         let before = (
             flow.tcp.fin_client || flow.tcp.fin_server,
@@ -913,6 +931,11 @@ impl Pipeline {
         }
         let q = flow_query(&flow, None);
         let decision = policy.evaluate_without_name(&q);
+        if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
+            // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
+            // decide or record yet; the first packet with data decides the flow (fail closed).
+            return Disposition::Drop(DropReason::FailClosed(Reason::Midstream));
+        }
 
         // Data on the SYN (TCP Fast Open) when the verdict needs the name: decide on it now if
         // it holds a complete hello; otherwise drop the SYN and let the client retry without data.
@@ -1078,6 +1101,14 @@ impl Flow {
         self.last_seen = now;
     }
 
+    /// True when a client SYN with sequence number `seq` opens a new connection rather than
+    /// repeating the flow's own SYN.
+    fn reusable_by(&self, seq: u32) -> bool {
+        let closed = self.tcp.rst || (self.tcp.fin_client && self.tcp.fin_server);
+        let new_isn = self.tcp.synced && seq.wrapping_add(1) != self.tcp.base;
+        (closed || new_isn) && !matches!(self.state, State::Blocked | State::Cut)
+    }
+
     fn enforced(&self) -> Option<Action> {
         self.decision.as_ref().map(|d| d.enforced)
     }
@@ -1121,6 +1152,13 @@ fn rule_reason(v: &Verdict) -> Reason {
         RuleRef::Default => Reason::Default,
         _ => Reason::Rule,
     }
+}
+
+/// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
+/// sequence number).
+fn data_offset(flow: &Flow, seg: &TcpSegment<'_>) -> i64 {
+    let first = seg.seq.wrapping_add(u32::from(seg.flags.syn()));
+    i64::from(first.wrapping_sub(flow.tcp.base) as i32)
 }
 
 /// Sequence number comparison: `a` after `b`, modulo 2^32.
@@ -1387,8 +1425,11 @@ impl Ctx {
                 }
                 if seg.payload.is_empty() && !flags.fin() {
                     if flags.rst() {
+                        // The connection is gone: free what it held; anything the client sends
+                        // on these ports again is inspected from scratch.
                         self.drop_inspect(flow);
-                        flow.state = State::Forwarding;
+                        flow.inspect =
+                            Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
                     }
                     return Disposition::Forward;
                 }
@@ -1415,7 +1456,7 @@ impl Ctx {
         meta: PacketMeta,
         out: &mut Output,
     ) -> Disposition {
-        let offset = i64::from(seg.seq.wrapping_sub(flow.tcp.base) as i32);
+        let offset = data_offset(flow, seg);
         let limit_total = self.config.max_held_bytes_total;
         let held_now = self.stats.held_bytes_now;
         let Some(insp) = flow.inspect.as_mut() else {
@@ -1631,7 +1672,7 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) -> Disposition {
-        let offset = i64::from(seg.seq.wrapping_sub(flow.tcp.base) as i32);
+        let offset = data_offset(flow, seg);
         let total_ok =
             self.stats.held_bytes_now + seg.payload.len() <= self.config.max_held_bytes_total;
         let Some(insp) = flow.inspect.as_mut() else {
@@ -1730,7 +1771,15 @@ impl Ctx {
                         insp.scan += rlen;
                     }
                 },
-                // ChangeCipherSpec, alert, application data: the plaintext handshake is over.
+                // ChangeCipherSpec: TLS 1.3 clients in middlebox-compatibility mode send one
+                // before the second ClientHello that answers a HelloRetryRequest.
+                20 => {
+                    if rest.len() < rlen {
+                        return;
+                    }
+                    insp.scan += rlen;
+                }
+                // Alert, application data, anything else: the plaintext handshake is over.
                 _ => {
                     insp.watching = false;
                     return;
