@@ -908,3 +908,78 @@ fn a_new_connection_on_the_same_ports_is_decided_afresh() {
         .expect("flow end of the first");
     assert_eq!(end_record.end_reason, Some(EndReason::Fin));
 }
+
+#[test]
+fn icmp_errors_follow_the_flow_they_quote() {
+    let policy = r#"
+[policy]
+default_action = "deny"
+
+[addressgroups.web]
+cidrs = ["192.0.2.0/24"]
+
+[[rules]]
+name = "web"
+priority = 1
+src = ["any"]
+dst = ["web"]
+protocol = "tcp"
+action = "permit"
+"#;
+    let mut h = Harness::new(policy);
+    let c = Conn::v4(55000);
+    handshake(&mut h, &c);
+    let data = c.data(0, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(h.send(&data), Disposition::Forward);
+    // A router says "fragmentation needed" about that segment, to the client.
+    let frag_needed = |quoted: &[u8]| {
+        let mut l4 = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        l4.extend_from_slice(&quoted[..28]);
+        ip_packet("203.0.113.1".parse().unwrap(), c.client.ip(), 1, &mut l4, 2)
+    };
+    assert_eq!(h.send(&frag_needed(&data)), Disposition::Forward);
+    // About a flow that does not exist (or is not allowed): dropped.
+    let other = Conn::v4(55001);
+    assert_eq!(
+        h.send(&frag_needed(&other.data(0, b"x"))),
+        Disposition::Drop(DropReason::Policy)
+    );
+    let mut denied = Conn::v4(55002);
+    denied.server = "198.51.100.1:443".parse().unwrap();
+    assert_eq!(h.send(&denied.syn()), Disposition::Drop(DropReason::Policy));
+    assert_eq!(
+        h.send(&frag_needed(&denied.syn())),
+        Disposition::Drop(DropReason::Policy)
+    );
+}
+
+#[test]
+fn a_forged_syn_from_the_server_side_does_not_turn_the_flow_around() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(56000);
+    // A SYN from the server's address and port first (forged, or a simultaneous open).
+    let forged = tcp_packet(c.server, c.client, c.sisn, 0, SYN, &[]);
+    h.send(&forged);
+    // Then the real connection, whose hello names a denied host.
+    handshake(&mut h, &c);
+    let d = h.send(&c.data(0, &client_hello(Some("exfil.attacker.test"), 0)));
+    assert_eq!(d, Disposition::Held);
+    assert!(
+        client_stream(&c, &h.wire).is_empty(),
+        "the client's data was inspected"
+    );
+    assert_eq!(
+        h.decisions().last().unwrap().name(),
+        Some("exfil.attacker.test")
+    );
+    assert_eq!(h.decisions().last().unwrap().src_endpoint.ip, c.client.ip());
+
+    // Server data before any SYN-ACK is held back while the verdict is pending.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(56001);
+    h.send(&c.syn());
+    assert_eq!(
+        h.send(&c.server_data(0, 0, b"data")),
+        Disposition::Drop(DropReason::OutOfState)
+    );
+}

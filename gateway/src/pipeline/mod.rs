@@ -211,6 +211,9 @@ pub enum DropReason {
     Duplicate,
     /// Data on a SYN that does not hold a complete ClientHello (the client retries without it).
     SynData,
+    /// A TCP segment that does not fit the flow's state (a SYN from the server of an established
+    /// flow, server data before the server answered the SYN).
+    OutOfState,
     /// A bound or an evasion attempt made the flow fail closed.
     FailClosed(Reason),
 }
@@ -227,6 +230,7 @@ impl DropReason {
             DropReason::BadChecksum => "bad_checksum",
             DropReason::Duplicate => "duplicate",
             DropReason::SynData => "syn_data",
+            DropReason::OutOfState => "out_of_state",
             DropReason::FailClosed(r) => r.as_str(),
         }
     }
@@ -241,13 +245,14 @@ impl DropReason {
             DropReason::BadChecksum => 5,
             DropReason::Duplicate => 6,
             DropReason::SynData => 7,
-            DropReason::FailClosed(_) => 8,
+            DropReason::OutOfState => 8,
+            DropReason::FailClosed(_) => 9,
         }
     }
 
     /// Every kind, in counter order (the fail-closed kinds share one counter; the reason is in the
     /// record).
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::Policy,
@@ -256,6 +261,7 @@ impl DropReason {
         DropReason::BadChecksum,
         DropReason::Duplicate,
         DropReason::SynData,
+        DropReason::OutOfState,
         DropReason::FailClosed(Reason::Unknown),
     ];
 }
@@ -309,7 +315,7 @@ pub struct PipelineStats {
     /// Held packets released.
     pub released: u64,
     /// Packets dropped, by [`DropReason::ALL`] index.
-    pub dropped: [u64; 9],
+    pub dropped: [u64; 10],
     /// Flows created.
     pub flows_created: u64,
     /// Flows removed after their idle timeout (or reclaimed when the table was full).
@@ -435,6 +441,8 @@ struct TcpTrack {
     /// Last acknowledgment from the client.
     client_ack: Option<u32>,
     established: bool,
+    /// A SYN-ACK came from the server side.
+    synack_seen: bool,
     fin_client: bool,
     fin_server: bool,
     rst: bool,
@@ -592,6 +600,8 @@ impl Pipeline {
             L4::Tcp(_) if p.fragment.is_some() => Disposition::Drop(DropReason::Fragment),
             L4::Tcp(seg) => self.tcp(now, &p, &seg, meta, out),
             L4::Udp(u) => self.datagram(now, &p, u.src_port, u.dst_port, out),
+            L4::Icmp(m) if icmp_is_error(false, m.msg_type) => self.icmp_error(now, &p, m.payload),
+            L4::Icmpv6(m) if icmp_is_error(true, m.msg_type) => self.icmp_error(now, &p, m.payload),
             L4::Icmp(_) | L4::Icmpv6(_) | L4::Other(_) => self.datagram(now, &p, 0, 0, out),
         }
     }
@@ -759,6 +769,33 @@ impl Pipeline {
         Ok(id)
     }
 
+    /// An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded,
+    /// parameter problem) belongs to the flow of the packet it quotes: it passes when that flow is
+    /// allowed (path MTU discovery must keep working), and is dropped otherwise.
+    fn icmp_error(&mut self, now: Instant, p: &ParsedPacket<'_>, quoted: &[u8]) -> Disposition {
+        let Some((proto, src, sport, dst, dport)) = quoted_flow(quoted) else {
+            return Disposition::Drop(DropReason::Malformed);
+        };
+        let (key, _) = FlowKey::new(proto, src, sport, dst, dport);
+        let Some(id) = self.flows.lookup(&key) else {
+            return Disposition::Drop(DropReason::Policy);
+        };
+        let Some(flow) = self.flows.get_mut(id) else {
+            return Disposition::Drop(DropReason::Policy);
+        };
+        if flow.state != State::Forwarding {
+            return Disposition::Drop(DropReason::Policy);
+        }
+        // Counted with the flow, in the direction of the quoted packet's reply.
+        let side = if SocketAddr::new(dst, dport) == flow.client {
+            flow.client_side
+        } else {
+            flow.client_side.other()
+        };
+        flow.count(side, p.packet.len() as u64, now);
+        Disposition::Forward
+    }
+
     fn datagram(
         &mut self,
         now: Instant,
@@ -855,10 +892,22 @@ impl Pipeline {
             return Disposition::Drop(DropReason::Malformed);
         };
         let from_client = side == flow.client_side;
-        if from_client && seg.flags.syn() && !seg.flags.ack() && flow.reusable_by(seg.seq) {
+        let bare_syn = seg.flags.syn() && !seg.flags.ack();
+        if bare_syn && from_client && flow.reusable_by(seg.seq) {
             // A new connection on the same ports (after a RST or FINs, or with a new ISN): the
             // old flow ends here and the new one is decided afresh.
             self.expire(now, id, EndReason::Fin, out);
+            return self.tcp_new(now, key, side, p, seg, meta, out);
+        }
+        if bare_syn && !from_client {
+            if flow.tcp.synack_seen || matches!(flow.state, State::Blocked | State::Cut) {
+                // A SYN from the server of an established flow is bogus.
+                return Disposition::Drop(DropReason::OutOfState);
+            }
+            // The first SYN came from the other end (or a forged one did): the flow is decided
+            // again with this SYN's sender as the client, so the side whose data is inspected is
+            // never chosen by whoever spoke first.
+            self.expire(now, id, EndReason::Shutdown, out);
             return self.tcp_new(now, key, side, p, seg, meta, out);
         }
         flow.count(side, p.packet.len() as u64, now);
@@ -1154,6 +1203,54 @@ fn rule_reason(v: &Verdict) -> Reason {
     }
 }
 
+/// ICMP error types (RFC 792, RFC 4443 2.1: ICMPv6 types below 128).
+fn icmp_is_error(v6: bool, msg_type: u8) -> bool {
+    if v6 {
+        msg_type < 128
+    } else {
+        matches!(msg_type, 3 | 4 | 5 | 11 | 12)
+    }
+}
+
+/// The flow of the packet an ICMP error quotes: (protocol, source, source port, destination,
+/// destination port), ports 0 for protocols without ports. Only the fixed headers are read (an
+/// error quotes at least the IP header and 8 bytes of the transport header).
+fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
+    let (proto, src, dst, l4): (u8, IpAddr, IpAddr, &[u8]) = match q.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(q[0] & 0x0f) * 4;
+            if ihl < 20 || q.len() < ihl {
+                return None;
+            }
+            let frag_offset = u16::from_be_bytes([q[6], q[7]]) & 0x1fff;
+            let s: [u8; 4] = q[12..16].try_into().ok()?;
+            let d: [u8; 4] = q[16..20].try_into().ok()?;
+            let l4 = if frag_offset == 0 { &q[ihl..] } else { &[][..] };
+            (q[9], IpAddr::from(s), IpAddr::from(d), l4)
+        }
+        6 => {
+            if q.len() < 40 {
+                return None;
+            }
+            let s: [u8; 16] = q[8..24].try_into().ok()?;
+            let d: [u8; 16] = q[24..40].try_into().ok()?;
+            (q[6], IpAddr::from(s), IpAddr::from(d), &q[40..])
+        }
+        _ => return None,
+    };
+    let (sport, dport) = match proto {
+        6 | 17 => {
+            let p = l4.get(..4)?;
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        }
+        _ => (0, 0),
+    };
+    Some((proto, src, sport, dst, dport))
+}
+
 /// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
 /// sequence number).
 fn data_offset(flow: &Flow, seg: &TcpSegment<'_>) -> i64 {
@@ -1369,6 +1466,7 @@ impl Ctx {
             }
             if flags.syn() && flags.ack() {
                 flow.tcp.established = true;
+                flow.tcp.synack_seen = true;
             }
             let end = seg.seq.wrapping_add(seg.seq_len());
             if flow.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
@@ -1421,6 +1519,11 @@ impl Ctx {
             }
             State::Inspecting => {
                 if !from_client {
+                    if !seg.payload.is_empty() && !flow.tcp.synack_seen {
+                        // Data from the server before it answered the SYN: the two ends do not
+                        // agree on who opened the flow. Nothing passes until the name is known.
+                        return Disposition::Drop(DropReason::OutOfState);
+                    }
                     return Disposition::Forward;
                 }
                 if seg.payload.is_empty() && !flags.fin() {
