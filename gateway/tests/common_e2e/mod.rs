@@ -243,3 +243,55 @@ pub fn tcp_overhead(v6: bool) -> u64 {
         52
     }
 }
+
+/// Nobody answers at this address of the internet link: every SYN sent there leaves a flow that
+/// waits for its ClientHello.
+pub const BLACKHOLE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 200, 0, 99);
+
+/// Sends SYNs with changing source ports from `src` to `BLACKHOLE:443` from inside the
+/// namespace (raw socket), about 10k a second, bounded in count and time. Returns the number
+/// sent.
+pub fn syn_flood(
+    ns: &str,
+    src: std::net::Ipv4Addr,
+    max_packets: u32,
+    max_time: Duration,
+) -> anyhow::Result<u32> {
+    let sent = bulkhead_gateway::sys::netns::run_in(ns, move || -> std::io::Result<u32> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        let dst = SockAddr::from(std::net::SocketAddrV4::new(BLACKHOLE, 443));
+        let start = Instant::now();
+        let mut n = 0u32;
+        let mut pkt = Vec::with_capacity(64);
+        while n < max_packets && start.elapsed() < max_time {
+            let sport = 1024 + (n % 60_000) as u16;
+            pkt.clear();
+            etherparse::PacketBuilder::ipv4(src.octets(), BLACKHOLE.octets(), 64)
+                .tcp(sport, 443, n.wrapping_mul(2_654_435_761), 64_240)
+                .syn()
+                .write(&mut pkt, &[])
+                .map_err(std::io::Error::other)?;
+            match sock.send_to(&pkt, &dst) {
+                Ok(_) => n += 1,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+            // About 10k SYNs a second.
+            if n % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(n)
+    })??;
+    Ok(sent)
+}
