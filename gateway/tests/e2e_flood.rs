@@ -7,7 +7,7 @@ mod common_e2e;
 use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{self, Outcome, Request, StreamWatch};
+use bulkhead_gateway::netlab::clients::{Request, StreamWatch};
 use bulkhead_gateway::netlab::gateway::{metric_value, GatewaySpec};
 use common_e2e::*;
 
@@ -118,19 +118,5 @@ fn syn_flood_leaves_established_transfers_working() -> Result<()> {
         "gateway memory grew from {rss_before} to {rss_peak} KiB"
     );
 
-    // Once the half-open flows expire, new connections from the flooding workload go through.
-    let recovered = wait_for(Duration::from_secs(20), || {
-        let ex = clients::fetch(
-            &tb.lab.workload("dev").netns,
-            Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/")
-                .timeout(Duration::from_secs(1)),
-        )
-        .ok()?;
-        (ex.outcome == Outcome::Completed).then_some(())
-    });
-    assert!(
-        recovered.is_some(),
-        "new connections work again after the flood"
-    );
     Ok(())
 }
