@@ -169,3 +169,38 @@ fn lab_removes_its_namespaces_on_drop_and_on_panic() -> Result<()> {
     );
     Ok(())
 }
+
+/// The long-lived stream flows and stops when dropped; the raw SYN flood sender works at its
+/// nominal rate (about 10k a second) and kernel forwarding alone keeps the stream going.
+#[test]
+fn stream_and_flood_tools_work_with_kernel_forwarding() -> Result<()> {
+    if !root_or_skip("stream_and_flood_tools_work_with_kernel_forwarding") {
+        return Ok(());
+    }
+    let tb = testbed();
+    let prod = tb.lab.workload("prod").netns.clone();
+    let dev = tb.lab.workload("dev").clone();
+    let stream = clients::StreamWatch::open(
+        &prod,
+        Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/stream"),
+    )?;
+    assert!(
+        stream.wait_bytes(20_000, Duration::from_secs(5)),
+        "{:?}",
+        stream.ended()
+    );
+    let before = stream.bytes();
+    let sent = syn_flood(&dev.netns, dev.v4, 10_000, Duration::from_secs(2))?;
+    assert!(sent >= 5_000, "sent {sent}");
+    assert!(stream.ended().is_none());
+    assert!(
+        stream.bytes() - before >= 50_000,
+        "{} bytes during the flood",
+        stream.bytes() - before
+    );
+    assert!(stream.intact());
+    let t = std::time::Instant::now();
+    drop(stream);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    Ok(())
+}
