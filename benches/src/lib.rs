@@ -1,1 +1,4 @@
 //! Shared helpers for the benches.
+
+pub mod cpu_time;
+pub mod synthetic;
