@@ -983,3 +983,22 @@ fn a_forged_syn_from_the_server_side_does_not_turn_the_flow_around() {
         Disposition::Drop(DropReason::OutOfState)
     );
 }
+
+#[test]
+fn a_policy_update_cuts_udp_flows_without_tcp_resets() {
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let client = "10.1.2.3:5000".parse().unwrap();
+    let server = "192.0.2.1:4000".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(client, server, b"one")),
+        Disposition::Forward
+    );
+    h.store.store(policy(POLICY_OPENAI, 2));
+    h.reevaluate();
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::PolicyUpdate);
+    assert!(rsts(&h.wire).is_empty());
+    assert_ne!(
+        h.send(&udp_packet(client, server, b"two")),
+        Disposition::Forward
+    );
+}

@@ -1265,7 +1265,13 @@ fn seq_gt(a: u32, b: u32) -> bool {
 
 impl Ctx {
     fn must_log(&self, v: &Verdict) -> bool {
-        self.config.log_all || v.log || v.effective_action != Action::Permit || !v.enforced
+        // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the
+        // default (a flow no rule covers is a gap in the policy worth seeing).
+        self.config.log_all
+            || v.log
+            || v.effective_action != Action::Permit
+            || !v.enforced
+            || v.effective_rule == RuleRef::Default
     }
 
     fn count_decision(&mut self, a: Action) {
@@ -1354,6 +1360,10 @@ impl Ctx {
 
     /// Resets the flow's ends as the gateway knows their sequence numbers.
     fn reset(&mut self, flow: &Flow, client: bool, server: bool, out: &mut Output) {
+        if flow.proto != 6 {
+            // Nothing to reset: the flow's further packets are dropped.
+            return;
+        }
         // An endpoint accepts a RST at once only when its sequence number is exactly the next one
         // it expects (RFC 5961). That is the peer's highest sequence number the gateway forwarded,
         // unless segments are still in flight: then it is what the endpoint acknowledged last.
