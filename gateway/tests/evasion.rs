@@ -787,7 +787,16 @@ fn log_only_forwards_and_records_detected() {
         (r.action, r.disposition),
         (RecordAction::Denied, RecDisposition::Detected)
     );
+    assert_eq!(r.name(), Some("not-allowed.test"));
     assert_eq!(client_stream(&c, &h.wire), hello);
+    assert!(rsts(&h.wire).is_empty());
+    assert_eq!(h.pipe.stats().held, 0, "log-only never holds a packet");
+
+    // Bounds do not apply either: a hello that never completes just passes.
+    let c = Conn::v4(50001);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, &hello[..10])), Disposition::Forward);
+    h.advance(Duration::from_secs(6));
     assert!(rsts(&h.wire).is_empty());
 }
 

@@ -979,7 +979,12 @@ impl Pipeline {
             flow.tcp.established = true;
         }
         let q = flow_query(&flow, None);
-        let decision = policy.evaluate_without_name(&q);
+        let mut decision = policy.evaluate_without_name(&q);
+        if syn && policy.mode() == Mode::LogOnly && matches!(decision, SynDecision::NeedsName) {
+            // Log-only never holds traffic: the flow passes and is watched; its record is
+            // written with the verdict for the name once the name is seen.
+            decision = SynDecision::Final(policy.evaluate(&q));
+        }
         if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
             // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
             // decide or record yet; the first packet with data decides the flow (fail closed).
@@ -1908,7 +1913,7 @@ impl Ctx {
         now: Instant,
         flow: &mut Flow,
         found: &Found,
-        _policy: &CompiledPolicy,
+        policy: &CompiledPolicy,
         out: &mut Output,
     ) {
         let name = match found {
@@ -1918,12 +1923,28 @@ impl Ctx {
             Found::Http { host: Some(h), .. } => Some((h.clone(), NameKind::Host)),
             _ => None,
         };
-        if let Some(d) = flow.decision.as_mut() {
-            d.name = name.map(|(n, k)| (n.into_boxed_str(), k));
+        // The verdict for the name: the same as the SYN's when it was final under this policy;
+        // under log-only it is the verdict the record reports.
+        let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        flow.decision = Some(Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            reason: rule_reason(&v),
+            version: policy.version(),
+            name: name.map(|(n, k)| (n.into_boxed_str(), k)),
+        });
+        if flow.record_pending || self.must_log(&v) && !flow.logged {
+            self.emit_decision(now, flow, policy, out);
         }
-        if flow.record_pending {
-            let policy = self.policy.load_full();
-            self.emit_decision(now, flow, &policy, out);
+        if v.effective_action != Action::Permit {
+            // Only a policy swap between the SYN and the hello gets here.
+            self.stats.policy_update_cuts += 1;
+            if let Some(d) = flow.decision.as_mut() {
+                d.reason = Reason::PolicyUpdate;
+            }
+            self.emit_decision(now, flow, policy, out);
+            self.reset(flow, true, true, out);
+            self.set_state(flow, State::Cut, Reason::PolicyUpdate);
         }
     }
 
