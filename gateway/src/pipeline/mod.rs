@@ -34,6 +34,9 @@
 //! - **Flows seen mid-stream** (no SYN: the gateway restarted, or the flow expired) are decided by
 //!   address only. If the verdict would need a name, the flow fails closed (`midstream`): data is
 //!   dropped and, because the client would otherwise hang, both ends are reset.
+//! - **Log-only mode** never holds, drops or resets anything: flows whose verdict needs a name are
+//!   forwarded and watched like flows decided on the SYN, and their record carries the verdict for
+//!   the name once it is seen (`disposition` Detected when that verdict is not a permit).
 //! - **UDP and other protocols** are decided on the first packet by address and port. UDP 443
 //!   (QUIC) carries no name yet: `no_sni`. A rejected UDP flow answers each packet with an ICMP
 //!   administratively-prohibited error.
@@ -89,7 +92,7 @@ use policy_engine::{
 
 use crate::record::{
     self, Activity, ConnectionInfo, DecisionRecord, DstEndpoint, EndReason, Http, Metadata,
-    PolicyRef, Reason, RecordAction, SrcEndpoint, Tls, Traffic,
+    PolicyRef, Reason, RecordAction, RecordSink, SrcEndpoint, Tls, Traffic,
 };
 use crate::wire::{self, ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment, L4};
 
@@ -300,6 +303,13 @@ impl Output {
     pub fn clear(&mut self) {
         self.transmit.clear();
         self.records.clear();
+    }
+
+    /// Hands every record to `sink`, in order, leaving `records` empty.
+    pub fn drain_records(&mut self, sink: &mut impl RecordSink) {
+        for r in self.records.drain(..) {
+            sink.submit(r);
+        }
     }
 }
 
