@@ -128,6 +128,20 @@ impl Lab {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(name.to_owned());
+        // No duplicate address detection: these links are private to the lab, and a tentative
+        // link-local address delays the first IPv6 packet by up to two seconds.
+        run_command(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]),
+            "ip netns exec sysctl accept_dad",
+        )?;
         ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
     }
 
