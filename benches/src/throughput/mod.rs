@@ -149,6 +149,7 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
         which(tool).with_context(|| format!("{tool} is not installed"))?;
     }
     let bulkhead = locate_bulkhead(opts.bulkhead.as_deref())?;
+    let load_before = load_average();
     eprintln!("throughput: building the lab");
     let lab = Lab::build(&LabSpec::new("bhtput", &["bench"]))?;
     let wl = lab.workload("bench").clone();
@@ -239,7 +240,20 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
         pingpong::MESSAGE,
         opts.round_trips
     ));
+    notes.push(format!(
+        "Load average (1, 5, 15 min) before the run: {load_before}; after: {}. Other processes \
+         on the machine share the CPUs with the workload, the gateway and the servers.",
+        load_average()
+    ));
     Ok(Report { results, notes })
+}
+
+/// `/proc/loadavg`'s first three fields.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 struct Bench<'a> {
