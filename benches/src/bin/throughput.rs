@@ -6,6 +6,7 @@
 //! cargo build --release -p bulkhead-gateway -p bulkhead-benches
 //! sudo target/release/throughput [--seconds N] [--tls-seconds N] [--round-trips N] [--rules N]
 //!     [--queues N] [--bulkhead PATH] [--out FILE]
+//! target/release/throughput [--rules N] --write-policy FILE   # only write the generated policy
 //! ```
 
 use std::path::PathBuf;
@@ -38,10 +39,18 @@ fn run() -> anyhow::Result<()> {
             "--queues" => opts.queues = value("--queues")?.parse()?,
             "--bulkhead" => opts.bulkhead = Some(PathBuf::from(value("--bulkhead")?)),
             "--out" => out = Some(PathBuf::from(value("--out")?)),
+            "--write-policy" => {
+                // Write the generated policy (for `bulkhead check-policy` / `explain`) and stop.
+                let path = PathBuf::from(value("--write-policy")?);
+                let (text, _) = throughput::generated_policy(&opts);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                return Ok(());
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: throughput [--seconds N] [--tls-seconds N] [--round-trips N] \
-                     [--rules N] [--queues N] [--bulkhead PATH] [--out FILE]"
+                     [--rules N] [--queues N] [--bulkhead PATH] [--out FILE] [--write-policy FILE]"
                 );
                 return Ok(());
             }

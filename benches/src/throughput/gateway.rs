@@ -41,7 +41,7 @@ impl Gateway {
         );
         let records = records.map_or_else(|e| format!("unreadable ({e})"), |n| n.to_string());
         Ok(format!(
-            "gateway resident memory {rss} at the end, {records} decision records, exit {status}"
+            "gateway resident memory {rss} at the end, {records} decision records, {status}"
         ))
     }
 }

@@ -153,6 +153,9 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
     eprintln!("throughput: building the lab");
     let lab = Lab::build(&LabSpec::new("bhtput", &["bench"]))?;
     let wl = lab.workload("bench").clone();
+    if wl.v4 != addr::workload_v4(0) || wl.v6 != addr::workload_v6(0) {
+        bail!("the lab's benchmark client is not at the address the generated policy expects");
+    }
     // Thousands of short TLS connections per set-up: let the client reuse TIME_WAIT ports.
     lab.sysctl(&wl.netns, "net.ipv4.tcp_tw_reuse", "1")?;
     let pki = Pki::generate(&[TLS_NAME])?;
@@ -175,13 +178,7 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
         opts,
         interrupt,
     };
-    let targets = policy::BenchTargets {
-        client_cidrs: vec![format!("{}/32", wl.v4), format!("{}/128", wl.v6)],
-        servers: vec![server_ip, IpAddr::V6(addr::SERVER_V6)],
-        tcp_ports: vec![IPERF_PORT, PINGPONG_PORT],
-        tls_names: vec![TLS_NAME.to_owned()],
-    };
-    let (large, shape) = policy::generate(opts.rules, &targets);
+    let (large, shape) = generated_policy(opts);
 
     let mut results = Vec::new();
     let mut notes = Vec::new();
@@ -202,7 +199,7 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
                     Ok(gw) => {
                         let r = bench.measure(setup)?;
                         match gw.stop() {
-                            Ok(summary) => notes.push(format!("{}: {summary}", setup.label())),
+                            Ok(summary) => notes.push(format!("{}: {summary}.", setup.label())),
                             Err(e) => notes
                                 .push(format!("{}: stopping the gateway: {e:#}", setup.label())),
                         }
@@ -246,6 +243,21 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
         load_average()
     ));
     Ok(Report { results, notes })
+}
+
+/// The generated policy for the lab's address plan: the benchmark client is the lab's first
+/// workload, the servers are the internet namespace's main addresses.
+pub fn generated_policy(opts: &Options) -> (String, policy::GeneratedShape) {
+    let targets = policy::BenchTargets {
+        client_cidrs: vec![
+            format!("{}/32", addr::workload_v4(0)),
+            format!("{}/128", addr::workload_v6(0)),
+        ],
+        servers: vec![IpAddr::V4(addr::SERVER_V4), IpAddr::V6(addr::SERVER_V6)],
+        tcp_ports: vec![IPERF_PORT, PINGPONG_PORT],
+        tls_names: vec![TLS_NAME.to_owned()],
+    };
+    policy::generate(opts.rules, &targets)
 }
 
 /// `/proc/loadavg`'s first three fields.
