@@ -12,6 +12,9 @@ use bulkhead_gateway::netlab::Lab;
 #[derive(Debug)]
 pub struct Gateway {
     process: GatewayProcess,
+    /// Records already in the decision log when this gateway started (an earlier gateway of the
+    /// same lab wrote them): not counted for this one.
+    earlier_records: usize,
 }
 
 impl Gateway {
@@ -23,25 +26,92 @@ impl Gateway {
         spec.queues = queues.max(1);
         spec.ready_timeout = Duration::from_secs(30);
         let process = GatewayProcess::start(lab, &spec).context("starting bulkhead run")?;
-        Ok(Gateway { process })
+        let earlier_records = process.records().map_or(0, |r| r.len());
+        Ok(Gateway {
+            process,
+            earlier_records,
+        })
     }
 
     /// Stops the gateway and says how it went: resident memory at the end of the measurements,
     /// decision records written, exit status.
     pub fn stop(mut self) -> anyhow::Result<String> {
         let rss = self.process.rss_kib();
-        let records = self.process.records().map(|r| r.len());
         let status = self
             .process
             .stop(Duration::from_secs(10))
             .context("stopping bulkhead run")?;
+        // Read after the stop: the gateway writes the flow-end records of open flows on exit.
+        let records = self
+            .process
+            .records()
+            .map(|r| summarize_records(r.get(self.earlier_records..).unwrap_or(&[])));
         let rss = rss.map_or_else(
             || "unknown".to_owned(),
             |k| format!("{:.1} MiB", k as f64 / 1024.0),
         );
-        let records = records.map_or_else(|e| format!("unreadable ({e})"), |n| n.to_string());
+        let records = records.unwrap_or_else(|e| format!("decision log unreadable ({e})"));
         Ok(format!(
-            "gateway resident memory {rss} at the end, {records} decision records, {status}"
+            "gateway resident memory {rss} at the end, {status}; {records}"
         ))
+    }
+}
+
+/// "N decision records (by activity / rule / reason: A, B, ...)", the four most frequent kinds.
+fn summarize_records(records: &[serde_json::Value]) -> String {
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in records {
+        let activity = match r["activity_id"].as_u64() {
+            Some(1) => "open",
+            Some(2) => "close",
+            Some(5) => "refuse",
+            _ => "other",
+        };
+        let rule = r["policy"]["name"].as_str().unwrap_or("?");
+        let reason = r["reason"].as_str().unwrap_or("?");
+        *kinds
+            .entry(format!("{activity}/{rule}/{reason}"))
+            .or_default() += 1;
+    }
+    let mut by_count: Vec<(String, usize)> = kinds.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let top: Vec<String> = by_count
+        .iter()
+        .take(4)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    format!(
+        "{} decision records (activity/rule/reason: {})",
+        records.len(),
+        if top.is_empty() {
+            "none".to_owned()
+        } else {
+            top.join(", ")
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summarizes_records_by_kind() {
+        let rec = |a: u64, rule: &str, reason: &str| serde_json::json!({"activity_id": a, "policy": {"name": rule}, "reason": reason});
+        let records = vec![
+            rec(1, "default", "default"),
+            rec(2, "default", "default"),
+            rec(1, "default", "default"),
+            rec(5, "block-c2", "rule"),
+        ];
+        assert_eq!(
+            summarize_records(&records),
+            "4 decision records (activity/rule/reason: 2 open/default/default, \
+             1 close/default/default, 1 refuse/block-c2/rule)"
+        );
+        assert_eq!(
+            summarize_records(&[]),
+            "0 decision records (activity/rule/reason: none)"
+        );
     }
 }
