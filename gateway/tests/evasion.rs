@@ -787,7 +787,16 @@ fn log_only_forwards_and_records_detected() {
         (r.action, r.disposition),
         (RecordAction::Denied, RecDisposition::Detected)
     );
+    assert_eq!(r.name(), Some("not-allowed.test"));
     assert_eq!(client_stream(&c, &h.wire), hello);
+    assert!(rsts(&h.wire).is_empty());
+    assert_eq!(h.pipe.stats().held, 0, "log-only never holds a packet");
+
+    // Bounds do not apply either: a hello that never completes just passes.
+    let c = Conn::v4(50001);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, &hello[..10])), Disposition::Forward);
+    h.advance(Duration::from_secs(6));
     assert!(rsts(&h.wire).is_empty());
 }
 
@@ -981,5 +990,24 @@ fn a_forged_syn_from_the_server_side_does_not_turn_the_flow_around() {
     assert_eq!(
         h.send(&c.server_data(0, 0, b"data")),
         Disposition::Drop(DropReason::OutOfState)
+    );
+}
+
+#[test]
+fn a_policy_update_cuts_udp_flows_without_tcp_resets() {
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let client = "10.1.2.3:5000".parse().unwrap();
+    let server = "192.0.2.1:4000".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(client, server, b"one")),
+        Disposition::Forward
+    );
+    h.store.store(policy(POLICY_OPENAI, 2));
+    h.reevaluate();
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::PolicyUpdate);
+    assert!(rsts(&h.wire).is_empty());
+    assert_ne!(
+        h.send(&udp_packet(client, server, b"two")),
+        Disposition::Forward
     );
 }

@@ -34,6 +34,9 @@
 //! - **Flows seen mid-stream** (no SYN: the gateway restarted, or the flow expired) are decided by
 //!   address only. If the verdict would need a name, the flow fails closed (`midstream`): data is
 //!   dropped and, because the client would otherwise hang, both ends are reset.
+//! - **Log-only mode** never holds, drops or resets anything: flows whose verdict needs a name are
+//!   forwarded and watched like flows decided on the SYN, and their record carries the verdict for
+//!   the name once it is seen (`disposition` Detected when that verdict is not a permit).
 //! - **UDP and other protocols** are decided on the first packet by address and port. UDP 443
 //!   (QUIC) carries no name yet: `no_sni`. A rejected UDP flow answers each packet with an ICMP
 //!   administratively-prohibited error.
@@ -89,7 +92,7 @@ use policy_engine::{
 
 use crate::record::{
     self, Activity, ConnectionInfo, DecisionRecord, DstEndpoint, EndReason, Http, Metadata,
-    PolicyRef, Reason, RecordAction, SrcEndpoint, Tls, Traffic,
+    PolicyRef, Reason, RecordAction, RecordSink, SrcEndpoint, Tls, Traffic,
 };
 use crate::wire::{self, ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment, L4};
 
@@ -300,6 +303,13 @@ impl Output {
     pub fn clear(&mut self) {
         self.transmit.clear();
         self.records.clear();
+    }
+
+    /// Hands every record to `sink`, in order, leaving `records` empty.
+    pub fn drain_records(&mut self, sink: &mut impl RecordSink) {
+        for r in self.records.drain(..) {
+            sink.submit(r);
+        }
     }
 }
 
@@ -979,7 +989,12 @@ impl Pipeline {
             flow.tcp.established = true;
         }
         let q = flow_query(&flow, None);
-        let decision = policy.evaluate_without_name(&q);
+        let mut decision = policy.evaluate_without_name(&q);
+        if syn && policy.mode() == Mode::LogOnly && matches!(decision, SynDecision::NeedsName) {
+            // Log-only never holds traffic: the flow passes and is watched; its record is
+            // written with the verdict for the name once the name is seen.
+            decision = SynDecision::Final(policy.evaluate(&q));
+        }
         if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
             // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
             // decide or record yet; the first packet with data decides the flow (fail closed).
@@ -1265,7 +1280,13 @@ fn seq_gt(a: u32, b: u32) -> bool {
 
 impl Ctx {
     fn must_log(&self, v: &Verdict) -> bool {
-        self.config.log_all || v.log || v.effective_action != Action::Permit || !v.enforced
+        // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the
+        // default (a flow no rule covers is a gap in the policy worth seeing).
+        self.config.log_all
+            || v.log
+            || v.effective_action != Action::Permit
+            || !v.enforced
+            || v.effective_rule == RuleRef::Default
     }
 
     fn count_decision(&mut self, a: Action) {
@@ -1354,6 +1375,10 @@ impl Ctx {
 
     /// Resets the flow's ends as the gateway knows their sequence numbers.
     fn reset(&mut self, flow: &Flow, client: bool, server: bool, out: &mut Output) {
+        if flow.proto != 6 {
+            // Nothing to reset: the flow's further packets are dropped.
+            return;
+        }
         // An endpoint accepts a RST at once only when its sequence number is exactly the next one
         // it expects (RFC 5961). That is the peer's highest sequence number the gateway forwarded,
         // unless segments are still in flight: then it is what the endpoint acknowledged last.
@@ -1898,7 +1923,7 @@ impl Ctx {
         now: Instant,
         flow: &mut Flow,
         found: &Found,
-        _policy: &CompiledPolicy,
+        policy: &CompiledPolicy,
         out: &mut Output,
     ) {
         let name = match found {
@@ -1908,12 +1933,28 @@ impl Ctx {
             Found::Http { host: Some(h), .. } => Some((h.clone(), NameKind::Host)),
             _ => None,
         };
-        if let Some(d) = flow.decision.as_mut() {
-            d.name = name.map(|(n, k)| (n.into_boxed_str(), k));
+        // The verdict for the name: the same as the SYN's when it was final under this policy;
+        // under log-only it is the verdict the record reports.
+        let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        flow.decision = Some(Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            reason: rule_reason(&v),
+            version: policy.version(),
+            name: name.map(|(n, k)| (n.into_boxed_str(), k)),
+        });
+        if flow.record_pending || self.must_log(&v) && !flow.logged {
+            self.emit_decision(now, flow, policy, out);
         }
-        if flow.record_pending {
-            let policy = self.policy.load_full();
-            self.emit_decision(now, flow, &policy, out);
+        if v.effective_action != Action::Permit {
+            // Only a policy swap between the SYN and the hello gets here.
+            self.stats.policy_update_cuts += 1;
+            if let Some(d) = flow.decision.as_mut() {
+                d.reason = Reason::PolicyUpdate;
+            }
+            self.emit_decision(now, flow, policy, out);
+            self.reset(flow, true, true, out);
+            self.set_state(flow, State::Cut, Reason::PolicyUpdate);
         }
     }
 
