@@ -237,6 +237,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
                 max_held_bytes_per_flow: config.limits.max_held_bytes_per_flow,
                 max_held_bytes_total: config.limits.max_held_bytes_total,
                 inspect_timeout: config.limits.inspect_timeout(),
+                idle: config.timeouts.apply(PipelineConfig::default().idle),
                 ..PipelineConfig::default()
             },
             store.clone(),
