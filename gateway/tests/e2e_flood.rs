@@ -4,22 +4,15 @@
 
 mod common_e2e;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{self, Outcome, Request, StreamWatch};
+use bulkhead_gateway::netlab::clients::{Request, StreamWatch};
 use bulkhead_gateway::netlab::gateway::{metric_value, GatewaySpec};
-use bulkhead_gateway::sys::netns;
 use common_e2e::*;
 
-/// Upper bounds of the flood.
-const FLOOD_MAX_PACKETS: u32 = 30_000;
-const FLOOD_MAX_TIME: Duration = Duration::from_secs(3);
 /// A flow table this small fills within a fraction of the flood.
 const FLOW_CAPACITY: usize = 2048;
-/// Nobody answers at this address: every SYN leaves a flow waiting for its ClientHello.
-const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 99);
 
 const RULES: &str = r#"
 [[rules]]
@@ -40,48 +33,6 @@ protocol = "tcp"
 ports = ["443"]
 action = "permit"
 "#;
-
-/// Sends SYNs with changing source ports from `src` to `BLACKHOLE:443` from inside the
-/// namespace, bounded in count and time. Returns the number sent.
-fn syn_flood(ns: &str, src: Ipv4Addr) -> Result<u32> {
-    let sent = netns::run_in(ns, move || -> std::io::Result<u32> {
-        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-        let sock = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(libc::IPPROTO_RAW)),
-        )?;
-        let dst = SockAddr::from(SocketAddrV4::new(BLACKHOLE, 443));
-        let start = Instant::now();
-        let mut n = 0u32;
-        let mut pkt = Vec::with_capacity(64);
-        while n < FLOOD_MAX_PACKETS && start.elapsed() < FLOOD_MAX_TIME {
-            let sport = 1024 + (n % 60_000) as u16;
-            pkt.clear();
-            etherparse::PacketBuilder::ipv4(src.octets(), BLACKHOLE.octets(), 64)
-                .tcp(sport, 443, n.wrapping_mul(2_654_435_761), 64_240)
-                .syn()
-                .write(&mut pkt, &[])
-                .map_err(std::io::Error::other)?;
-            match sock.send_to(&pkt, &dst) {
-                Ok(_) => n += 1,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
-                {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(e),
-            }
-            // About 10k SYNs a second.
-            if n % 100 == 0 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        Ok(n)
-    })??;
-    Ok(sent)
-}
 
 #[test]
 fn syn_flood_leaves_established_transfers_working() -> Result<()> {
@@ -107,7 +58,8 @@ fn syn_flood_leaves_established_transfers_working() -> Result<()> {
     let bytes_before = stream.bytes();
 
     let flood_ns = dev.netns.clone();
-    let flood = std::thread::spawn(move || syn_flood(&flood_ns, dev.v4));
+    let flood =
+        std::thread::spawn(move || syn_flood(&flood_ns, dev.v4, 30_000, Duration::from_secs(3)));
     let mut rss_peak = rss_before;
     while !flood.is_finished() {
         rss_peak = rss_peak.max(gw.rss_kib().unwrap_or(0));
@@ -166,19 +118,5 @@ fn syn_flood_leaves_established_transfers_working() -> Result<()> {
         "gateway memory grew from {rss_before} to {rss_peak} KiB"
     );
 
-    // Once the half-open flows expire, new connections from the flooding workload go through.
-    let recovered = wait_for(Duration::from_secs(20), || {
-        let ex = clients::fetch(
-            &tb.lab.workload("dev").netns,
-            Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/")
-                .timeout(Duration::from_secs(1)),
-        )
-        .ok()?;
-        (ex.outcome == Outcome::Completed).then_some(())
-    });
-    assert!(
-        recovered.is_some(),
-        "new connections work again after the flood"
-    );
     Ok(())
 }

@@ -13,6 +13,37 @@ use common_e2e::*;
 
 const T_DENY: Duration = Duration::from_secs(3);
 const T_RECORD: Duration = Duration::from_secs(10);
+/// The gateway writes a flow's end record once the flow has been closed (FIN both ways) for its
+/// closed-state linger (10 s by default).
+const T_FLOW_END: Duration = Duration::from_secs(20);
+
+/// Compares a flow-end record's traffic with a capture at the workload's interface.
+fn check_traffic(
+    end: &serde_json::Value,
+    pkts: &[TapPacket],
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+) {
+    let (bytes_out, packets_out, bytes_in, packets_in) = tap_traffic(pkts, client, server);
+    let t = &end["traffic"];
+    assert_eq!(
+        (
+            t["bytes_out"].as_u64(),
+            t["packets_out"].as_u64(),
+            t["bytes_in"].as_u64(),
+            t["packets_in"].as_u64()
+        ),
+        (
+            Some(bytes_out),
+            Some(packets_out),
+            Some(bytes_in),
+            Some(packets_in)
+        ),
+        "flow-end traffic (bytes_out, packets_out, bytes_in, packets_in) against the capture at \
+         the workload; record {end:#}"
+    );
+    assert_eq!(end["end_reason"].as_str(), Some("fin"), "{end:#}");
+}
 
 fn https(tb: &Testbed, ns: &str, server: std::net::SocketAddr, name: &str, path: &str) -> Exchange {
     clients::fetch(
@@ -56,6 +87,7 @@ fn permitted_name_completes_and_is_logged_exactly() -> Result<()> {
     let prod = tb.lab.workload("prod").netns.clone();
     let body = 2_000_000u64;
 
+    let tap = Tap::start(&prod);
     let ex = https(
         &tb,
         &prod,
@@ -87,27 +119,9 @@ fn permitted_name_completes_and_is_logged_exactly() -> Result<()> {
         },
     );
 
-    // Flow end: IP bytes both ways are the TCP payload the client counted plus one header per
-    // packet (the SYN and SYN-ACK carry 8 more option bytes).
-    let end = wait_flow_record(&gw, local, &[2], T_RECORD);
-    let t = &end["traffic"];
-    let (pkts_out, pkts_in) = (
-        t["packets_out"].as_u64().unwrap(),
-        t["packets_in"].as_u64().unwrap(),
-    );
-    let h = tcp_overhead(false);
-    assert_eq!(
-        t["bytes_out"].as_u64(),
-        Some(ex.tcp_bytes_sent + h * pkts_out + 8),
-        "client->server: {} payload bytes in {pkts_out} packets; record {end:#}",
-        ex.tcp_bytes_sent
-    );
-    assert_eq!(
-        t["bytes_in"].as_u64(),
-        Some(ex.tcp_bytes_received + h * pkts_in + 8),
-        "server->client: {} payload bytes in {pkts_in} packets; record {end:#}",
-        ex.tcp_bytes_received
-    );
+    // Flow end: the byte and packet counts both ways are what crossed the workload's interface.
+    let end = wait_flow_record(&gw, local, &[2], T_FLOW_END);
+    check_traffic(&end, &tap.stop(), local, server_v4(443));
     assert_eq!(end["policy"]["name"].as_str(), Some("prod-to-openai"));
     assert_eq!(
         end["dst_endpoint"]["hostname"].as_str(),
@@ -429,6 +443,7 @@ fn ipv6_end_to_end() -> Result<()> {
     let tb = testbed();
     let gw = start_gateway(&tb, &policy("enforce", PERMIT_PROD_OPENAI));
     let prod = tb.lab.workload("prod").netns.clone();
+    let tap = Tap::start(&prod);
     let ok = https(
         &tb,
         &prod,
@@ -458,19 +473,8 @@ fn ipv6_end_to_end() -> Result<()> {
             dst_groups: &["openai"],
         },
     );
-    let end = wait_flow_record(&gw, local, &[2], T_RECORD);
-    let t = &end["traffic"];
-    let h = tcp_overhead(true);
-    assert_eq!(
-        t["bytes_in"].as_u64(),
-        Some(ok.tcp_bytes_received + h * t["packets_in"].as_u64().unwrap() + 8),
-        "{end:#}"
-    );
-    assert_eq!(
-        t["bytes_out"].as_u64(),
-        Some(ok.tcp_bytes_sent + h * t["packets_out"].as_u64().unwrap() + 8),
-        "{end:#}"
-    );
+    let end = wait_flow_record(&gw, local, &[2], T_FLOW_END);
+    check_traffic(&end, &tap.stop(), local, server_v6(443));
     let rej = https(&tb, &prod, server_v6(443), "api.anthropic.com", "/");
     assert_eq!(rej.outcome, Outcome::Reset, "{rej:?}");
     assert!(rej.elapsed < Duration::from_secs(1));
@@ -520,8 +524,17 @@ action = "reject"
     let dev = tb.lab.workload("dev").netns.clone();
     let t = Duration::from_secs(2);
     for server in [server_v4(53), server_v6(53)] {
-        let (o, _) = clients::udp_echo(&prod, server, b"query".to_vec(), t)?;
-        assert_eq!(o, Outcome::Completed, "{server}");
+        let (o, rtt) = clients::udp_echo(&prod, server, b"query".to_vec(), t)?;
+        assert_eq!(
+            o,
+            Outcome::Completed,
+            "{server}: the first datagram got no echo within {t:?}; records: {:#?}",
+            gw.records()
+        );
+        assert!(
+            rtt < Duration::from_millis(500),
+            "{server}: echo after {rtt:?}"
+        );
     }
     let (o, _) = clients::udp_echo(&prod, server_v4(5001), b"x".to_vec(), t)?;
     assert_eq!(o, Outcome::TimedOut, "default deny is silent");
@@ -594,20 +607,18 @@ action = "permit"
         accepted_before,
         "the SYN must not reach the C2 host"
     );
-    let r = gw
-        .wait_record(T_RECORD, |r| {
-            r["dst_endpoint"]["ip"].as_str() == Some("10.200.0.66")
-                && r["activity_id"].as_u64() == Some(5)
-        })
-        .unwrap_or_else(|| panic!("no refuse record for the C2 flow: {:#?}", gw.records()));
-    let src = r["src_endpoint"]["port"].as_u64().unwrap() as u16;
+    let local = ex
+        .local
+        .expect("the client's address is known before the SYN");
+    assert_eq!(local.ip(), std::net::IpAddr::V4(tb.lab.workload("prod").v4));
+    let r = wait_flow_record(&gw, local, &[5], T_RECORD);
     check_record(
         &r,
         &Expect {
             activity_id: 5,
             action: "Denied",
             disposition: "Blocked",
-            src: std::net::SocketAddr::new(tb.lab.workload("prod").v4.into(), src),
+            src: local,
             dst: c2_v4(443),
             protocol: "tcp",
             name: None,

@@ -57,8 +57,13 @@ fn kernel_forwarding_carries_every_client() -> Result<()> {
 
     // UDP echo, both families.
     for server in [server_v4(53), server_v6(5001)] {
-        let (o, _) = clients::udp_echo(&prod, server, b"ping".to_vec(), Duration::from_secs(2))?;
+        let (o, rtt) = clients::udp_echo(&prod, server, b"ping".to_vec(), Duration::from_secs(2))?;
         assert_eq!(o, Outcome::Completed, "{server}");
+        // The first datagram includes neighbour discovery on both links: still fast.
+        assert!(
+            rtt < Duration::from_millis(500),
+            "{server}: first echo after {rtt:?}"
+        );
     }
     // A closed port answers with ICMP port unreachable: refused.
     let (o, _) = clients::udp_echo(&prod, server_v4(9), b"x".to_vec(), Duration::from_secs(2))?;
@@ -167,5 +172,40 @@ fn lab_removes_its_namespaces_on_drop_and_on_panic() -> Result<()> {
         !bulkhead_gateway::sys::netns::netns_path(&gw).exists(),
         "{gw} left behind after a panic"
     );
+    Ok(())
+}
+
+/// The long-lived stream flows and stops when dropped; the raw SYN flood sender works at its
+/// nominal rate (about 10k a second) and kernel forwarding alone keeps the stream going.
+#[test]
+fn stream_and_flood_tools_work_with_kernel_forwarding() -> Result<()> {
+    if !root_or_skip("stream_and_flood_tools_work_with_kernel_forwarding") {
+        return Ok(());
+    }
+    let tb = testbed();
+    let prod = tb.lab.workload("prod").netns.clone();
+    let dev = tb.lab.workload("dev").clone();
+    let stream = clients::StreamWatch::open(
+        &prod,
+        Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/stream"),
+    )?;
+    assert!(
+        stream.wait_bytes(20_000, Duration::from_secs(5)),
+        "{:?}",
+        stream.ended()
+    );
+    let before = stream.bytes();
+    let sent = syn_flood(&dev.netns, dev.v4, 10_000, Duration::from_secs(2))?;
+    assert!(sent >= 5_000, "sent {sent}");
+    assert!(stream.ended().is_none());
+    assert!(
+        stream.bytes() - before >= 50_000,
+        "{} bytes during the flood",
+        stream.bytes() - before
+    );
+    assert!(stream.intact());
+    let t = std::time::Instant::now();
+    drop(stream);
+    assert!(t.elapsed() < Duration::from_secs(1));
     Ok(())
 }

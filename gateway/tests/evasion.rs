@@ -787,7 +787,16 @@ fn log_only_forwards_and_records_detected() {
         (r.action, r.disposition),
         (RecordAction::Denied, RecDisposition::Detected)
     );
+    assert_eq!(r.name(), Some("not-allowed.test"));
     assert_eq!(client_stream(&c, &h.wire), hello);
+    assert!(rsts(&h.wire).is_empty());
+    assert_eq!(h.pipe.stats().held, 0, "log-only never holds a packet");
+
+    // Bounds do not apply either: a hello that never completes just passes.
+    let c = Conn::v4(50001);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, &hello[..10])), Disposition::Forward);
+    h.advance(Duration::from_secs(6));
     assert!(rsts(&h.wire).is_empty());
 }
 
@@ -824,4 +833,181 @@ fn tcp_fragments_are_dropped() {
     p[6] = 0x20; // more fragments
                  // The IP header checksum is now wrong too, but fragments are dropped before anything else.
     assert_eq!(h.send(&p), Disposition::Drop(DropReason::Fragment));
+}
+
+#[test]
+fn a_client_reset_during_inspection_does_not_open_the_flow() {
+    let denied = client_hello(Some("exfil.attacker.test"), 0);
+    // SYN, RST, then the same SYN again and a denied hello: the new connection is inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(53000);
+    h.send(&c.syn());
+    h.send(&tcp_packet(
+        c.client,
+        c.server,
+        c.cisn.wrapping_add(1),
+        0,
+        RST,
+        &[],
+    ));
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &denied));
+    assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+    assert!(client_stream(&c, &h.wire).is_empty());
+
+    // RST in the middle of the handshake, then data without a new SYN: still held and inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(53001);
+    handshake(&mut h, &c);
+    h.send(&tcp_packet(
+        c.client,
+        c.server,
+        c.cisn.wrapping_add(1),
+        0,
+        RST,
+        &[],
+    ));
+    assert_eq!(h.send(&c.data(0, &denied)), Disposition::Held);
+    assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+    assert!(client_stream(&c, &h.wire).is_empty());
+}
+
+#[test]
+fn a_new_connection_on_the_same_ports_is_decided_afresh() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(54000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    let end = hello.len() as u32;
+    h.send(&c.fin(end));
+    h.send(&c.server_data(0, end + 1, &[]));
+    h.send(&tcp_packet(
+        c.server,
+        c.client,
+        c.sisn.wrapping_add(1),
+        c.cisn.wrapping_add(2 + end),
+        FIN | ACK,
+        &[],
+    ));
+    // Port reuse with a new ISN: the new connection must be inspected.
+    let c2 = Conn {
+        cisn: 0x5000_0000,
+        sisn: 0x6000_0000,
+        ..c
+    };
+    handshake(&mut h, &c2);
+    assert_eq!(
+        h.send(&c2.data(0, &client_hello(Some("exfil.attacker.test"), 0))),
+        Disposition::Held
+    );
+    let names = h.names();
+    assert_eq!(
+        names,
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+    assert_eq!(h.decisions()[1].action, RecordAction::Denied);
+    let end_record = h
+        .records
+        .iter()
+        .find(|r| r.is_flow_end())
+        .expect("flow end of the first");
+    assert_eq!(end_record.end_reason, Some(EndReason::Fin));
+}
+
+#[test]
+fn icmp_errors_follow_the_flow_they_quote() {
+    let policy = r#"
+[policy]
+default_action = "deny"
+
+[addressgroups.web]
+cidrs = ["192.0.2.0/24"]
+
+[[rules]]
+name = "web"
+priority = 1
+src = ["any"]
+dst = ["web"]
+protocol = "tcp"
+action = "permit"
+"#;
+    let mut h = Harness::new(policy);
+    let c = Conn::v4(55000);
+    handshake(&mut h, &c);
+    let data = c.data(0, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(h.send(&data), Disposition::Forward);
+    // A router says "fragmentation needed" about that segment, to the client.
+    let frag_needed = |quoted: &[u8]| {
+        let mut l4 = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        l4.extend_from_slice(&quoted[..28]);
+        ip_packet("203.0.113.1".parse().unwrap(), c.client.ip(), 1, &mut l4, 2)
+    };
+    assert_eq!(h.send(&frag_needed(&data)), Disposition::Forward);
+    // About a flow that does not exist (or is not allowed): dropped.
+    let other = Conn::v4(55001);
+    assert_eq!(
+        h.send(&frag_needed(&other.data(0, b"x"))),
+        Disposition::Drop(DropReason::Policy)
+    );
+    let mut denied = Conn::v4(55002);
+    denied.server = "198.51.100.1:443".parse().unwrap();
+    assert_eq!(h.send(&denied.syn()), Disposition::Drop(DropReason::Policy));
+    assert_eq!(
+        h.send(&frag_needed(&denied.syn())),
+        Disposition::Drop(DropReason::Policy)
+    );
+}
+
+#[test]
+fn a_forged_syn_from_the_server_side_does_not_turn_the_flow_around() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(56000);
+    // A SYN from the server's address and port first (forged, or a simultaneous open).
+    let forged = tcp_packet(c.server, c.client, c.sisn, 0, SYN, &[]);
+    h.send(&forged);
+    // Then the real connection, whose hello names a denied host.
+    handshake(&mut h, &c);
+    let d = h.send(&c.data(0, &client_hello(Some("exfil.attacker.test"), 0)));
+    assert_eq!(d, Disposition::Held);
+    assert!(
+        client_stream(&c, &h.wire).is_empty(),
+        "the client's data was inspected"
+    );
+    assert_eq!(
+        h.decisions().last().unwrap().name(),
+        Some("exfil.attacker.test")
+    );
+    assert_eq!(h.decisions().last().unwrap().src_endpoint.ip, c.client.ip());
+
+    // Server data before any SYN-ACK is held back while the verdict is pending.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(56001);
+    h.send(&c.syn());
+    assert_eq!(
+        h.send(&c.server_data(0, 0, b"data")),
+        Disposition::Drop(DropReason::OutOfState)
+    );
+}
+
+#[test]
+fn a_policy_update_cuts_udp_flows_without_tcp_resets() {
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let client = "10.1.2.3:5000".parse().unwrap();
+    let server = "192.0.2.1:4000".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(client, server, b"one")),
+        Disposition::Forward
+    );
+    h.store.store(policy(POLICY_OPENAI, 2));
+    h.reevaluate();
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::PolicyUpdate);
+    assert!(rsts(&h.wire).is_empty());
+    assert_ne!(
+        h.send(&udp_packet(client, server, b"two")),
+        Disposition::Forward
+    );
 }

@@ -63,6 +63,8 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 static LIVE_NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Child processes of live labs, killed by [`emergency_cleanup`].
 static LIVE_CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Working directories of live labs, removed by [`emergency_cleanup`].
+static LIVE_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 impl Lab {
     /// Builds the namespaces, links, addresses and routes. On error, whatever was already
@@ -87,6 +89,10 @@ impl Lab {
         let workdir = std::env::temp_dir().join(format!("bulkhead-lab-{id}"));
         std::fs::create_dir_all(&workdir)
             .map_err(|e| NetlabError::io(format!("create {}", workdir.display()), e))?;
+        LIVE_DIRS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(workdir.clone());
         let mut lab = Lab {
             gateway_ns: format!("{id}-gw"),
             internet_ns: format!("{id}-inet"),
@@ -122,6 +128,20 @@ impl Lab {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(name.to_owned());
+        // No duplicate address detection: these links are private to the lab, and a tentative
+        // link-local address delays the first IPv6 packet by up to two seconds.
+        run_command(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]),
+            "ip netns exec sysctl accept_dad",
+        )?;
         ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
     }
 
@@ -286,6 +306,10 @@ impl Drop for Lab {
             live.retain(|n| !self.created.contains(n));
         }
         let _ = std::fs::remove_dir_all(&self.workdir);
+        LIVE_DIRS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d| d != &self.workdir);
     }
 }
 
@@ -313,16 +337,13 @@ pub fn emergency_cleanup() {
         .unwrap_or_else(|p| p.into_inner())
         .drain(..)
         .collect();
-    for pid in children {
-        let _ = netns::send_signal(pid, netns::Signal::Term);
+    for pid in &children {
+        let _ = netns::send_signal(*pid, netns::Signal::Term);
     }
-    if !LIVE_NAMESPACES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-    {
-        // Give the gateway a moment to remove its routing before its namespace disappears.
-        std::thread::sleep(std::time::Duration::from_millis(300));
+    // Give the gateways up to two seconds to remove their routing before their namespace goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while children.iter().any(|pid| process_alive(*pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let namespaces: Vec<String> = LIVE_NAMESPACES
         .lock()
@@ -331,6 +352,26 @@ pub fn emergency_cleanup() {
         .collect();
     for ns in namespaces.iter().rev() {
         let _ = ip(&["netns", "del", ns]);
+    }
+    let dirs: Vec<PathBuf> = LIVE_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect();
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// True while the process exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
     }
 }
 

@@ -39,6 +39,16 @@ pub enum Side {
     Hi,
 }
 
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Lo => Side::Hi,
+            Side::Hi => Side::Lo,
+        }
+    }
+}
+
 impl FlowKey {
     /// The key of a packet from `src:sport` to `dst:dport`, and the side its source is on.
     pub fn new(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> (FlowKey, Side) {

@@ -34,6 +34,9 @@
 //! - **Flows seen mid-stream** (no SYN: the gateway restarted, or the flow expired) are decided by
 //!   address only. If the verdict would need a name, the flow fails closed (`midstream`): data is
 //!   dropped and, because the client would otherwise hang, both ends are reset.
+//! - **Log-only mode** never holds, drops or resets anything: flows whose verdict needs a name are
+//!   forwarded and watched like flows decided on the SYN, and their record carries the verdict for
+//!   the name once it is seen (`disposition` Detected when that verdict is not a permit).
 //! - **UDP and other protocols** are decided on the first packet by address and port. UDP 443
 //!   (QUIC) carries no name yet: `no_sni`. A rejected UDP flow answers each packet with an ICMP
 //!   administratively-prohibited error.
@@ -89,7 +92,7 @@ use policy_engine::{
 
 use crate::record::{
     self, Activity, ConnectionInfo, DecisionRecord, DstEndpoint, EndReason, Http, Metadata,
-    PolicyRef, Reason, RecordAction, SrcEndpoint, Tls, Traffic,
+    PolicyRef, Reason, RecordAction, RecordSink, SrcEndpoint, Tls, Traffic,
 };
 use crate::wire::{self, ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment, L4};
 
@@ -114,6 +117,18 @@ impl PacketMeta {
     /// must not verify it.
     pub fn partial_checksum(&self) -> bool {
         self.has_vnet && self.vnet[0] & 0x01 != 0
+    }
+
+    /// Metadata for a packet whose checksum must not be verified, for offline use (`replay`:
+    /// captures taken on the sending host hold checksums left to the NIC). It marks the packet
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` without offsets: never write it to a TUN device.
+    pub fn unverified() -> PacketMeta {
+        let mut vnet = [0u8; 12];
+        vnet[0] = 0x01;
+        PacketMeta {
+            vnet,
+            has_vnet: true,
+        }
     }
 }
 
@@ -140,7 +155,7 @@ impl Default for IdleTimeouts {
             tcp_opening: Duration::from_secs(30),
             tcp_established: Duration::from_secs(3600),
             tcp_closing: Duration::from_secs(60),
-            tcp_closed: Duration::from_secs(10),
+            tcp_closed: Duration::from_secs(30),
             udp: Duration::from_secs(60),
             other: Duration::from_secs(30),
         }
@@ -199,6 +214,9 @@ pub enum DropReason {
     Duplicate,
     /// Data on a SYN that does not hold a complete ClientHello (the client retries without it).
     SynData,
+    /// A TCP segment that does not fit the flow's state (a SYN from the server of an established
+    /// flow, server data before the server answered the SYN).
+    OutOfState,
     /// A bound or an evasion attempt made the flow fail closed.
     FailClosed(Reason),
 }
@@ -215,6 +233,7 @@ impl DropReason {
             DropReason::BadChecksum => "bad_checksum",
             DropReason::Duplicate => "duplicate",
             DropReason::SynData => "syn_data",
+            DropReason::OutOfState => "out_of_state",
             DropReason::FailClosed(r) => r.as_str(),
         }
     }
@@ -229,13 +248,14 @@ impl DropReason {
             DropReason::BadChecksum => 5,
             DropReason::Duplicate => 6,
             DropReason::SynData => 7,
-            DropReason::FailClosed(_) => 8,
+            DropReason::OutOfState => 8,
+            DropReason::FailClosed(_) => 9,
         }
     }
 
     /// Every kind, in counter order (the fail-closed kinds share one counter; the reason is in the
     /// record).
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::Policy,
@@ -244,6 +264,7 @@ impl DropReason {
         DropReason::BadChecksum,
         DropReason::Duplicate,
         DropReason::SynData,
+        DropReason::OutOfState,
         DropReason::FailClosed(Reason::Unknown),
     ];
 }
@@ -283,6 +304,13 @@ impl Output {
         self.transmit.clear();
         self.records.clear();
     }
+
+    /// Hands every record to `sink`, in order, leaving `records` empty.
+    pub fn drain_records(&mut self, sink: &mut impl RecordSink) {
+        for r in self.records.drain(..) {
+            sink.submit(r);
+        }
+    }
 }
 
 /// Counters. All monotonic except the `*_now` gauges.
@@ -297,7 +325,7 @@ pub struct PipelineStats {
     /// Held packets released.
     pub released: u64,
     /// Packets dropped, by [`DropReason::ALL`] index.
-    pub dropped: [u64; 9],
+    pub dropped: [u64; 10],
     /// Flows created.
     pub flows_created: u64,
     /// Flows removed after their idle timeout (or reclaimed when the table was full).
@@ -423,6 +451,8 @@ struct TcpTrack {
     /// Last acknowledgment from the client.
     client_ack: Option<u32>,
     established: bool,
+    /// A SYN-ACK came from the server side.
+    synack_seen: bool,
     fin_client: bool,
     fin_server: bool,
     rst: bool,
@@ -580,6 +610,8 @@ impl Pipeline {
             L4::Tcp(_) if p.fragment.is_some() => Disposition::Drop(DropReason::Fragment),
             L4::Tcp(seg) => self.tcp(now, &p, &seg, meta, out),
             L4::Udp(u) => self.datagram(now, &p, u.src_port, u.dst_port, out),
+            L4::Icmp(m) if icmp_is_error(false, m.msg_type) => self.icmp_error(now, &p, m.payload),
+            L4::Icmpv6(m) if icmp_is_error(true, m.msg_type) => self.icmp_error(now, &p, m.payload),
             L4::Icmp(_) | L4::Icmpv6(_) | L4::Other(_) => self.datagram(now, &p, 0, 0, out),
         }
     }
@@ -747,6 +779,33 @@ impl Pipeline {
         Ok(id)
     }
 
+    /// An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded,
+    /// parameter problem) belongs to the flow of the packet it quotes: it passes when that flow is
+    /// allowed (path MTU discovery must keep working), and is dropped otherwise.
+    fn icmp_error(&mut self, now: Instant, p: &ParsedPacket<'_>, quoted: &[u8]) -> Disposition {
+        let Some((proto, src, sport, dst, dport)) = quoted_flow(quoted) else {
+            return Disposition::Drop(DropReason::Malformed);
+        };
+        let (key, _) = FlowKey::new(proto, src, sport, dst, dport);
+        let Some(id) = self.flows.lookup(&key) else {
+            return Disposition::Drop(DropReason::Policy);
+        };
+        let Some(flow) = self.flows.get_mut(id) else {
+            return Disposition::Drop(DropReason::Policy);
+        };
+        if flow.state != State::Forwarding {
+            return Disposition::Drop(DropReason::Policy);
+        }
+        // Counted with the flow, in the direction of the quoted packet's reply.
+        let side = if SocketAddr::new(dst, dport) == flow.client {
+            flow.client_side
+        } else {
+            flow.client_side.other()
+        };
+        flow.count(side, p.packet.len() as u64, now);
+        Disposition::Forward
+    }
+
     fn datagram(
         &mut self,
         now: Instant,
@@ -843,6 +902,24 @@ impl Pipeline {
             return Disposition::Drop(DropReason::Malformed);
         };
         let from_client = side == flow.client_side;
+        let bare_syn = seg.flags.syn() && !seg.flags.ack();
+        if bare_syn && from_client && flow.reusable_by(seg.seq) {
+            // A new connection on the same ports (after a RST or FINs, or with a new ISN): the
+            // old flow ends here and the new one is decided afresh.
+            self.expire(now, id, EndReason::Fin, out);
+            return self.tcp_new(now, key, side, p, seg, meta, out);
+        }
+        if bare_syn && !from_client {
+            if flow.tcp.synack_seen || matches!(flow.state, State::Blocked | State::Cut) {
+                // A SYN from the server of an established flow is bogus.
+                return Disposition::Drop(DropReason::OutOfState);
+            }
+            // The first SYN came from the other end (or a forged one did): the flow is decided
+            // again with this SYN's sender as the client, so the side whose data is inspected is
+            // never chosen by whoever spoke first.
+            self.expire(now, id, EndReason::Shutdown, out);
+            return self.tcp_new(now, key, side, p, seg, meta, out);
+        }
         flow.count(side, p.packet.len() as u64, now);
         let before = (
             flow.tcp.fin_client || flow.tcp.fin_server,
@@ -912,7 +989,17 @@ impl Pipeline {
             flow.tcp.established = true;
         }
         let q = flow_query(&flow, None);
-        let decision = policy.evaluate_without_name(&q);
+        let mut decision = policy.evaluate_without_name(&q);
+        if syn && policy.mode() == Mode::LogOnly && matches!(decision, SynDecision::NeedsName) {
+            // Log-only never holds traffic: the flow passes and is watched; its record is
+            // written with the verdict for the name once the name is seen.
+            decision = SynDecision::Final(policy.evaluate(&q));
+        }
+        if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
+            // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
+            // decide or record yet; the first packet with data decides the flow (fail closed).
+            return Disposition::Drop(DropReason::FailClosed(Reason::Midstream));
+        }
 
         // Data on the SYN (TCP Fast Open) when the verdict needs the name: decide on it now if
         // it holds a complete hello; otherwise drop the SYN and let the client retry without data.
@@ -1078,6 +1165,14 @@ impl Flow {
         self.last_seen = now;
     }
 
+    /// True when a client SYN with sequence number `seq` opens a new connection rather than
+    /// repeating the flow's own SYN.
+    fn reusable_by(&self, seq: u32) -> bool {
+        let closed = self.tcp.rst || (self.tcp.fin_client && self.tcp.fin_server);
+        let new_isn = self.tcp.synced && seq.wrapping_add(1) != self.tcp.base;
+        (closed || new_isn) && !matches!(self.state, State::Blocked | State::Cut)
+    }
+
     fn enforced(&self) -> Option<Action> {
         self.decision.as_ref().map(|d| d.enforced)
     }
@@ -1123,6 +1218,61 @@ fn rule_reason(v: &Verdict) -> Reason {
     }
 }
 
+/// ICMP error types (RFC 792, RFC 4443 2.1: ICMPv6 types below 128).
+fn icmp_is_error(v6: bool, msg_type: u8) -> bool {
+    if v6 {
+        msg_type < 128
+    } else {
+        matches!(msg_type, 3 | 4 | 5 | 11 | 12)
+    }
+}
+
+/// The flow of the packet an ICMP error quotes: (protocol, source, source port, destination,
+/// destination port), ports 0 for protocols without ports. Only the fixed headers are read (an
+/// error quotes at least the IP header and 8 bytes of the transport header).
+fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
+    let (proto, src, dst, l4): (u8, IpAddr, IpAddr, &[u8]) = match q.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(q[0] & 0x0f) * 4;
+            if ihl < 20 || q.len() < ihl {
+                return None;
+            }
+            let frag_offset = u16::from_be_bytes([q[6], q[7]]) & 0x1fff;
+            let s: [u8; 4] = q[12..16].try_into().ok()?;
+            let d: [u8; 4] = q[16..20].try_into().ok()?;
+            let l4 = if frag_offset == 0 { &q[ihl..] } else { &[][..] };
+            (q[9], IpAddr::from(s), IpAddr::from(d), l4)
+        }
+        6 => {
+            if q.len() < 40 {
+                return None;
+            }
+            let s: [u8; 16] = q[8..24].try_into().ok()?;
+            let d: [u8; 16] = q[24..40].try_into().ok()?;
+            (q[6], IpAddr::from(s), IpAddr::from(d), &q[40..])
+        }
+        _ => return None,
+    };
+    let (sport, dport) = match proto {
+        6 | 17 => {
+            let p = l4.get(..4)?;
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        }
+        _ => (0, 0),
+    };
+    Some((proto, src, sport, dst, dport))
+}
+
+/// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
+/// sequence number).
+fn data_offset(flow: &Flow, seg: &TcpSegment<'_>) -> i64 {
+    let first = seg.seq.wrapping_add(u32::from(seg.flags.syn()));
+    i64::from(first.wrapping_sub(flow.tcp.base) as i32)
+}
+
 /// Sequence number comparison: `a` after `b`, modulo 2^32.
 fn seq_gt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
@@ -1130,7 +1280,13 @@ fn seq_gt(a: u32, b: u32) -> bool {
 
 impl Ctx {
     fn must_log(&self, v: &Verdict) -> bool {
-        self.config.log_all || v.log || v.effective_action != Action::Permit || !v.enforced
+        // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the
+        // default (a flow no rule covers is a gap in the policy worth seeing).
+        self.config.log_all
+            || v.log
+            || v.effective_action != Action::Permit
+            || !v.enforced
+            || v.effective_rule == RuleRef::Default
     }
 
     fn count_decision(&mut self, a: Action) {
@@ -1219,6 +1375,10 @@ impl Ctx {
 
     /// Resets the flow's ends as the gateway knows their sequence numbers.
     fn reset(&mut self, flow: &Flow, client: bool, server: bool, out: &mut Output) {
+        if flow.proto != 6 {
+            // Nothing to reset: the flow's further packets are dropped.
+            return;
+        }
         // An endpoint accepts a RST at once only when its sequence number is exactly the next one
         // it expects (RFC 5961). That is the peer's highest sequence number the gateway forwarded,
         // unless segments are still in flight: then it is what the endpoint acknowledged last.
@@ -1331,6 +1491,7 @@ impl Ctx {
             }
             if flags.syn() && flags.ack() {
                 flow.tcp.established = true;
+                flow.tcp.synack_seen = true;
             }
             let end = seg.seq.wrapping_add(seg.seq_len());
             if flow.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
@@ -1383,12 +1544,20 @@ impl Ctx {
             }
             State::Inspecting => {
                 if !from_client {
+                    if !seg.payload.is_empty() && !flow.tcp.synack_seen {
+                        // Data from the server before it answered the SYN: the two ends do not
+                        // agree on who opened the flow. Nothing passes until the name is known.
+                        return Disposition::Drop(DropReason::OutOfState);
+                    }
                     return Disposition::Forward;
                 }
                 if seg.payload.is_empty() && !flags.fin() {
                     if flags.rst() {
+                        // The connection is gone: free what it held; anything the client sends
+                        // on these ports again is inspected from scratch.
                         self.drop_inspect(flow);
-                        flow.state = State::Forwarding;
+                        flow.inspect =
+                            Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
                     }
                     return Disposition::Forward;
                 }
@@ -1415,7 +1584,7 @@ impl Ctx {
         meta: PacketMeta,
         out: &mut Output,
     ) -> Disposition {
-        let offset = i64::from(seg.seq.wrapping_sub(flow.tcp.base) as i32);
+        let offset = data_offset(flow, seg);
         let limit_total = self.config.max_held_bytes_total;
         let held_now = self.stats.held_bytes_now;
         let Some(insp) = flow.inspect.as_mut() else {
@@ -1631,7 +1800,7 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) -> Disposition {
-        let offset = i64::from(seg.seq.wrapping_sub(flow.tcp.base) as i32);
+        let offset = data_offset(flow, seg);
         let total_ok =
             self.stats.held_bytes_now + seg.payload.len() <= self.config.max_held_bytes_total;
         let Some(insp) = flow.inspect.as_mut() else {
@@ -1730,7 +1899,15 @@ impl Ctx {
                         insp.scan += rlen;
                     }
                 },
-                // ChangeCipherSpec, alert, application data: the plaintext handshake is over.
+                // ChangeCipherSpec: TLS 1.3 clients in middlebox-compatibility mode send one
+                // before the second ClientHello that answers a HelloRetryRequest.
+                20 => {
+                    if rest.len() < rlen {
+                        return;
+                    }
+                    insp.scan += rlen;
+                }
+                // Alert, application data, anything else: the plaintext handshake is over.
                 _ => {
                     insp.watching = false;
                     return;
@@ -1746,7 +1923,7 @@ impl Ctx {
         now: Instant,
         flow: &mut Flow,
         found: &Found,
-        _policy: &CompiledPolicy,
+        policy: &CompiledPolicy,
         out: &mut Output,
     ) {
         let name = match found {
@@ -1756,12 +1933,28 @@ impl Ctx {
             Found::Http { host: Some(h), .. } => Some((h.clone(), NameKind::Host)),
             _ => None,
         };
-        if let Some(d) = flow.decision.as_mut() {
-            d.name = name.map(|(n, k)| (n.into_boxed_str(), k));
+        // The verdict for the name: the same as the SYN's when it was final under this policy;
+        // under log-only it is the verdict the record reports.
+        let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        flow.decision = Some(Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            reason: rule_reason(&v),
+            version: policy.version(),
+            name: name.map(|(n, k)| (n.into_boxed_str(), k)),
+        });
+        if flow.record_pending || self.must_log(&v) && !flow.logged {
+            self.emit_decision(now, flow, policy, out);
         }
-        if flow.record_pending {
-            let policy = self.policy.load_full();
-            self.emit_decision(now, flow, &policy, out);
+        if v.effective_action != Action::Permit {
+            // Only a policy swap between the SYN and the hello gets here.
+            self.stats.policy_update_cuts += 1;
+            if let Some(d) = flow.decision.as_mut() {
+                d.reason = Reason::PolicyUpdate;
+            }
+            self.emit_decision(now, flow, policy, out);
+            self.reset(flow, true, true, out);
+            self.set_state(flow, State::Cut, Reason::PolicyUpdate);
         }
     }
 

@@ -213,6 +213,52 @@ mod tests {
         assert_eq!(r.contiguous(), b"hello");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any cut of a stream into segments, sent in any order with any repeats, reassembles to
+        /// the stream; a repeated segment with one byte changed is always a conflict.
+        #[test]
+        fn any_order_and_repeats_reassemble(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..600),
+            cuts in proptest::collection::vec(1usize..80, 1..40),
+            order in proptest::collection::vec(proptest::prelude::any::<u16>(), 40),
+            flip in proptest::prelude::any::<u16>(),
+        ) {
+            let mut segs = Vec::new();
+            let mut pos = 0;
+            let mut i = 0;
+            while pos < data.len() {
+                let len = cuts[i % cuts.len()].min(data.len() - pos);
+                // Overlap the previous segment a little now and then.
+                let start = if i % 3 == 2 { pos.saturating_sub(len / 2) } else { pos };
+                segs.push((start, data[start..pos + len].to_vec()));
+                pos += len;
+                i += 1;
+            }
+            let n = segs.len();
+            let mut idx: Vec<usize> = (0..n).chain(0..n / 2).collect();
+            for (k, o) in order.iter().enumerate() {
+                let a = k % idx.len();
+                let b = usize::from(*o) % idx.len();
+                idx.swap(a, b);
+            }
+            let mut r = Reassembly::new(1000);
+            for &k in &idx {
+                let (off, bytes) = &segs[k];
+                let res = r.insert(*off as i64, bytes);
+                proptest::prop_assert!(matches!(res, Insert::Stored { .. }), "{:?}", res);
+            }
+            proptest::prop_assert_eq!(r.contiguous(), &data[..]);
+            proptest::prop_assert!(!r.has_gap());
+            let (off, bytes) = &segs[usize::from(flip) % n];
+            let mut bad = bytes.clone();
+            let at = usize::from(flip) % bad.len();
+            bad[at] ^= 0x80;
+            proptest::prop_assert_eq!(r.insert(*off as i64, &bad), Insert::Conflict);
+        }
+    }
+
     #[test]
     fn bounds_and_old_segments() {
         let mut r = Reassembly::new(10);

@@ -234,12 +234,163 @@ pub fn check_record(r: &Value, e: &Expect<'_>) {
     );
 }
 
-/// IP + TCP header bytes of every data-bearing or bare segment of a flow with TCP timestamps
-/// (Linux's default): 20 (IPv4) or 40 (IPv6) + 32 (TCP with the timestamp option).
-pub fn tcp_overhead(v6: bool) -> u64 {
-    if v6 {
-        72
-    } else {
-        52
+/// Nobody answers at this address of the internet link: every SYN sent there leaves a flow that
+/// waits for its ClientHello.
+pub const BLACKHOLE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 200, 0, 99);
+
+/// Sends SYNs with changing source ports from `src` to `BLACKHOLE:443` from inside the
+/// namespace (raw socket), about 10k a second, bounded in count and time. Returns the number
+/// sent.
+pub fn syn_flood(
+    ns: &str,
+    src: std::net::Ipv4Addr,
+    max_packets: u32,
+    max_time: Duration,
+) -> anyhow::Result<u32> {
+    let sent = bulkhead_gateway::sys::netns::run_in(ns, move || -> std::io::Result<u32> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        let dst = SockAddr::from(std::net::SocketAddrV4::new(BLACKHOLE, 443));
+        let start = Instant::now();
+        let mut n = 0u32;
+        let mut pkt = Vec::with_capacity(64);
+        while n < max_packets && start.elapsed() < max_time {
+            let sport = 1024 + (n % 60_000) as u16;
+            pkt.clear();
+            etherparse::PacketBuilder::ipv4(src.octets(), BLACKHOLE.octets(), 64)
+                .tcp(sport, 443, n.wrapping_mul(2_654_435_761), 64_240)
+                .syn()
+                .write(&mut pkt, &[])
+                .map_err(std::io::Error::other)?;
+            match sock.send_to(&pkt, &dst) {
+                Ok(_) => n += 1,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+            // About 10k SYNs a second.
+            if n % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(n)
+    })??;
+    Ok(sent)
+}
+
+/// One TCP or UDP packet seen by a [`Tap`].
+#[derive(Debug, Clone)]
+pub struct TapPacket {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// IP length (header included).
+    pub ip_len: u64,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// A packet capture (AF_PACKET, both directions) inside a namespace, for counting what really
+/// crossed the workload's interface. Bounded: at most 1M packets are kept.
+pub struct Tap {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<Vec<TapPacket>>>,
+}
+
+impl Tap {
+    pub fn start(ns: &str) -> Tap {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = bulkhead_gateway::sys::netns::spawn_in(ns, move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            use std::io::Read;
+            let eth_p_all = i32::from((libc::ETH_P_ALL as u16).to_be());
+            let mut sock =
+                match Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(eth_p_all))) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Vec::new();
+                    }
+                };
+            let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+            let _ = sock.set_recv_buffer_size(8 << 20);
+            let _ = ready_tx.send(Ok(()));
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 70_000];
+            while !flag.load(Ordering::Relaxed) && out.len() < 1_000_000 {
+                let Ok(n) = sock.read(&mut buf) else { continue };
+                let Ok(p) = etherparse::SlicedPacket::from_ip(&buf[..n]) else {
+                    continue;
+                };
+                let (sip, dip, ip_len): (IpAddr, IpAddr, u64) = match &p.net {
+                    Some(etherparse::NetSlice::Ipv4(v4)) => (
+                        v4.header().source_addr().into(),
+                        v4.header().destination_addr().into(),
+                        u64::from(v4.header().total_len()),
+                    ),
+                    Some(etherparse::NetSlice::Ipv6(v6)) => (
+                        v6.header().source_addr().into(),
+                        v6.header().destination_addr().into(),
+                        40 + u64::from(v6.header().payload_length()),
+                    ),
+                    _ => continue,
+                };
+                if let Some(etherparse::TransportSlice::Tcp(t)) = &p.transport {
+                    out.push(TapPacket {
+                        src: SocketAddr::new(sip, t.source_port()),
+                        dst: SocketAddr::new(dip, t.destination_port()),
+                        ip_len,
+                        syn: t.syn(),
+                        fin: t.fin(),
+                        rst: t.rst(),
+                    });
+                }
+            }
+            out
+        })
+        .expect("spawn the tap");
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            other => panic!("packet tap: {other:?}"),
+        }
+        Tap { stop, thread }
     }
+
+    pub fn stop(self) -> Vec<TapPacket> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .expect("tap thread")
+            .expect("tap entered the namespace")
+    }
+}
+
+/// (bytes_out, packets_out, bytes_in, packets_in) of the flow client <-> server in a capture.
+pub fn tap_traffic(
+    pkts: &[TapPacket],
+    client: SocketAddr,
+    server: SocketAddr,
+) -> (u64, u64, u64, u64) {
+    let mut t = (0, 0, 0, 0);
+    for p in pkts {
+        if p.src == client && p.dst == server {
+            t.0 += p.ip_len;
+            t.1 += 1;
+        } else if p.src == server && p.dst == client {
+            t.2 += p.ip_len;
+            t.3 += 1;
+        }
+    }
+    t
 }
