@@ -273,6 +273,10 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     drop(notices);
     metrics.set_tun_up(true);
 
+    let metrics_addr = match &listener {
+        Some(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        None => "disabled".to_owned(),
+    };
     let (stop_http, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let server = listener.map(|l| {
         tokio::spawn(crate::metrics::serve(l, metrics.clone(), async {
@@ -287,7 +291,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         csum_offload = offloads.csum,
         tso = offloads.tso,
         uso = offloads.uso,
-        metrics = %config.metrics.listen,
+        metrics = %metrics_addr,
         "gateway running"
     );
 
