@@ -14,8 +14,8 @@ use common_e2e::*;
 const T_DENY: Duration = Duration::from_secs(3);
 const T_RECORD: Duration = Duration::from_secs(10);
 /// The gateway writes a flow's end record once the flow has been closed (FIN both ways) for its
-/// closed-state linger (10 s by default).
-const T_FLOW_END: Duration = Duration::from_secs(20);
+/// closed-state linger (30 s by default).
+const T_FLOW_END: Duration = Duration::from_secs(45);
 
 /// Compares a flow-end record's traffic with a capture at the workload's interface.
 fn check_traffic(

@@ -40,7 +40,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if args.check {
         return check(&config);
     }
-    crate::runtime::run(config).context("gateway stopped")?;
+    crate::runtime::run(config).context("bulkhead run")?;
     Ok(ExitCode::SUCCESS)
 }
 

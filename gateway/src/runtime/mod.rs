@@ -41,29 +41,26 @@ use self::worker::Worker;
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("policy {}:\n{source}", .path.display())]
+    #[error("policy {}:\n{error}", .path.display())]
     Policy {
         path: std::path::PathBuf,
-        source: policy_engine::LoadError,
+        error: policy_engine::LoadError,
     },
-    #[error("decision log {}: {source}", .path.display())]
+    #[error("decision log {}: {error}", .path.display())]
     Log {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("metrics listener on {addr}: {source}")]
+    #[error("metrics listener on {addr}: {error}")]
     Metrics {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("TUN device {name}: {source}")]
-    Tun {
-        name: String,
-        source: std::io::Error,
-    },
+    #[error("TUN device {name}: {error}")]
+    Tun { name: String, error: std::io::Error },
     #[error(transparent)]
     Routing(#[from] crate::routing::RoutingError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("worker {0} stopped unexpectedly; see the log above")]
     WorkerFailed(usize),
@@ -134,9 +131,9 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
 
     // Policy.
     let mut source = PolicySource::new(config.policy.file.clone());
-    let (initial, loaded) = source.initial().map_err(|source| RuntimeError::Policy {
+    let (initial, loaded) = source.initial().map_err(|error| RuntimeError::Policy {
         path: config.policy.file.clone().unwrap_or_default(),
-        source,
+        error,
     })?;
     match source.file() {
         Some(f) => tracing::info!(
@@ -164,9 +161,9 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         }
     };
     let (log_sink, log_tx) = LogSink::start::<DecisionRecord>(dest, config.log.queue_capacity)
-        .map_err(|source| RuntimeError::Log {
+        .map_err(|error| RuntimeError::Log {
             path: config.log.decisions.clone(),
-            source,
+            error,
         })?;
 
     let metrics = Arc::new(Metrics::new(
@@ -182,7 +179,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| RuntimeError::Metrics { addr, source })?,
+                .map_err(|error| RuntimeError::Metrics { addr, error })?,
         )
     } else {
         None
@@ -196,9 +193,9 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         mtu,
         offloads: true,
     })
-    .map_err(|source| RuntimeError::Tun {
+    .map_err(|error| RuntimeError::Tun {
         name: config.gateway.tun.clone(),
-        source,
+        error,
     })?;
     let offloads = tun.offloads();
     let routing = if config.gateway.manage_routing {
@@ -237,6 +234,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
                 max_held_bytes_per_flow: config.limits.max_held_bytes_per_flow,
                 max_held_bytes_total: config.limits.max_held_bytes_total,
                 inspect_timeout: config.limits.inspect_timeout(),
+                idle: config.timeouts.apply(PipelineConfig::default().idle),
                 ..PipelineConfig::default()
             },
             store.clone(),
@@ -275,6 +273,10 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     drop(notices);
     metrics.set_tun_up(true);
 
+    let metrics_addr = match &listener {
+        Some(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        None => "disabled".to_owned(),
+    };
     let (stop_http, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let server = listener.map(|l| {
         tokio::spawn(crate::metrics::serve(l, metrics.clone(), async {
@@ -289,7 +291,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         csum_offload = offloads.csum,
         tso = offloads.tso,
         uso = offloads.uso,
-        metrics = %config.metrics.listen,
+        metrics = %metrics_addr,
         "gateway running"
     );
 

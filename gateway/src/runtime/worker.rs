@@ -55,8 +55,8 @@ pub struct Worker {
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("worker {index}: TUN queue: {source}")]
-    Tun { index: usize, source: io::Error },
+    #[error("worker {index}: TUN queue: {error}")]
+    Tun { index: usize, error: io::Error },
 }
 
 fn epoch_ms() -> u64 {
@@ -101,7 +101,7 @@ impl Worker {
                 if is_fatal(&e) {
                     break Err(WorkerError::Tun {
                         index: self.index,
-                        source: e,
+                        error: e,
                     });
                 }
                 tracing::debug!(worker = self.index, error = %e, "TUN read failed");
@@ -151,7 +151,7 @@ impl Worker {
                     Err(e) => {
                         break Err(WorkerError::Tun {
                             index: self.index,
-                            source: e,
+                            error: e,
                         })
                     }
                 }
