@@ -412,10 +412,11 @@ impl Config {
             ));
         }
         // Priority 0 is the local table's; 32766 and 32767 hold the main and default lookups.
-        if g.rule_priority == 0 || g.rule_priority >= 32766 {
+        // P - 1 holds the link-local bypass rules.
+        if g.rule_priority < 2 || g.rule_priority >= 32766 {
             errors.push(format!(
-                "gateway.rule_priority = {}: must be between 1 and 32765 (after the local table, \
-                 before main)",
+                "gateway.rule_priority = {}: must be between 2 and 32765 (after the local table, \
+                 before main; the priority just before it holds the link-local bypass rules)",
                 g.rule_priority
             ));
         }

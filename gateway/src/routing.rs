@@ -14,6 +14,10 @@
 //!    rather than forwarded uninspected (fail closed) until the next start cleans up.
 //! 3. for each interface (v4 and v6): `ip rule add iif IFACE lookup T priority P`. The local
 //!    table (priority 0) is consulted first, so traffic to the gateway itself is never diverted.
+//!    Just before it, at priority `P - 1`, link-scoped traffic that is never routed off the link
+//!    (multicast `224.0.0.0/4` / `ff00::/8`, broadcast, IPv6 link-local `fe80::/10`: neighbour
+//!    discovery, MLD, DHCP) is sent to the main table: it is not egress, and diverting it would
+//!    only fill the decision log with denies of the hosts' own housekeeping.
 //!
 //! Everything is done with the `ip` command (iproute2) and `/proc/sys` writes: the commands the
 //! operator would type, which `docs/operations.md` lists. Before each change the state file
@@ -73,10 +77,13 @@ pub enum Item {
         table: u32,
         route: RouteKind,
     },
-    /// A diversion rule.
+    /// A diversion rule, or (with `to`) a bypass of the diversion for one prefix.
     Rule {
         family: Family,
         iif: String,
+        /// Only packets to this prefix (bypass rules); `None` = every packet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
         table: u32,
         priority: u32,
     },
@@ -107,13 +114,14 @@ impl Item {
             Item::Rule {
                 family,
                 iif,
+                to,
                 table,
                 priority,
             } => Some(
                 [family.flag(), "rule", "add"]
                     .iter()
                     .map(|s| s.to_string())
-                    .chain(rule_spec(iif, *table, *priority))
+                    .chain(rule_spec(iif, to.as_deref(), *table, *priority))
                     .collect(),
             ),
         }
@@ -135,13 +143,14 @@ impl Item {
             Item::Rule {
                 family,
                 iif,
+                to,
                 table,
                 priority,
             } => Some(
                 [family.flag(), "rule", "del"]
                     .iter()
                     .map(|s| s.to_string())
-                    .chain(rule_spec(iif, *table, *priority))
+                    .chain(rule_spec(iif, to.as_deref(), *table, *priority))
                     .collect(),
             ),
         }
@@ -170,15 +179,29 @@ fn route_spec(table: u32, route: &RouteKind) -> Vec<String> {
     }
 }
 
-fn rule_spec(iif: &str, table: u32, priority: u32) -> Vec<String> {
-    vec![
-        "iif".into(),
-        iif.to_owned(),
+fn rule_spec(iif: &str, to: Option<&str>, table: u32, priority: u32) -> Vec<String> {
+    let mut spec = vec!["iif".into(), iif.to_owned()];
+    if let Some(prefix) = to {
+        spec.extend(["to".into(), prefix.to_owned()]);
+    }
+    spec.extend([
         "lookup".into(),
         table.to_string(),
         "priority".into(),
         priority.to_string(),
-    ]
+    ]);
+    spec
+}
+
+/// The main routing table's number.
+pub const MAIN_TABLE: u32 = 254;
+
+/// Link-scoped destinations that bypass the diversion (see the module docs).
+pub fn bypass_prefixes(family: Family) -> &'static [&'static str] {
+    match family {
+        Family::V4 => &["224.0.0.0/4", "255.255.255.255/32"],
+        Family::V6 => &["ff00::/8", "fe80::/10"],
+    }
 }
 
 /// The sysctls the plan sets: (path under /proc/sys, value).
@@ -216,9 +239,20 @@ pub fn plan_items(plan: &RoutingPlan) -> Vec<Item> {
     }
     for iface in &plan.interfaces {
         for family in [Family::V4, Family::V6] {
+            for prefix in bypass_prefixes(family) {
+                out.push(Item::Rule {
+                    family,
+                    iif: iface.clone(),
+                    to: Some((*prefix).to_owned()),
+                    table: MAIN_TABLE,
+                    // Config validation keeps the priority at 2 or more.
+                    priority: plan.priority - 1,
+                });
+            }
             out.push(Item::Rule {
                 family,
                 iif: iface.clone(),
+                to: None,
                 table: plan.table,
                 priority: plan.priority,
             });
@@ -539,9 +573,17 @@ mod tests {
             "ip -4 route replace default dev bulk0 table 100",
             "ip -6 route replace blackhole default table 100 metric 4294967295",
             "ip -6 route replace default dev bulk0 table 100",
+            "ip -4 rule add iif eth0 to 224.0.0.0/4 lookup 254 priority 99",
+            "ip -4 rule add iif eth0 to 255.255.255.255/32 lookup 254 priority 99",
             "ip -4 rule add iif eth0 lookup 100 priority 100",
+            "ip -6 rule add iif eth0 to ff00::/8 lookup 254 priority 99",
+            "ip -6 rule add iif eth0 to fe80::/10 lookup 254 priority 99",
             "ip -6 rule add iif eth0 lookup 100 priority 100",
+            "ip -4 rule add iif eth1 to 224.0.0.0/4 lookup 254 priority 99",
+            "ip -4 rule add iif eth1 to 255.255.255.255/32 lookup 254 priority 99",
             "ip -4 rule add iif eth1 lookup 100 priority 100",
+            "ip -6 rule add iif eth1 to ff00::/8 lookup 254 priority 99",
+            "ip -6 rule add iif eth1 to fe80::/10 lookup 254 priority 99",
             "ip -6 rule add iif eth1 lookup 100 priority 100",
         ];
         assert_eq!(cmds, expected);
@@ -564,7 +606,8 @@ mod tests {
         assert!(!state.items.iter().any(
             |i| matches!(i, Item::Sysctl { path, .. } if path == "net/ipv4/conf/eth1/rp_filter")
         ));
-        assert_eq!(state.items.len(), 4 + 4 + 4);
+        // 4 sysctls changed, 4 routes, and per interface and family 2 bypass rules + 1 diversion.
+        assert_eq!(state.items.len(), 4 + 4 + 2 * 2 * 3);
         routing.remove().unwrap();
         assert!(!dir.path().join(STATE_FILE).exists());
         assert_eq!(host.sysctls["net/ipv4/ip_forward"], "0");
@@ -604,7 +647,7 @@ mod tests {
         assert!(dir.path().join(STATE_FILE).exists());
         host.log.clear();
         let n = cleanup_stale(&mut &mut host, dir.path()).unwrap();
-        assert_eq!(n, 12);
+        assert_eq!(n, 4 + 4 + 2 * 2 * 3);
         assert!(host
             .log
             .iter()
