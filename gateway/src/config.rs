@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -142,6 +144,52 @@ impl Default for LimitsSection {
 impl LimitsSection {
     pub fn inspect_timeout(&self) -> Duration {
         Duration::from_millis(self.inspect_timeout_ms)
+    }
+}
+
+/// `[timeouts]`: idle timeouts of flows by state, in milliseconds. Unset keys keep the
+/// pipeline's defaults (see `docs/operations.md`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// TCP flows whose handshake has not completed (half-open: what a SYN flood creates).
+    pub tcp_opening_ms: Option<u64>,
+    pub tcp_established_ms: Option<u64>,
+    /// After the first FIN.
+    pub tcp_closing_ms: Option<u64>,
+    /// After both FINs or a RST.
+    pub tcp_closed_ms: Option<u64>,
+    pub udp_ms: Option<u64>,
+    /// Other IP protocols (ICMP, ...).
+    pub other_ms: Option<u64>,
+}
+
+impl TimeoutsSection {
+    fn entries(&self) -> [(&'static str, Option<u64>); 6] {
+        [
+            ("tcp_opening_ms", self.tcp_opening_ms),
+            ("tcp_established_ms", self.tcp_established_ms),
+            ("tcp_closing_ms", self.tcp_closing_ms),
+            ("tcp_closed_ms", self.tcp_closed_ms),
+            ("udp_ms", self.udp_ms),
+            ("other_ms", self.other_ms),
+        ]
+    }
+
+    /// The pipeline's idle timeouts with the configured ones applied.
+    pub fn apply(&self, mut idle: crate::pipeline::IdleTimeouts) -> crate::pipeline::IdleTimeouts {
+        let set = |d: &mut Duration, v: Option<u64>| {
+            if let Some(ms) = v {
+                *d = Duration::from_millis(ms);
+            }
+        };
+        set(&mut idle.tcp_opening, self.tcp_opening_ms);
+        set(&mut idle.tcp_established, self.tcp_established_ms);
+        set(&mut idle.tcp_closing, self.tcp_closing_ms);
+        set(&mut idle.tcp_closed, self.tcp_closed_ms);
+        set(&mut idle.udp, self.udp_ms);
+        set(&mut idle.other, self.other_ms);
+        idle
     }
 }
 
@@ -414,6 +462,15 @@ impl Config {
                 l.inspect_timeout_ms
             ));
         }
+        for (key, v) in self.timeouts.entries() {
+            if let Some(ms) = v {
+                if !(100..=7 * 24 * 3600 * 1000).contains(&ms) {
+                    errors.push(format!(
+                        "timeouts.{key} = {ms}: must be between 100 and 604800000 (7 days)"
+                    ));
+                }
+            }
+        }
         let log = &self.log;
         if log.decisions.as_os_str().is_empty() {
             errors.push("log.decisions must not be empty (use \"-\" for stdout)".to_owned());
@@ -660,6 +717,23 @@ listen = "127.0.0.1:9108"
         assert!(text.contains("listed twice"), "{text}");
         assert!(text.contains("1 to 15"), "{text}");
         assert!(text.contains("own TUN"), "{text}");
+    }
+
+    #[test]
+    fn timeouts_override_only_what_is_set() {
+        let c = parse("[gateway]\nid = \"g\"\n[timeouts]\ntcp_opening_ms = 5000\n").unwrap();
+        let base = crate::pipeline::IdleTimeouts::default();
+        let idle = c.timeouts.apply(base);
+        assert_eq!(idle.tcp_opening, Duration::from_secs(5));
+        assert_eq!(idle.tcp_established, base.tcp_established);
+        let msg = parse("[gateway]\nid = \"g\"\n[timeouts]\nudp_ms = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("timeouts.udp_ms"), "{msg}");
+        let msg = parse("[gateway]\nid = \"g\"\n[timeouts]\ntcp_ms = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("tcp_ms"), "{msg}");
     }
 
     #[test]

@@ -78,13 +78,13 @@ fn scenarios() -> Vec<Scenario> {
             who: "prod",
             name: "bedrock-runtime.us-east-1.amazonaws.com",
             server: v4,
-            note: "the agent's model endpoint",
+            note: "",
         },
         Scenario {
             who: "prod",
             name: "api.openai.com",
             server: v4,
-            note: "same server address, other name",
+            note: "same address",
         },
         Scenario {
             who: "prod",
@@ -96,7 +96,7 @@ fn scenarios() -> Vec<Scenario> {
             who: "prod",
             name: "api.anthropic.com",
             server: c2,
-            note: "C2 address, innocent name",
+            note: "C2 address",
         },
         Scenario {
             who: "dev",

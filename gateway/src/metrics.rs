@@ -30,24 +30,39 @@ pub const DISPOSITIONS: [&str; 3] = ["allowed", "blocked", "detected"];
 /// Label value for anything outside a vocabulary.
 pub const OTHER: &str = "other";
 
-/// The label vocabularies a gateway build uses.
+/// The label vocabularies a gateway build uses; each always ends with `other`.
 #[derive(Debug, Clone)]
 pub struct Vocabulary {
-    /// Decision record reasons (`rule`, `default`, `no_sni`, ...).
-    pub decision_reasons: Vec<&'static str>,
-    /// Reasons the pipeline drops a packet for.
-    pub drop_reasons: Vec<&'static str>,
+    decision_reasons: Vec<&'static str>,
+    drop_reasons: Vec<&'static str>,
 }
 
 impl Vocabulary {
-    fn normalised(mut self) -> Vocabulary {
-        for list in [&mut self.decision_reasons, &mut self.drop_reasons] {
-            list.dedup();
-            if !list.contains(&OTHER) {
-                list.push(OTHER);
+    /// Decision record reasons (`rule`, `default`, `no_sni`, ...) and the reasons the pipeline
+    /// drops a packet for. Duplicates are removed and `other` is added.
+    pub fn new(decision_reasons: Vec<&'static str>, drop_reasons: Vec<&'static str>) -> Vocabulary {
+        let clean = |list: Vec<&'static str>| {
+            let mut out: Vec<&'static str> = Vec::with_capacity(list.len() + 1);
+            for r in list {
+                if !out.contains(&r) && r != OTHER {
+                    out.push(r);
+                }
             }
+            out.push(OTHER);
+            out
+        };
+        Vocabulary {
+            decision_reasons: clean(decision_reasons),
+            drop_reasons: clean(drop_reasons),
         }
-        self
+    }
+
+    pub fn decision_reasons(&self) -> &[&'static str] {
+        &self.decision_reasons
+    }
+
+    pub fn drop_reasons(&self) -> &[&'static str] {
+        &self.drop_reasons
     }
 
     /// Index of a decision reason (`other` when unknown).
@@ -214,7 +229,6 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric: one counter block per worker, label vocabularies fixed here.
     pub fn new(vocab: Vocabulary, workers: usize, log: Arc<LogCounters>) -> Metrics {
-        let vocab = vocab.normalised();
         let layout = Layout {
             drop_reasons: vocab.drop_reasons.len(),
             decision_reasons: vocab.decision_reasons.len(),
@@ -649,10 +663,10 @@ mod tests {
 
     fn metrics(workers: usize) -> Metrics {
         Metrics::new(
-            Vocabulary {
-                decision_reasons: vec!["rule", "default", "policy_update"],
-                drop_reasons: vec!["policy", "malformed"],
-            },
+            Vocabulary::new(
+                vec!["rule", "default", "policy_update"],
+                vec!["policy", "malformed"],
+            ),
             workers,
             Arc::new(LogCounters::default()),
         )

@@ -300,16 +300,16 @@ pub struct Routing<H: Host> {
 /// Errors installing routing.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
-    #[error("routing state file {path}: {source}")]
-    State { path: PathBuf, source: io::Error },
+    #[error("routing state file {}: {error}", .path.display())]
+    State { path: PathBuf, error: io::Error },
     #[error("installing routing: {0}")]
     Install(io::Error),
 }
 
 fn write_state(path: &Path, items: &[Item]) -> Result<(), RoutingError> {
-    let err = |source| RoutingError::State {
+    let err = |error| RoutingError::State {
         path: path.to_owned(),
-        source,
+        error,
     };
     let text = serde_json::to_string_pretty(&StateFile {
         items: items.to_vec(),
@@ -327,15 +327,15 @@ pub fn cleanup_stale<H: Host>(host: &mut H, state_dir: &Path) -> Result<usize, R
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(RoutingError::State { path, source }),
+        Err(error) => return Err(RoutingError::State { path, error }),
     };
     let state: StateFile = serde_json::from_str(&text).map_err(|e| RoutingError::State {
         path: path.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
+        error: io::Error::new(io::ErrorKind::InvalidData, e),
     })?;
     let n = state.items.len();
     teardown(host, &state.items);
-    std::fs::remove_file(&path).map_err(|source| RoutingError::State { path, source })?;
+    std::fs::remove_file(&path).map_err(|error| RoutingError::State { path, error })?;
     Ok(n)
 }
 
@@ -371,9 +371,9 @@ impl<H: Host> Routing<H> {
         plan: &RoutingPlan,
         state_dir: &Path,
     ) -> Result<Self, RoutingError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| RoutingError::State {
+        std::fs::create_dir_all(state_dir).map_err(|error| RoutingError::State {
             path: state_dir.to_owned(),
-            source,
+            error,
         })?;
         let stale = cleanup_stale(&mut host, state_dir)?;
         if stale > 0 {

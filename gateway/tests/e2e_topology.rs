@@ -57,8 +57,13 @@ fn kernel_forwarding_carries_every_client() -> Result<()> {
 
     // UDP echo, both families.
     for server in [server_v4(53), server_v6(5001)] {
-        let (o, _) = clients::udp_echo(&prod, server, b"ping".to_vec(), Duration::from_secs(2))?;
+        let (o, rtt) = clients::udp_echo(&prod, server, b"ping".to_vec(), Duration::from_secs(2))?;
         assert_eq!(o, Outcome::Completed, "{server}");
+        // The first datagram includes neighbour discovery on both links: still fast.
+        assert!(
+            rtt < Duration::from_millis(500),
+            "{server}: first echo after {rtt:?}"
+        );
     }
     // A closed port answers with ICMP port unreachable: refused.
     let (o, _) = clients::udp_echo(&prod, server_v4(9), b"x".to_vec(), Duration::from_secs(2))?;

@@ -58,7 +58,8 @@ pub struct Query<'a> {
     pub transport: Transport,
     /// Destination port; 0 when the transport has no ports.
     pub dst_port: u16,
-    /// The name (TLS SNI or HTTP Host), already normalised with [`crate::normalize_name`].
+    /// The name (TLS SNI or HTTP Host), already normalised with [`crate::normalize_name`]. A
+    /// name that is not in normal form matches no WebGroup.
     pub name: Option<&'a str>,
 }
 
@@ -185,6 +186,58 @@ impl<K: Copy + Ord> IntervalTable<K> {
     }
 }
 
+/// IPv4 intervals with a direct index on the top 16 bits of the address, so that a lookup
+/// searches only the few interval starts of its /16 instead of the whole table.
+#[derive(Debug, Clone)]
+struct V4Table {
+    table: IntervalTable<u32>,
+    /// `bucket[h]`: index of the first start `>= h << 16`, for `h` in `0..=65536`.
+    bucket: Vec<u32>,
+}
+
+impl V4Table {
+    /// Below this many intervals a plain binary search is as fast and the index not worth its
+    /// 256 KiB.
+    const INDEX_FROM: usize = 1024;
+
+    fn new(table: IntervalTable<u32>) -> V4Table {
+        if table.starts.len() < Self::INDEX_FROM {
+            return V4Table {
+                table,
+                bucket: Vec::new(),
+            };
+        }
+        let mut bucket = Vec::with_capacity(65537);
+        let mut i = 0usize;
+        for h in 0..=65536u64 {
+            while i < table.starts.len() && u64::from(table.starts[i]) < (h << 16) {
+                i += 1;
+            }
+            bucket.push(i as u32);
+        }
+        V4Table { table, bucket }
+    }
+
+    fn lookup(&self, key: u32) -> u32 {
+        if self.bucket.is_empty() {
+            return self.table.lookup(key);
+        }
+        let h = (key >> 16) as usize;
+        let (lo, hi) = (self.bucket[h] as usize, self.bucket[h + 1] as usize);
+        let starts = &self.table.starts[lo..hi];
+        let i = lo + starts.partition_point(|&s| s <= key);
+        // starts[0] == 0, so some start is <= key and i >= 1.
+        match i.checked_sub(1) {
+            Some(i) => self.table.classes[i],
+            None => 0,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.table.bytes() + self.bucket.capacity() * 4
+    }
+}
+
 /// An immutable, compiled policy. Build with [`compile`] or [`CompiledPolicy::deny_all`].
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
@@ -195,18 +248,26 @@ pub struct CompiledPolicy {
     rule_actions: Vec<Action>,
     rule_log: Vec<u64>,
     watch: Vec<u64>,
+    /// Rules with `src = "any"`; rules with `dst = "any"`.
+    src_any: Vec<u64>,
+    dst_any: Vec<u64>,
+    /// Rules with both `src` and `dst` "any" (the mask check on `src_any` always passes).
+    any_any: Vec<u32>,
+    /// Rules with `src = "any"` whose `dst` names a WebGroup.
+    any_src_name_rules: Vec<u32>,
     smart_names: Vec<Box<str>>,
     web_names: Vec<Box<str>>,
     addr_names: Vec<Box<str>>,
     /// Group ids (smartgroups for sources; addressgroups then smartgroups for destinations;
-    /// webgroups for names) and rule lists.
+    /// webgroups for names) and rule lists. A class's rule list holds the rules that name one of
+    /// its groups; rules with `src` or `dst` "any" are found through `src_any` / `dst_any`.
     arena: Vec<u32>,
     src_classes: Vec<Class>,
     dst_classes: Vec<Class>,
     name_classes: Vec<Class>,
-    src_v4: IntervalTable<u32>,
+    src_v4: V4Table,
     src_v6: IntervalTable<u128>,
-    dst_v4: IntervalTable<u32>,
+    dst_v4: V4Table,
     dst_v6: IntervalTable<u128>,
     names: crate::trie::NameTrie,
     port_words: usize,
@@ -320,8 +381,8 @@ impl CompiledPolicy {
         &self.port_bits[start..start + self.port_words]
     }
 
-    /// Folds the rules in `a ∩ b` accepted by `ports` into `best`.
-    fn scan(&self, a: &[u32], b: &[u32], ports: &[u64], best: &mut Best) {
+    /// Folds into `best` the rules of `a ∩ b` accepted by `ports`.
+    fn scan_pair(&self, a: &[u32], b: &[u32], ports: &[u64], best: &mut Best) {
         let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
         let mut j = 0;
         for &r in small {
@@ -332,21 +393,49 @@ impl CompiledPolicy {
             if j == large.len() {
                 return;
             }
-            if large[j] != r || !bit(ports, r) {
-                continue;
-            }
-            if r < best.any {
-                best.any = r;
-            }
-            if !bit(&self.watch, r) {
-                best.eff = r;
+            if large[j] == r && bit(ports, r) && self.take(r, best) {
                 return;
             }
         }
     }
 
+    /// Folds into `best` the rules of `list` whose bit is set in `side` and in `ports`.
+    fn scan_masked(&self, list: &[u32], side: &[u64], ports: &[u64], best: &mut Best) {
+        for &r in list {
+            if r >= best.eff {
+                return;
+            }
+            if bit(side, r) && bit(ports, r) && self.take(r, best) {
+                return;
+            }
+        }
+    }
+
+    /// Records a matching rule; true when it is enforced (nothing after it can matter).
+    #[inline]
+    fn take(&self, r: u32, best: &mut Best) -> bool {
+        if r < best.any {
+            best.any = r;
+        }
+        if bit(&self.watch, r) {
+            false
+        } else {
+            best.eff = r;
+            true
+        }
+    }
+
     fn class_rules(&self, class: &Class) -> &[u32] {
         class.rules.get(&self.arena)
+    }
+
+    /// The rules that match without a name: (source list ∪ `src = any`) ∩ (address list ∪
+    /// `dst = any`), accepted by the port class.
+    fn scan_addresses(&self, ls: &[u32], ld: &[u32], ports: &[u64], best: &mut Best) {
+        self.scan_pair(ls, ld, ports, best);
+        self.scan_masked(ls, &self.dst_any, ports, best);
+        self.scan_masked(ld, &self.src_any, ports, best);
+        self.scan_masked(&self.any_any, &self.src_any, ports, best);
     }
 
     /// The verdict for a connection. `q.name` `None` means no name is known or will be known:
@@ -361,7 +450,7 @@ impl CompiledPolicy {
             any: NONE,
             eff: NONE,
         };
-        self.scan(ls, ld, ports, &mut best);
+        self.scan_addresses(ls, ld, ports, &mut best);
         let mut name_classes = [NONE; MAX_NAME_CLASSES_REPORTED];
         let mut count = 0usize;
         if let Some(name) = q.name {
@@ -371,7 +460,8 @@ impl CompiledPolicy {
                 }
                 count = count.saturating_add(1);
                 let lt = self.class_rules(&self.name_classes[class as usize]);
-                self.scan(ls, lt, ports, &mut best);
+                self.scan_pair(ls, lt, ports, &mut best);
+                self.scan_masked(lt, &self.src_any, ports, &mut best);
             });
         }
         let count = u8::try_from(count).unwrap_or(u8::MAX);
@@ -392,15 +482,19 @@ impl CompiledPolicy {
             any: NONE,
             eff: NONE,
         };
-        self.scan(ls, ld, ports, &mut best);
+        self.scan_addresses(ls, ld, ports, &mut best);
         // A rule that matches only by name and comes before the enforced one could change the
-        // verdict (reported or enforced) once the name is known.
-        for &r in class.name_rules.get(&self.arena) {
-            if r >= best.eff {
-                break;
-            }
-            if bit(ports, r) && ld.binary_search(&r).is_err() {
-                return SynDecision::NeedsName;
+        // verdict (reported or enforced) once the name is known. Such a rule names a WebGroup,
+        // so its `dst` is not "any"; it matches by address when it is in the address list.
+        let name_rules = [class.name_rules.get(&self.arena), &self.any_src_name_rules];
+        for list in name_rules {
+            for &r in list {
+                if r >= best.eff {
+                    break;
+                }
+                if bit(ports, r) && ld.binary_search(&r).is_err() {
+                    return SynDecision::NeedsName;
+                }
             }
         }
         SynDecision::Final(self.verdict(
@@ -512,14 +606,16 @@ impl CompiledPolicy {
 /// interval starts (first is 0) with their class ids, interning group sets in `interner`.
 fn address_intervals(
     mut ranges: Vec<(u128, u128, u32)>,
+    max: u128,
     interner: &mut SetInterner,
 ) -> Vec<(u128, u32)> {
-    // Events: at `first`, the group enters; after `last`, it leaves.
+    // Events: at `first`, the group enters; after `last`, it leaves (unless `last` is the
+    // highest address of the family).
     let mut events: Vec<(u128, bool, u32)> = Vec::with_capacity(ranges.len() * 2);
     for &(first, last, g) in &ranges {
         events.push((first, true, g));
-        if let Some(after) = last.checked_add(1) {
-            events.push((after, false, g));
+        if last < max {
+            events.push((last + 1, false, g));
         }
     }
     ranges.clear();
@@ -611,19 +707,16 @@ fn net_range(net: &ipnet::IpNet) -> (bool, u128, u128) {
     }
 }
 
-/// Rule lists of each class of `sets`: the union of `by_group[g]` for the class's groups plus
-/// `always`, sorted.
+/// Rule lists of each class of `sets`: the union of `by_group[g]` for the class's groups, sorted.
 fn class_rule_lists(
     sets: &[Vec<u32>],
     by_group: &[Vec<u32>],
-    always: &[u32],
     arena: &mut Arena,
 ) -> Vec<(Span, Vec<u32>)> {
     let mut out = Vec::with_capacity(sets.len());
     let mut rules = Vec::new();
     for set in sets {
         rules.clear();
-        rules.extend_from_slice(always);
         for &g in set {
             if let Some(list) = by_group.get(g as usize) {
                 rules.extend_from_slice(list);
@@ -649,8 +742,10 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let mut rule_log = vec![0u64; words];
     let mut watch = vec![0u64; words];
     let mut name_dep = vec![0u64; words];
-    let mut src_any = Vec::new();
-    let mut dst_any = Vec::new();
+    let mut src_any = vec![0u64; words];
+    let mut dst_any = vec![0u64; words];
+    let mut any_any = Vec::new();
+    let mut any_src_name_rules = Vec::new();
     let mut src_by_smart: Vec<Vec<u32>> = vec![Vec::new(); n_smart];
     let mut dst_by_addr: Vec<Vec<u32>> = vec![Vec::new(); n_addr + n_smart];
     let mut dst_by_web: Vec<Vec<u32>> = vec![Vec::new(); n_web];
@@ -663,7 +758,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
             set_bit(&mut watch, r);
         }
         match &rule.src {
-            SrcSpec::Any => src_any.push(r),
+            SrcSpec::Any => set_bit(&mut src_any, r),
             SrcSpec::Groups(groups) => {
                 for &g in groups {
                     if let Some(list) = src_by_smart.get_mut(g as usize) {
@@ -675,7 +770,12 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
             }
         }
         match &rule.dst {
-            DstSpec::Any => dst_any.push(r),
+            DstSpec::Any => {
+                set_bit(&mut dst_any, r);
+                if rule.src == SrcSpec::Any {
+                    any_any.push(r);
+                }
+            }
             DstSpec::Groups(groups) => {
                 for &g in groups {
                     let list = match g {
@@ -703,6 +803,11 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         }
     }
 
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if rule.src == SrcSpec::Any && bit(&name_dep, i as u32) {
+            any_src_name_rules.push(i as u32);
+        }
+    }
     let mut arena = Arena::default();
 
     // Source address classes.
@@ -715,9 +820,9 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         }
     }
     let cidr_count = v4.len() + v6.len();
-    let src_v4 = address_intervals(v4, &mut src_sets);
-    let src_v6 = address_intervals(v6, &mut src_sets);
-    let src_lists = class_rule_lists(&src_sets.sets, &src_by_smart, &src_any, &mut arena);
+    let src_v4 = address_intervals(v4, u128::from(u32::MAX), &mut src_sets);
+    let src_v6 = address_intervals(v6, u128::MAX, &mut src_sets);
+    let src_lists = class_rule_lists(&src_sets.sets, &src_by_smart, &mut arena);
     let src_classes: Vec<Class> = src_lists
         .into_iter()
         .map(|(groups, rules)| {
@@ -754,22 +859,21 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         if is_v4 { &mut v4 } else { &mut v6 }.push((first, last, g));
     }
     let addr_cidrs: usize = policy.addressgroups.iter().map(|g| g.cidrs.len()).sum();
-    let dst_v4 = address_intervals(v4, &mut dst_sets);
-    let dst_v6 = address_intervals(v6, &mut dst_sets);
-    let dst_classes: Vec<Class> =
-        class_rule_lists(&dst_sets.sets, &dst_by_addr, &dst_any, &mut arena)
-            .into_iter()
-            .map(|(groups, rules)| Class {
-                groups,
-                rules: arena.add(&rules),
-                name_rules: Span::default(),
-            })
-            .collect();
+    let dst_v4 = address_intervals(v4, u128::from(u32::MAX), &mut dst_sets);
+    let dst_v6 = address_intervals(v6, u128::MAX, &mut dst_sets);
+    let dst_classes: Vec<Class> = class_rule_lists(&dst_sets.sets, &dst_by_addr, &mut arena)
+        .into_iter()
+        .map(|(groups, rules)| Class {
+            groups,
+            rules: arena.add(&rules),
+            name_rules: Span::default(),
+        })
+        .collect();
 
     // Names.
     let mut name_sets = SetInterner::default();
     let names = crate::trie::NameTrie::build(policy, &mut name_sets_adapter(&mut name_sets));
-    let name_classes: Vec<Class> = class_rule_lists(&name_sets.sets, &dst_by_web, &[], &mut arena)
+    let name_classes: Vec<Class> = class_rule_lists(&name_sets.sets, &dst_by_web, &mut arena)
         .into_iter()
         .map(|(groups, rules)| Class {
             groups,
@@ -847,9 +951,11 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let other_port_class = intern_bits(other, &mut port_bits);
     let port_class_count = port_bits.len() / words;
 
-    let split4 = |v: Vec<(u128, u32)>| IntervalTable {
-        starts: v.iter().map(|&(s, _)| s as u32).collect(),
-        classes: v.iter().map(|&(_, c)| c).collect(),
+    let split4 = |v: Vec<(u128, u32)>| {
+        V4Table::new(IntervalTable {
+            starts: v.iter().map(|&(s, _)| s as u32).collect(),
+            classes: v.iter().map(|&(_, c)| c).collect(),
+        })
     };
     let split6 = |v: Vec<(u128, u32)>| IntervalTable {
         starts: v.iter().map(|&(s, _)| s).collect(),
@@ -866,6 +972,10 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         rule_actions: policy.rules.iter().map(|r| r.action).collect(),
         rule_log,
         watch,
+        src_any,
+        dst_any,
+        any_any,
+        any_src_name_rules,
         smart_names: policy.smartgroups.iter().map(|g| boxed(&g.name)).collect(),
         web_names: policy.webgroups.iter().map(|g| boxed(&g.name)).collect(),
         addr_names: policy
@@ -907,7 +1017,13 @@ impl CompiledPolicy {
             + strs(&self.web_names)
             + strs(&self.addr_names)
             + self.rule_actions.capacity()
-            + (self.rule_log.capacity() + self.watch.capacity() + self.port_bits.capacity()) * 8
+            + (self.rule_log.capacity()
+                + self.watch.capacity()
+                + self.src_any.capacity()
+                + self.dst_any.capacity()
+                + self.port_bits.capacity())
+                * 8
+            + (self.any_any.capacity() + self.any_src_name_rules.capacity()) * 4
             + self.arena.capacity() * 4
             + (self.src_classes.capacity()
                 + self.dst_classes.capacity()
@@ -927,9 +1043,9 @@ impl CompiledPolicy {
             addressgroups: policy.addressgroups.len(),
             patterns: policy.pattern_count(),
             cidrs,
-            address_intervals: self.src_v4.starts.len()
+            address_intervals: self.src_v4.table.starts.len()
                 + self.src_v6.starts.len()
-                + self.dst_v4.starts.len()
+                + self.dst_v4.table.starts.len()
                 + self.dst_v6.starts.len(),
             src_classes: self.src_classes.len(),
             dst_classes: self.dst_classes.len(),

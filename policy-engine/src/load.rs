@@ -795,10 +795,13 @@ impl Loader {
             description: None,
         };
         let what = format!("webgroup `{name}`");
+        let mut listed = 0;
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
                 "domains" => {
-                    for (text, span) in self.string_list(src, v, "domains") {
+                    let items = self.string_list(src, v, "domains");
+                    listed += items.len();
+                    for (text, span) in items {
                         match NamePattern::parse(&text) {
                             Ok(p) => {
                                 if !group.patterns.contains(&p) {
@@ -819,7 +822,7 @@ impl Loader {
                 other => self.unknown_key(src, key.span(), other, &what, "domains or description"),
             }
         }
-        if group.patterns.is_empty() && !body.contains_key("domains") {
+        if listed == 0 {
             self.warn(
                 src,
                 at.clone(),
@@ -841,8 +844,11 @@ impl Loader {
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
                 "cidrs" => {
-                    has_cidrs = true;
                     group.cidrs = self.cidr_list(src, v);
+                    has_cidrs = match v.get_ref() {
+                        DeValue::Array(a) => !a.is_empty(),
+                        _ => true,
+                    };
                 }
                 "description" => {
                     group.description = self.expect_str(src, v, "description").map(str::to_owned);

@@ -121,7 +121,9 @@ pub fn rule_match(policy: &Policy, rule: &Rule, q: &Query<'_>) -> RuleMatch {
     }
 }
 
-fn first_matches(policy: &Policy, q: &Query<'_>) -> (Option<usize>, Option<usize>) {
+/// The first matching rule (watch rules included) and the first matching non-watch rule, as
+/// indices into `policy.rules`.
+pub fn first_matches(policy: &Policy, q: &Query<'_>) -> (Option<usize>, Option<usize>) {
     let mut any = None;
     for (i, rule) in policy.rules.iter().enumerate() {
         if rule_match(policy, rule, q).matches() {

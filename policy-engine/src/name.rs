@@ -71,6 +71,9 @@ pub fn normalize_name(input: &str) -> Result<Cow<'_, str>, NameError> {
         // Far too long whatever IDNA would make of it; do not spend time on it.
         return Err(NameError::TooLong { len: trimmed.len() });
     }
+    if let Some(result) = check_normal(trimmed) {
+        return result.map(|()| Cow::Borrowed(trimmed));
+    }
     match scan_ascii(trimmed) {
         Scan::Normal => {
             check_structure(trimmed)?;
@@ -101,6 +104,40 @@ pub fn normalize_name(input: &str) -> Result<Cow<'_, str>, NameError> {
             Ok(Cow::Owned(ascii))
         }
     }
+}
+
+/// One pass over a name that is already lower-case ASCII without `xn--` labels (the common case
+/// on the wire): `None` when the name needs the general path.
+fn check_normal(s: &str) -> Option<Result<(), NameError>> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return Some(Err(NameError::Empty));
+    }
+    if bytes.len() > MAX_NAME_LEN {
+        return None;
+    }
+    let mut start = 0;
+    for i in 0..=bytes.len() {
+        let b = if i == bytes.len() { b'.' } else { bytes[i] };
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'.' => {
+                let label = &bytes[start..i];
+                if label.is_empty()
+                    || label.len() > MAX_LABEL_LEN
+                    || label[0] == b'-'
+                    || label[label.len() - 1] == b'-'
+                    || label.starts_with(b"xn--")
+                {
+                    // Let the general path name the problem (or check the punycode).
+                    return None;
+                }
+                start = i + 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(Ok(()))
 }
 
 enum Scan {
@@ -433,6 +470,17 @@ mod tests {
                 "{p}"
             );
         }
+        // The private section of the list counts: anyone can create names there.
+        for p in ["*.s3.amazonaws.com", "*.herokuapp.com", "*.internal"] {
+            assert!(
+                matches!(
+                    NamePattern::parse(p),
+                    Err(PatternError::WiderThanPublicSuffix { .. })
+                ),
+                "{p}"
+            );
+        }
+        assert!(NamePattern::parse("*.corp.internal").is_ok());
         assert!(NamePattern::parse("*.openai.com").is_ok());
         assert!(NamePattern::parse("*.example.co.uk").is_ok());
         assert_eq!(NamePattern::parse("*"), Err(PatternError::TrailingWildcard));

@@ -17,14 +17,20 @@ const NONE: u32 = u32::MAX;
 /// Names longer than this cannot match any pattern (patterns are valid names).
 const MAX_LABELS: usize = 128;
 
+/// Labels up to this length live inside the node (one cache miss per step of a walk); longer
+/// ones in the trie's label arena.
+const INLINE_LABEL: usize = 22;
+
 #[derive(Debug, Clone)]
 struct Node {
     parent: u32,
-    label_start: u32,
-    label_len: u32,
     star: u32,
     exact: u32,
     below: u32,
+    label_len: u8,
+    /// The label bytes, or (when longer than [`INLINE_LABEL`]) the arena offset in the first
+    /// four bytes.
+    label: [u8; INLINE_LABEL + 1],
 }
 
 /// The compiled name matcher.
@@ -67,11 +73,11 @@ impl NameTrie {
         let mut trie = NameTrie {
             nodes: vec![Node {
                 parent: NONE,
-                label_start: 0,
-                label_len: 0,
                 star: NONE,
                 exact: NONE,
                 below: NONE,
+                label_len: 0,
+                label: [0; INLINE_LABEL + 1],
             }],
             labels: String::new(),
             edges: HashTable::with_capacity(policy.pattern_count()),
@@ -122,7 +128,7 @@ impl NameTrie {
         trie.nodes.shrink_to_fit();
         trie.edges.shrink_to_fit(|&c| {
             let n = &trie.nodes[c as usize];
-            edge_hash(n.parent, label_of(&trie.labels, n).as_bytes())
+            edge_hash(n.parent, label_of(&trie.labels, n))
         });
         trie
     }
@@ -146,22 +152,31 @@ impl NameTrie {
         let labels = &self.labels;
         self.edges.insert_unique(hash, id, |&c| {
             let n = &nodes[c as usize];
-            edge_hash(n.parent, label_of(labels, n).as_bytes())
+            edge_hash(n.parent, label_of(labels, n))
         });
         id
     }
 
     fn push_node(&mut self, parent: u32, label: &str) -> u32 {
         let id = self.nodes.len() as u32;
+        let bytes = label.as_bytes();
+        let mut inline = [0u8; INLINE_LABEL + 1];
+        if bytes.len() <= INLINE_LABEL {
+            inline[..bytes.len()].copy_from_slice(bytes);
+        } else {
+            let offset = self.labels.len() as u32;
+            inline[..4].copy_from_slice(&offset.to_le_bytes());
+            self.labels.push_str(label);
+        }
         self.nodes.push(Node {
             parent,
-            label_start: self.labels.len() as u32,
-            label_len: label.len() as u32,
             star: NONE,
             exact: NONE,
             below: NONE,
+            // Labels are at most 63 bytes (patterns are valid names).
+            label_len: u8::try_from(bytes.len()).unwrap_or(u8::MAX),
+            label: inline,
         });
-        self.labels.push_str(label);
         id
     }
 
@@ -171,12 +186,14 @@ impl NameTrie {
         self.edges
             .find(hash, |&c| {
                 let n = &self.nodes[c as usize];
-                n.parent == parent && label_of(&self.labels, n) == label
+                n.parent == parent && label_of(&self.labels, n) == label.as_bytes()
             })
             .copied()
     }
 
-    /// Calls `found` with the name class of every pattern node the (normalised) name reaches.
+    /// Calls `found` with the name class of every pattern node the name reaches. A name that is
+    /// not normalised (upper case, empty labels, characters outside `a-z0-9-_`, a trailing dot)
+    /// reaches nothing.
     pub(crate) fn walk(&self, name: &str, mut found: impl FnMut(u32)) {
         if self.nodes.len() <= 1 || name.is_empty() || name.len() > 253 {
             return;
@@ -185,16 +202,21 @@ impl NameTrie {
         let mut n = 0;
         let mut start = 0usize;
         for (i, b) in name.bytes().enumerate() {
-            if b == b'.' {
-                if n == MAX_LABELS {
-                    return;
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+                b'.' => {
+                    if n == MAX_LABELS || i == start {
+                        return;
+                    }
+                    bounds[n] = (start as u16, i as u16);
+                    n += 1;
+                    start = i + 1;
                 }
-                bounds[n] = (start as u16, i as u16);
-                n += 1;
-                start = i + 1;
+                // Not a normalised name: it matches no pattern.
+                _ => return,
             }
         }
-        if n == MAX_LABELS {
+        if n == MAX_LABELS || start == name.len() {
             return;
         }
         bounds[n] = (start as u16, name.len() as u16);
@@ -243,8 +265,14 @@ impl NameTrie {
     }
 }
 
-fn label_of<'a>(labels: &'a str, n: &Node) -> &'a str {
-    labels
-        .get(n.label_start as usize..(n.label_start + n.label_len) as usize)
-        .unwrap_or("")
+fn label_of<'a>(labels: &'a str, n: &'a Node) -> &'a [u8] {
+    let len = usize::from(n.label_len);
+    if len <= INLINE_LABEL {
+        &n.label[..len]
+    } else {
+        let mut offset = [0u8; 4];
+        offset.copy_from_slice(&n.label[..4]);
+        let start = u32::from_le_bytes(offset) as usize;
+        labels.as_bytes().get(start..start + len).unwrap_or(&[])
+    }
 }

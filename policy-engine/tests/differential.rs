@@ -25,21 +25,45 @@ fn v6_addr() -> impl Strategy<Value = Ipv6Addr> {
     (0u16..3, 0u16..3, 0u16..4).prop_map(|(a, b, c)| Ipv6Addr::new(0xfd00, a, 0, 0, b, 0, 0, c))
 }
 
+/// The edges of each address space.
+const EDGES: &[&str] = &[
+    "0.0.0.0",
+    "127.255.255.255",
+    "128.0.0.0",
+    "255.255.255.255",
+    "::",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+];
+
 fn addr() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
-        3 => v4_addr().prop_map(IpAddr::V4),
-        1 => v6_addr().prop_map(IpAddr::V6),
+        6 => v4_addr().prop_map(IpAddr::V4),
+        2 => v6_addr().prop_map(IpAddr::V6),
+        1 => prop::sample::select(EDGES).prop_map(|a| a.parse::<IpAddr>().expect("edge address")),
     ]
 }
 
+/// Wide and edge CIDRs: the whole space, halves, the last address.
+const WIDE: &[&str] = &[
+    "0.0.0.0/0",
+    "0.0.0.0/1",
+    "128.0.0.0/1",
+    "255.255.255.255/32",
+    "10.0.0.0/8",
+    "::/0",
+    "8000::/1",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+];
+
 fn cidr() -> impl Strategy<Value = IpNet> {
     prop_oneof![
-        (
+        1 => prop::sample::select(WIDE).prop_map(|c| c.parse::<IpNet>().expect("wide CIDR")),
+        4 => (
             v4_addr(),
             prop::sample::select(vec![8u8, 12, 16, 20, 24, 26, 30, 32])
         )
             .prop_map(|(a, len)| IpNet::new(IpAddr::V4(a), len).expect("prefix").trunc()),
-        (
+        2 => (
             v6_addr(),
             prop::sample::select(vec![16u8, 32, 48, 64, 96, 126, 128])
         )

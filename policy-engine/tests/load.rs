@@ -576,6 +576,10 @@ selectors = [ { tags = { env = "prod" } } ]
 description = "to be filled"
 [addressgroups.feed]
 description = "empty feed"
+[webgroups.none]
+domains = []
+[addressgroups.nofeed]
+cidrs = []
 "#;
     assert_eq!(
         warnings(text),
@@ -584,6 +588,8 @@ description = "empty feed"
             "2:14: smartgroup `selected` has no cidrs: its selectors are resolved by the controller; enforced from this file alone it matches nothing",
             "4:12: webgroup `nothing` has no domains: it matches nothing",
             "6:16: addressgroup `feed` has no cidrs: it matches nothing",
+            "8:12: webgroup `none` has no domains: it matches nothing",
+            "10:16: addressgroup `nofeed` has no cidrs: it matches nothing",
         ]
     );
 }

@@ -126,7 +126,8 @@ impl Request {
 pub struct Exchange {
     pub outcome: Outcome,
     pub elapsed: Duration,
-    /// The client's address (to find the flow in the decision log).
+    /// The client's address (to find the flow in the decision log), known as soon as the
+    /// socket is bound, also when the connection never completes.
     pub local: Option<SocketAddr>,
     pub tls_established: bool,
     pub status: Option<u16>,
@@ -251,7 +252,10 @@ async fn run_exchange(
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
 ) -> io::Result<()> {
-    let tcp = TcpStream::connect(req.server).await?;
+    // Bind first, so the client's address is known even when the SYN is never answered.
+    let socket = bound_socket(req.server).await?;
+    ex.local = socket.local_addr().ok();
+    let tcp = socket.connect(req.server).await?;
     ex.local = tcp.local_addr().ok();
     let _ = tcp.set_nodelay(true);
     let counting = Counting {
@@ -278,6 +282,26 @@ async fn run_exchange(
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
     read_response(&mut stream, ex, |_| true).await
+}
+
+/// A TCP socket bound to the source address the kernel would pick for `server` and to a free
+/// port (learnt from a connected UDP socket, which sends nothing).
+async fn bound_socket(server: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let unspecified: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let probe = UdpSocket::bind(unspecified).await?;
+    probe.connect(server).await?;
+    let source = SocketAddr::new(probe.local_addr()?.ip(), 0);
+    let socket = if server.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(source)?;
+    Ok(socket)
 }
 
 /// Reads the response head, then the body to EOF, checking the pattern. `on_data` is told the

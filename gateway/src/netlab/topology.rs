@@ -128,6 +128,20 @@ impl Lab {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(name.to_owned());
+        // No duplicate address detection: these links are private to the lab, and a tentative
+        // link-local address delays the first IPv6 packet by up to two seconds.
+        run_command(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]),
+            "ip netns exec sysctl accept_dad",
+        )?;
         ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
     }
 
@@ -361,7 +375,8 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Removes namespaces `PREFIX-PID-...` whose process no longer exists.
+/// Removes namespaces `PREFIX-PID-...` (and their working directories) whose process no longer
+/// exists.
 fn sweep_stale(prefix: &str) {
     let Ok(entries) = std::fs::read_dir(netns::NETNS_RUN_DIR) else {
         return;
@@ -377,6 +392,24 @@ fn sweep_stale(prefix: &str) {
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", &name]);
+        }
+    }
+    // Working directories `bulkhead-lab-PREFIX-PID-N` of processes that no longer run.
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let head = format!("bulkhead-lab-{prefix}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&head)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -922,7 +922,8 @@ impl Pipeline {
         }
         flow.count(side, p.packet.len() as u64, now);
         let before = (
-            flow.tcp.fin_client || flow.tcp.fin_server,
+            flow.tcp.fin_client,
+            flow.tcp.fin_server,
             flow.tcp.rst,
             flow.state,
         );
@@ -930,7 +931,8 @@ impl Pipeline {
             .ctx
             .tcp_existing(now, flow, from_client, p, seg, meta, out);
         let after = (
-            flow.tcp.fin_client || flow.tcp.fin_server,
+            flow.tcp.fin_client,
+            flow.tcp.fin_server,
             flow.tcp.rst,
             flow.state,
         );
