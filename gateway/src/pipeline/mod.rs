@@ -2179,3 +2179,36 @@ impl Ctx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_flow_state_stays_small() {
+        // The table holds up to 262 144 flows: every byte here costs 256 KiB at capacity.
+        let flow = std::mem::size_of::<Flow>();
+        eprintln!(
+            "Flow: {flow} bytes, Inspect: {} bytes",
+            std::mem::size_of::<Inspect>()
+        );
+        assert!(flow <= 320, "Flow grew to {flow} bytes");
+    }
+
+    #[test]
+    fn quoted_flows_are_read_from_truncated_quotes() {
+        let mut q = vec![
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 192, 0, 2, 1,
+        ];
+        q.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1]);
+        let (proto, s, sp, d, dp) = quoted_flow(&q).unwrap();
+        assert_eq!((proto, sp, dp), (6, 40000, 443));
+        assert_eq!(
+            (s.to_string(), d.to_string()),
+            ("10.0.0.1".into(), "192.0.2.1".into())
+        );
+        assert_eq!(quoted_flow(&q[..22]), None);
+        assert_eq!(quoted_flow(&[]), None);
+        assert_eq!(quoted_flow(&[0x4f; 30]), None);
+    }
+}
