@@ -89,23 +89,43 @@ impl NameTrie {
     /// Builds the trie of every pattern of every WebGroup; `intern` maps a sorted set of
     /// WebGroup indices to a name class id.
     pub(crate) fn build(policy: &Policy, intern: &mut impl FnMut(&[u32]) -> u32) -> NameTrie {
-        // At most one node per label of every pattern; keep the table at most half full.
-        let labels: usize = policy
-            .webgroups
-            .iter()
-            .flat_map(|g| g.patterns.iter())
-            .map(|p| p.fixed_labels().count())
-            .sum();
-        let size = (labels * 2).next_power_of_two().max(16);
+        // A node is a distinct suffix of a pattern (after a leading `*.`): count them (by hash;
+        // a collision only makes the estimate smaller) and size the table for a load of 1/3 to
+        // 2/3. Should the table still fill beyond 3/4, it is rebuilt twice as large.
+        let mut suffixes: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for pattern in policy.webgroups.iter().flat_map(|g| g.patterns.iter()) {
+            let text = pattern.as_str();
+            let fixed = text.strip_prefix("*.").unwrap_or(text);
+            suffixes.insert(edge_hash(0, fixed.as_bytes()));
+            for (i, _) in fixed.match_indices('.') {
+                suffixes.insert(edge_hash(0, &fixed.as_bytes()[i + 1..]));
+            }
+        }
+        let mut size = (suffixes.len() + suffixes.len() / 2 + 16).next_power_of_two();
+        drop(suffixes);
+        loop {
+            if let Some(trie) = Self::build_sized(policy, size, intern) {
+                return trie;
+            }
+            size *= 2;
+        }
+    }
+
+    fn build_sized(
+        policy: &Policy,
+        size: usize,
+        intern: &mut impl FnMut(&[u32]) -> u32,
+    ) -> Option<NameTrie> {
+        let empty = policy.webgroups.iter().all(|g| g.patterns.is_empty());
         let mut trie = NameTrie {
             root: EMPTY,
-            slots: vec![EMPTY; if labels == 0 { 0 } else { size }],
+            slots: vec![EMPTY; if empty { 0 } else { size }],
             mask: size - 1,
             long_labels: String::new(),
             nodes: 1,
         };
-        if labels == 0 {
-            return trie;
+        if empty {
+            return Some(trie);
         }
         let mut exact_sets: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut below_sets: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -113,6 +133,9 @@ impl NameTrie {
             for pattern in &group.patterns {
                 let mut node = ROOT;
                 for label in pattern.fixed_labels().rev() {
+                    if trie.nodes * 4 > size * 3 {
+                        return None;
+                    }
                     node = trie.child_or_insert(node, label);
                 }
                 let sets = if pattern.is_any_depth() {
@@ -137,7 +160,7 @@ impl NameTrie {
             }
         }
         trie.long_labels.shrink_to_fit();
-        trie
+        Some(trie)
     }
 
     fn node(&self, id: u32) -> &Node {
