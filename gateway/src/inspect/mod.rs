@@ -1,0 +1,337 @@
+//! The protocol parsers that find the name a client asks for, without decrypting anything.
+//!
+//! - [`tls`]: the server name (SNI) of a TLS ClientHello, reassembled across TLS records.
+//! - [`http`]: the `Host` of a plain HTTP/1.x request, or the authority of a `CONNECT`.
+//!
+//! Both take the client's byte stream from its first byte (the pipeline reassembles TCP segments
+//! into it) and answer `Complete`, `Incomplete` (feed more bytes), `Not...` (another protocol:
+//! the policy decides by address) or `Malformed` (fail closed). They never panic, never allocate
+//! and read every length-prefixed field through a bounded reader. A name is only ever reported
+//! from a complete message: a prefix of a valid message is always `Incomplete`.
+//!
+//! Names come out as a [`HostName`]: validated (LDH labels, at most 253 bytes), ASCII
+//! lower-cased, with one trailing dot removed. It borrows from the input when the name on the wire
+//! is already in that form and holds a fixed inline copy otherwise, so no path allocates.
+
+pub mod http;
+pub mod tls;
+
+use std::fmt;
+use std::ops::Deref;
+
+/// Longest host name: 253 bytes of text (RFC 1035 2.3.4: 255 bytes in wire form).
+pub const MAX_HOST_NAME_LEN: usize = 253;
+
+/// A validated, normalised host name (ASCII lower case, no trailing dot).
+// The inline variant is large (a 253-byte name) by design: no result allocates.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy)]
+pub enum HostName<'a> {
+    /// Borrowed from the input: it was already normalised there.
+    Borrowed(&'a str),
+    /// Copied, because it had to be lower-cased or was reassembled from several records.
+    Inline(InlineName),
+}
+
+/// A host name in a fixed buffer.
+#[derive(Clone, Copy)]
+pub struct InlineName {
+    len: u8,
+    buf: [u8; MAX_HOST_NAME_LEN],
+}
+
+impl fmt::Debug for InlineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl InlineName {
+    /// Copies a validated, already lower-cased name (at most 253 ASCII bytes).
+    fn copy_lower(name: &[u8]) -> InlineName {
+        let mut buf = [0u8; MAX_HOST_NAME_LEN];
+        let len = name.len().min(MAX_HOST_NAME_LEN);
+        for (d, s) in buf.iter_mut().zip(&name[..len]) {
+            *d = s.to_ascii_lowercase();
+        }
+        // len <= 253.
+        InlineName {
+            len: len as u8,
+            buf,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ever built from validated ASCII; the fallback is unreachable but not a panic.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl<'a> HostName<'a> {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            HostName::Borrowed(s) => s,
+            HostName::Inline(n) => n.as_str(),
+        }
+    }
+
+    /// A copy that does not borrow the input.
+    pub fn detach(&self) -> HostName<'static> {
+        HostName::Inline(InlineName::copy_lower(self.as_str().as_bytes()))
+    }
+
+    /// Whether the name is borrowed from the input (no copy was made).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self, HostName::Borrowed(_))
+    }
+}
+
+impl Deref for HostName<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for HostName<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for HostName<'_> {}
+
+impl PartialEq<str> for HostName<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HostName<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for HostName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HostName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a name is not a valid host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostNameError {
+    /// Empty (or only a dot).
+    #[error("empty host name")]
+    Empty,
+    /// Longer than 253 bytes.
+    #[error("host name longer than {MAX_HOST_NAME_LEN} bytes")]
+    TooLong,
+    /// An empty label (`a..b`, a leading dot).
+    #[error("empty label in host name")]
+    EmptyLabel,
+    /// A label longer than 63 bytes.
+    #[error("label longer than 63 bytes in host name")]
+    LabelTooLong,
+    /// A byte other than a letter, digit, `-` or `_` (a U-label must arrive as punycode).
+    #[error("invalid byte {0:#04x} in host name")]
+    InvalidByte(u8),
+    /// A label that starts or ends with `-`.
+    #[error("label starts or ends with a hyphen")]
+    HyphenAtLabelEdge,
+    /// The last label is all digits: an IPv4 literal or not a host name (RFC 3696 2).
+    #[error("numeric top-level label: an address literal, not a host name")]
+    NumericTld,
+}
+
+/// Validates and normalises a host name: letters, digits, `-` and `_` (seen in real names,
+/// accepted by browsers) in dot-separated labels of 1 to 63 bytes, at most 253 bytes, the last
+/// label not all digits. One trailing dot is dropped; upper case is folded (making an inline
+/// copy).
+pub fn validate_host_name(raw: &[u8]) -> Result<HostName<'_>, HostNameError> {
+    let name = match raw.split_last() {
+        Some((b'.', rest)) => rest,
+        _ => raw,
+    };
+    if name.is_empty() {
+        return Err(HostNameError::Empty);
+    }
+    if name.len() > MAX_HOST_NAME_LEN {
+        return Err(HostNameError::TooLong);
+    }
+    let mut upper = false;
+    let mut label_len = 0usize;
+    let mut label_digits = true;
+    let mut prev = b'.';
+    for &b in name {
+        match b {
+            b'.' => {
+                if label_len == 0 {
+                    return Err(HostNameError::EmptyLabel);
+                }
+                if prev == b'-' {
+                    return Err(HostNameError::HyphenAtLabelEdge);
+                }
+                label_len = 0;
+                label_digits = true;
+            }
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'A'..=b'Z' => {
+                if b == b'-' && label_len == 0 {
+                    return Err(HostNameError::HyphenAtLabelEdge);
+                }
+                upper |= b.is_ascii_uppercase();
+                label_digits &= b.is_ascii_digit();
+                label_len += 1;
+                if label_len > 63 {
+                    return Err(HostNameError::LabelTooLong);
+                }
+            }
+            other => return Err(HostNameError::InvalidByte(other)),
+        }
+        prev = b;
+    }
+    if label_len == 0 {
+        return Err(HostNameError::EmptyLabel);
+    }
+    if prev == b'-' {
+        return Err(HostNameError::HyphenAtLabelEdge);
+    }
+    if label_digits {
+        return Err(HostNameError::NumericTld);
+    }
+    if upper {
+        Ok(HostName::Inline(InlineName::copy_lower(name)))
+    } else {
+        // Every byte was checked to be ASCII above.
+        match std::str::from_utf8(name) {
+            Ok(s) => Ok(HostName::Borrowed(s)),
+            Err(_) => Err(HostNameError::InvalidByte(0x80)),
+        }
+    }
+}
+
+/// Test helpers shared by the parsers' tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::PathBuf;
+
+    /// The conformance corpus: `$BULKHEAD_CORPUS`, or `../shared/corpus` from the workspace root.
+    /// `None` (after a loud message) when it is absent, so the caller can skip.
+    pub(crate) fn corpus_dir() -> Option<PathBuf> {
+        let dir = match std::env::var_os("BULKHEAD_CORPUS") {
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
+        };
+        if dir.join("payloads").is_dir() {
+            Some(dir)
+        } else {
+            eprintln!(
+                "\n*** SKIPPED: conformance corpus not found at {} (set BULKHEAD_CORPUS) ***\n",
+                dir.display()
+            );
+            None
+        }
+    }
+
+    /// `(file name, expected name)` rows of `payloads/manifest.tsv` whose file name starts with
+    /// one of `prefixes`, with the payload bytes.
+    pub(crate) fn payloads(prefixes: &[&str]) -> Option<Vec<(String, String, Vec<u8>)>> {
+        let dir = corpus_dir()?.join("payloads");
+        let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).ok()?;
+        let mut out = Vec::new();
+        for line in manifest.lines().filter(|l| !l.starts_with('#')) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            if cols.len() < 3 || !prefixes.iter().any(|p| cols[0].starts_with(p)) {
+                continue;
+            }
+            let bytes = std::fs::read(dir.join(cols[0])).ok()?;
+            out.push((cols[0].to_string(), cols[2].to_string(), bytes));
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_names() {
+        for (raw, want, borrowed) in [
+            ("api.openai.com", "api.openai.com", true),
+            ("API.OpenAI.com.", "api.openai.com", false),
+            ("localhost", "localhost", true),
+            ("dogfish", "dogfish", true),
+            (
+                "rr1---sn-xguxaxjvh-n8me.googlevideo.com",
+                "rr1---sn-xguxaxjvh-n8me.googlevideo.com",
+                true,
+            ),
+            ("xn--bcher-kva.example", "xn--bcher-kva.example", true),
+            ("my_host.example.com", "my_host.example.com", true),
+            ("example.com.", "example.com", true),
+            ("a1.b2.c3d", "a1.b2.c3d", true),
+        ] {
+            let n = validate_host_name(raw.as_bytes()).unwrap();
+            assert_eq!(n.as_str(), want);
+            assert_eq!(n.is_borrowed(), borrowed, "{raw}");
+            assert_eq!(n.detach().as_str(), want);
+        }
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(validate_host_name(long.as_bytes()).unwrap().len(), 253);
+    }
+
+    #[test]
+    fn invalid_names() {
+        use HostNameError::*;
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62)
+        );
+        for (raw, err) in [
+            ("", Empty),
+            (".", Empty),
+            ("a..b", EmptyLabel),
+            (".a", EmptyLabel),
+            ("a.b..", EmptyLabel),
+            ("-a.com", HyphenAtLabelEdge),
+            ("a-.com", HyphenAtLabelEdge),
+            ("a.com-", HyphenAtLabelEdge),
+            ("a b.com", InvalidByte(b' ')),
+            ("a\0.com", InvalidByte(0)),
+            ("bücher.de", InvalidByte(0xc3)),
+            ("1.2.3.4", NumericTld),
+            ("1234", NumericTld),
+            ("a:443", InvalidByte(b':')),
+            ("[::1]", InvalidByte(b'[')),
+        ] {
+            assert_eq!(
+                validate_host_name(raw.as_bytes()).unwrap_err(),
+                err,
+                "{raw:?}"
+            );
+        }
+        assert_eq!(validate_host_name(long.as_bytes()).unwrap_err(), TooLong);
+        let label = format!("{}.com", "a".repeat(64));
+        assert_eq!(
+            validate_host_name(label.as_bytes()).unwrap_err(),
+            LabelTooLong
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! A TCP flow closed by FINs both ways is expired (and its flow-end record written) after the
+//! closed-state linger, not after the longer opening or closing timeouts armed before.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_gateway::pipeline::{IdleTimeouts, Output, PacketMeta, Pipeline, PipelineConfig};
+use etherparse::PacketBuilder;
+
+const CLIENT: [u8; 4] = [10, 10, 1, 2];
+const SERVER: [u8; 4] = [10, 200, 0, 10];
+
+fn segment(from_client: bool, seq: u32, ack: Option<u32>, syn: bool, fin: bool) -> Vec<u8> {
+    let (s, d, sp, dp) = if from_client {
+        (CLIENT, SERVER, 40_000, 443)
+    } else {
+        (SERVER, CLIENT, 443, 40_000)
+    };
+    let mut b = PacketBuilder::ipv4(s, d, 64).tcp(sp, dp, seq, 1000);
+    if syn {
+        b = b.syn();
+    }
+    if fin {
+        b = b.fin();
+    }
+    if let Some(a) = ack {
+        b = b.ack(a);
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("build a segment");
+    v
+}
+
+#[test]
+fn fins_both_ways_arm_the_closed_linger() {
+    let loaded = policy_engine::load_policy_str(
+        "[policy]\ndefault_action = \"permit\"\n",
+        std::path::Path::new("permit.toml"),
+    )
+    .expect("policy");
+    let store = Arc::new(policy_engine::PolicyStore::new(policy_engine::compile(
+        &loaded.policy,
+        1,
+    )));
+    let closed = Duration::from_secs(2);
+    let config = PipelineConfig {
+        idle: IdleTimeouts {
+            tcp_opening: Duration::from_secs(30),
+            tcp_established: Duration::from_secs(3600),
+            tcp_closing: Duration::from_secs(60),
+            tcp_closed: closed,
+            udp: Duration::from_secs(60),
+            other: Duration::from_secs(30),
+        },
+        ..PipelineConfig::default()
+    };
+    let mut p = Pipeline::new(config, store);
+    let mut out = Output::default();
+    let t0 = Instant::now();
+    let exchange = [
+        segment(true, 100, None, true, false),
+        segment(false, 500, Some(101), true, false),
+        segment(true, 101, Some(501), false, false),
+        segment(false, 501, Some(101), false, true),
+        segment(true, 101, Some(502), false, false),
+        segment(true, 101, Some(502), false, true),
+        segment(false, 502, Some(102), false, false),
+    ];
+    let mut last = t0;
+    for (i, pk) in exchange.iter().enumerate() {
+        last = t0 + Duration::from_millis(i as u64);
+        p.process(last, pk, PacketMeta::default(), &mut out);
+    }
+    let next = p.next_timeout().expect("a timer is armed");
+    assert!(
+        next <= last + closed,
+        "next timeout {:?} after the last packet, want at most {closed:?}",
+        next.duration_since(last)
+    );
+    // Walk the timers: the flow ends, with its record, once the linger has passed.
+    out.records.clear();
+    let mut now = next;
+    for _ in 0..10 {
+        p.handle_timeout(now, &mut out);
+        if p.active_flows() == 0 {
+            break;
+        }
+        now = p.next_timeout().unwrap_or(now + closed);
+    }
+    assert_eq!(p.active_flows(), 0);
+    assert!(
+        now <= last + closed + Duration::from_millis(1),
+        "ended {:?} after the last packet",
+        now.duration_since(last)
+    );
+    let ends: Vec<serde_json::Value> = out
+        .records
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("serialise"))
+        .filter(|r| r["activity_id"].as_u64() == Some(2))
+        .collect();
+    assert_eq!(ends.len(), 1, "one flow-end record: {ends:?}");
+    assert_eq!(ends[0]["end_reason"].as_str(), Some("fin"));
+}
