@@ -183,7 +183,7 @@ fn explain_watch_rule_and_host() -> Result<()> {
         "--dst",
         "198.51.100.1:443",
         "--host",
-        "api.anthropic.com",
+        "API.Anthropic.com:443",
         "--json",
     ])?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -193,6 +193,7 @@ fn explain_watch_rule_and_host() -> Result<()> {
     assert_eq!(v["effective_action"], "permit");
     assert_eq!(v["effective_rule"], "dev-to-ai");
     assert_eq!(v["name_source"], "http_host");
+    assert_eq!(v["name"], "api.anthropic.com");
     assert_eq!(v["dst_groups"], serde_json::json!(["anthropic"]));
     Ok(())
 }

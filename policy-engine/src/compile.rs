@@ -5,20 +5,24 @@
 //!
 //! 1. **Addresses.** The CIDRs of all groups are cut into disjoint intervals (separately for IPv4
 //!    and IPv6, for sources and for destinations). Every interval maps to an *address class*: the
-//!    set of groups containing it. A lookup is a binary search over interval starts.
-//! 2. **Names.** Patterns live in a trie over labels read right to left, with one hash table
-//!    holding every edge; `*` labels are separate edges. A name walks the trie once; every node is
-//!    visited at most once, so a walk costs at most the number of labels times the wildcard
-//!    branches actually present. Each node carries up to two *name classes*: the WebGroups whose
-//!    patterns end exactly there, and those whose `*.` patterns cover names below it.
+//!    set of groups containing it. A lookup is a binary search over interval starts; large IPv4
+//!    tables have a direct index on the top 16 bits so that the search covers one /16.
+//! 2. **Names.** Patterns live in a trie over labels read right to left whose nodes are the
+//!    slots of one open-addressing hash table keyed by (parent, label); `*` labels are edges of
+//!    their own (see `trie.rs`). A name walks the trie once, touching about one cache line per
+//!    label. Each node carries up to two *name classes*: the WebGroups whose patterns end exactly
+//!    there, and those whose `*.` patterns cover names below it.
 //! 3. **Ports.** Per transport, port intervals map to a bitset of the rules whose protocol and
 //!    ports accept them (a *port class*).
-//! 4. **First match.** Every address and name class carries the sorted list of the rules its
-//!    groups make match (rules with `src = "any"` / `dst = "any"` included). The first matching
-//!    rule is the smallest rule index in both the source list and one of the destination lists
-//!    (address list or a name list) whose bit is set in the port class: a galloping intersection
-//!    of two sorted lists that stops at the first hit, repeated for each name class the name
-//!    reached. Lists and bitsets are deduplicated between classes.
+//! 4. **First match.** Every address and name class carries the sorted list of the rules that
+//!    name one of its groups; rules with `src = "any"` or `dst = "any"` are kept in two bitsets
+//!    instead of being copied into every list. The first matching rule is the smallest rule
+//!    index found in: the source list ∩ a destination list (address, or each name class the
+//!    name reached), by a galloping intersection; the source list filtered by the `dst = any`
+//!    bitset; each destination list filtered by the `src = any` bitset; and the short list of
+//!    rules with both "any". Every candidate must also be set in the port class. Each scan stops
+//!    at its first enforced (non-watch) hit and at the best hit so far. Lists and bitsets are
+//!    deduplicated between classes.
 //!
 //! [`crate::naive`] evaluates the same [`Policy`] rule by rule; the property tests hold the two to
 //! the same answers.

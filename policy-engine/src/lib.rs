@@ -31,7 +31,10 @@ pub use compile::{
     compile, CompileStats, CompiledPolicy, Query, RuleRef, SynDecision, Verdict,
     MAX_NAME_CLASSES_REPORTED,
 };
-pub use load::{load_policy_file, load_policy_str, Diagnostic, LoadError, LoadedPolicy, Severity};
+pub use load::{
+    load_policy_file, load_policy_str, shadowed_rules, Diagnostic, LoadError, LoadedPolicy,
+    Location, Severity,
+};
 pub use model::{
     Action, AddressGroup, DefaultAction, DstGroup, DstSpec, K8sSelector, Mode, Policy, PolicyError,
     PortRange, Ports, Protocol, Rule, Selector, SmartGroup, SrcSpec, Transport, WebGroup,

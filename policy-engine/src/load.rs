@@ -1290,38 +1290,7 @@ impl Loader {
     /// include the later one's. It never warns wrongly; it may miss rules that are shadowed by
     /// several earlier rules together, or by CIDRs that happen to overlap.
     fn shadow_warnings(&mut self) {
-        let rules = &self.policy.rules;
-        let mut found: Vec<(usize, usize)> = Vec::new();
-        // Earlier non-watch rules indexed by one of their src groups ("any" separately).
-        let mut any_src: Vec<usize> = Vec::new();
-        let mut by_src: HashMap<u32, Vec<usize>> = HashMap::new();
-        for (j, later) in rules.iter().enumerate() {
-            let candidates: Box<dyn Iterator<Item = &usize>> = match &later.src {
-                SrcSpec::Any => Box::new(any_src.iter()),
-                SrcSpec::Groups(g) => Box::new(
-                    any_src
-                        .iter()
-                        .chain(g.first().and_then(|g| by_src.get(g)).into_iter().flatten()),
-                ),
-            };
-            let shadow = candidates
-                .copied()
-                .filter(|&i| covers(&rules[i], later))
-                .min();
-            if let Some(i) = shadow {
-                found.push((i, j));
-            }
-            if !later.watch {
-                match &later.src {
-                    SrcSpec::Any => any_src.push(j),
-                    SrcSpec::Groups(g) => {
-                        for &g in g {
-                            by_src.entry(g).or_default().push(j);
-                        }
-                    }
-                }
-            }
-        }
+        let found = shadowed_rules(&self.policy.rules);
         for (i, j) in found {
             let (earlier, later) = (&self.policy.rules[i], &self.policy.rules[j]);
             let message = format!(
@@ -1344,6 +1313,48 @@ impl Loader {
             ));
         }
     }
+}
+
+/// Rules that can never match because an earlier non-watch rule matches all of their traffic:
+/// `(earlier, later)` index pairs into `rules` (in priority order), the earliest shadowing rule
+/// for each shadowed one.
+///
+/// Decided conservatively, on group names: `earlier`'s `src` and `dst` list every group of
+/// `later`'s (or are "any"), its protocol and ports include `later`'s. A pair returned is always
+/// right (no false warnings); rules shadowed only by several rules together, or by different
+/// groups whose addresses overlap, are not found.
+pub fn shadowed_rules(rules: &[Rule]) -> Vec<(usize, usize)> {
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    // Earlier non-watch rules indexed by one of their src groups ("any" separately). A rule
+    // that covers `later` lists every src group of `later`, in particular the first.
+    let mut any_src: Vec<usize> = Vec::new();
+    let mut by_src: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (j, later) in rules.iter().enumerate() {
+        let listed = match &later.src {
+            SrcSpec::Any => None,
+            SrcSpec::Groups(g) => g.first().and_then(|g| by_src.get(g)),
+        };
+        let shadow = any_src
+            .iter()
+            .chain(listed.into_iter().flatten())
+            .copied()
+            .filter(|&i| covers(&rules[i], later))
+            .min();
+        if let Some(i) = shadow {
+            found.push((i, j));
+        }
+        if !later.watch {
+            match &later.src {
+                SrcSpec::Any => any_src.push(j),
+                SrcSpec::Groups(g) => {
+                    for &g in g {
+                        by_src.entry(g).or_default().push(j);
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Whether every packet `later` matches is matched by `earlier` (decided on names).

@@ -1,28 +1,35 @@
 //! The name matcher: a trie over labels read right to left (`com` -> `openai` -> `api`).
 //!
-//! All edges live in one hash table keyed by (parent node, label); a single-label `*` is a
-//! separate edge stored in the node. A node carries two optional name classes: `exact` for
-//! patterns that end there (`api.openai.com`), `below` for `*.` patterns covering every name
-//! strictly below it (`*.openai.com` at the node of `openai.com`).
+//! The trie's nodes *are* the slots of one open-addressing hash table keyed by (parent node,
+//! label): looking up the child of a node for a label lands, in the common case, on the very slot
+//! that holds the child with everything a walk needs next (its `*` child, its name classes, its
+//! label for verification). A walk therefore touches about one cache line per label. Labels of up
+//! to 22 bytes are stored in the slot, longer ones in an arena.
 //!
-//! A walk visits a node at most once (a node sits at one depth and is reached by one sequence
-//! of literal / `*` choices), so it is bounded by the size of the trie and by the number of
-//! labels of the name; it allocates nothing.
+//! A single-label `*` is an edge with the label `*` (no name label can be `*`); its slot is also
+//! remembered in the parent. A node carries two optional name classes: `exact` for patterns that
+//! end there (`api.openai.com`), `below` for `*.` patterns covering every name strictly below it
+//! (`*.openai.com` at the node of `openai.com`).
+//!
+//! A walk visits a node at most once (a node sits at one depth and is reached by one sequence of
+//! literal / `*` choices), so it is bounded by the size of the trie and by the number of labels
+//! of the name; it allocates nothing.
 
-use hashbrown::HashTable;
+use std::collections::HashMap;
 
 use crate::model::Policy;
 
 const NONE: u32 = u32::MAX;
+/// Parent id of the root's children (the root is not stored in the table).
+const ROOT: u32 = u32::MAX - 1;
 /// Names longer than this cannot match any pattern (patterns are valid names).
 const MAX_LABELS: usize = 128;
-
-/// Labels up to this length live inside the node (one cache miss per step of a walk); longer
-/// ones in the trie's label arena.
+/// Labels up to this length live inside the slot.
 const INLINE_LABEL: usize = 22;
 
 #[derive(Debug, Clone)]
 struct Node {
+    /// Parent node id; `NONE` marks an empty slot.
     parent: u32,
     star: u32,
     exact: u32,
@@ -33,16 +40,28 @@ struct Node {
     label: [u8; INLINE_LABEL + 1],
 }
 
+const EMPTY: Node = Node {
+    parent: NONE,
+    star: NONE,
+    exact: NONE,
+    below: NONE,
+    label_len: 0,
+    label: [0; INLINE_LABEL + 1],
+};
+
 /// The compiled name matcher.
 #[derive(Debug, Clone)]
 pub(crate) struct NameTrie {
-    nodes: Vec<Node>,
-    labels: String,
-    edges: HashTable<u32>,
+    root: Node,
+    slots: Vec<Node>,
+    mask: usize,
+    long_labels: String,
+    nodes: usize,
 }
 
 /// A fast 64-bit hash of (parent, label). The table's contents come from the policy; names from
-/// the wire only look up, so collisions cannot be forced to grow anything.
+/// the wire only look up, and a probe sequence ends at the first empty slot of a table at most
+/// half full, so collisions cannot be forced to grow anything.
 fn edge_hash(parent: u32, label: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut h = u64::from(parent).wrapping_mul(K) ^ (label.len() as u64);
@@ -70,132 +89,151 @@ impl NameTrie {
     /// Builds the trie of every pattern of every WebGroup; `intern` maps a sorted set of
     /// WebGroup indices to a name class id.
     pub(crate) fn build(policy: &Policy, intern: &mut impl FnMut(&[u32]) -> u32) -> NameTrie {
+        // A node is a distinct suffix of a pattern (after a leading `*.`): count them (by hash;
+        // a collision only makes the estimate smaller) and size the table for a load of 1/3 to
+        // 2/3. Should the table still fill beyond 3/4, it is rebuilt twice as large.
+        let mut suffixes: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for pattern in policy.webgroups.iter().flat_map(|g| g.patterns.iter()) {
+            let text = pattern.as_str();
+            let fixed = text.strip_prefix("*.").unwrap_or(text);
+            suffixes.insert(edge_hash(0, fixed.as_bytes()));
+            for (i, _) in fixed.match_indices('.') {
+                suffixes.insert(edge_hash(0, &fixed.as_bytes()[i + 1..]));
+            }
+        }
+        let mut size = (suffixes.len() + suffixes.len() / 2 + 16).next_power_of_two();
+        drop(suffixes);
+        loop {
+            if let Some(trie) = Self::build_sized(policy, size, intern) {
+                return trie;
+            }
+            size *= 2;
+        }
+    }
+
+    fn build_sized(
+        policy: &Policy,
+        size: usize,
+        intern: &mut impl FnMut(&[u32]) -> u32,
+    ) -> Option<NameTrie> {
+        let empty = policy.webgroups.iter().all(|g| g.patterns.is_empty());
         let mut trie = NameTrie {
-            nodes: vec![Node {
-                parent: NONE,
-                star: NONE,
-                exact: NONE,
-                below: NONE,
-                label_len: 0,
-                label: [0; INLINE_LABEL + 1],
-            }],
-            labels: String::new(),
-            edges: HashTable::with_capacity(policy.pattern_count()),
+            root: EMPTY,
+            slots: vec![EMPTY; if empty { 0 } else { size }],
+            mask: size - 1,
+            long_labels: String::new(),
+            nodes: 1,
         };
-        // (node, is_below) -> webgroups, collected first and interned once.
-        let mut exact_sets: Vec<Vec<u32>> = Vec::new();
-        let mut below_sets: Vec<Vec<u32>> = Vec::new();
-        let mut exact_of: Vec<u32> = vec![NONE];
-        let mut below_of: Vec<u32> = vec![NONE];
+        if empty {
+            return Some(trie);
+        }
+        let mut exact_sets: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut below_sets: HashMap<u32, Vec<u32>> = HashMap::new();
         for (g, group) in policy.webgroups.iter().enumerate() {
             for pattern in &group.patterns {
-                let mut node = 0u32;
+                let mut node = ROOT;
                 for label in pattern.fixed_labels().rev() {
+                    if trie.nodes * 4 > size * 3 {
+                        return None;
+                    }
                     node = trie.child_or_insert(node, label);
                 }
-                exact_of.resize(trie.nodes.len(), NONE);
-                below_of.resize(trie.nodes.len(), NONE);
-                let (slot, sets) = if pattern.is_any_depth() {
-                    (&mut below_of[node as usize], &mut below_sets)
+                let sets = if pattern.is_any_depth() {
+                    &mut below_sets
                 } else {
-                    (&mut exact_of[node as usize], &mut exact_sets)
+                    &mut exact_sets
                 };
-                if *slot == NONE {
-                    *slot = sets.len() as u32;
-                    sets.push(Vec::new());
-                }
-                let set = &mut sets[*slot as usize];
-                if set.last() != Some(&(g as u32)) {
-                    set.push(g as u32);
+                sets.entry(node).or_default().push(g as u32);
+            }
+        }
+        for (sets, below) in [(exact_sets, false), (below_sets, true)] {
+            for (node, mut set) in sets {
+                set.sort_unstable();
+                set.dedup();
+                let class = intern(&set);
+                let n = trie.node_mut(node);
+                if below {
+                    n.below = class;
+                } else {
+                    n.exact = class;
                 }
             }
         }
-        exact_of.resize(trie.nodes.len(), NONE);
-        below_of.resize(trie.nodes.len(), NONE);
-        for (i, node) in trie.nodes.iter_mut().enumerate() {
-            if let Some(set) = exact_sets.get_mut(exact_of[i] as usize) {
-                set.sort_unstable();
-                set.dedup();
-                node.exact = intern(set);
-            }
-            if let Some(set) = below_sets.get_mut(below_of[i] as usize) {
-                set.sort_unstable();
-                set.dedup();
-                node.below = intern(set);
-            }
+        trie.long_labels.shrink_to_fit();
+        Some(trie)
+    }
+
+    fn node(&self, id: u32) -> &Node {
+        if id == ROOT {
+            &self.root
+        } else {
+            &self.slots[id as usize]
         }
-        trie.labels.shrink_to_fit();
-        trie.nodes.shrink_to_fit();
-        trie.edges.shrink_to_fit(|&c| {
-            let n = &trie.nodes[c as usize];
-            edge_hash(n.parent, label_of(&trie.labels, n))
-        });
-        trie
+    }
+
+    fn node_mut(&mut self, id: u32) -> &mut Node {
+        if id == ROOT {
+            &mut self.root
+        } else {
+            &mut self.slots[id as usize]
+        }
     }
 
     fn child_or_insert(&mut self, parent: u32, label: &str) -> u32 {
-        if label == "*" {
-            let star = self.nodes[parent as usize].star;
-            if star != NONE {
-                return star;
-            }
-            let id = self.push_node(parent, "");
-            self.nodes[parent as usize].star = id;
-            return id;
-        }
-        if let Some(c) = self.child(parent, label) {
-            return c;
-        }
-        let id = self.push_node(parent, label);
-        let hash = edge_hash(parent, label.as_bytes());
-        let nodes = &self.nodes;
-        let labels = &self.labels;
-        self.edges.insert_unique(hash, id, |&c| {
-            let n = &nodes[c as usize];
-            edge_hash(n.parent, label_of(labels, n))
-        });
-        id
-    }
-
-    fn push_node(&mut self, parent: u32, label: &str) -> u32 {
-        let id = self.nodes.len() as u32;
         let bytes = label.as_bytes();
+        let mut i = edge_hash(parent, bytes) as usize & self.mask;
+        loop {
+            let slot = &self.slots[i];
+            if slot.parent == NONE {
+                break;
+            }
+            if slot.parent == parent && label_of(&self.long_labels, slot) == bytes {
+                return i as u32;
+            }
+            i = (i + 1) & self.mask;
+        }
         let mut inline = [0u8; INLINE_LABEL + 1];
         if bytes.len() <= INLINE_LABEL {
             inline[..bytes.len()].copy_from_slice(bytes);
         } else {
-            let offset = self.labels.len() as u32;
+            let offset = self.long_labels.len() as u32;
             inline[..4].copy_from_slice(&offset.to_le_bytes());
-            self.labels.push_str(label);
+            self.long_labels.push_str(label);
         }
-        self.nodes.push(Node {
+        self.slots[i] = Node {
             parent,
-            star: NONE,
-            exact: NONE,
-            below: NONE,
             // Labels are at most 63 bytes (patterns are valid names).
             label_len: u8::try_from(bytes.len()).unwrap_or(u8::MAX),
             label: inline,
-        });
-        id
+            ..EMPTY
+        };
+        self.nodes += 1;
+        if label == "*" {
+            self.node_mut(parent).star = i as u32;
+        }
+        i as u32
     }
 
     #[inline]
-    fn child(&self, parent: u32, label: &str) -> Option<u32> {
-        let hash = edge_hash(parent, label.as_bytes());
-        self.edges
-            .find(hash, |&c| {
-                let n = &self.nodes[c as usize];
-                n.parent == parent && label_of(&self.labels, n) == label.as_bytes()
-            })
-            .copied()
+    fn child(&self, parent: u32, label: &[u8]) -> Option<u32> {
+        let mut i = edge_hash(parent, label) as usize & self.mask;
+        loop {
+            let slot = &self.slots[i];
+            if slot.parent == NONE {
+                return None;
+            }
+            if slot.parent == parent && label_of(&self.long_labels, slot) == label {
+                return Some(i as u32);
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 
     /// Calls `found` with the name class of every pattern node the name reaches. A name that is
     /// not normalised (upper case, empty labels, characters outside `a-z0-9-_`, a trailing dot)
     /// reaches nothing.
     pub(crate) fn walk(&self, name: &str, mut found: impl FnMut(u32)) {
-        if self.nodes.len() <= 1 || name.is_empty() || name.len() > 253 {
+        if self.slots.is_empty() || name.is_empty() || name.len() > 253 {
             return;
         }
         let mut bounds = [(0u16, 0u16); MAX_LABELS];
@@ -223,7 +261,7 @@ impl NameTrie {
         n += 1;
         // Labels right to left.
         bounds[..n].reverse();
-        self.walk_from(0, 0, name, &bounds[..n], &mut found);
+        self.walk_from(ROOT, 0, name, &bounds[..n], &mut found);
     }
 
     fn walk_from(
@@ -234,7 +272,7 @@ impl NameTrie {
         labels: &[(u16, u16)],
         found: &mut impl FnMut(u32),
     ) {
-        let n = &self.nodes[node as usize];
+        let n = self.node(node);
         if depth == labels.len() {
             if n.exact != NONE {
                 found(n.exact);
@@ -245,7 +283,7 @@ impl NameTrie {
             found(n.below);
         }
         let (s, e) = labels[depth];
-        let label = name.get(s as usize..e as usize).unwrap_or("");
+        let label = name.as_bytes().get(s as usize..e as usize).unwrap_or(&[]);
         if let Some(c) = self.child(node, label) {
             self.walk_from(c, depth + 1, name, labels, found);
         }
@@ -255,17 +293,15 @@ impl NameTrie {
     }
 
     pub(crate) fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.nodes
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.labels.capacity()
-            + self.edges.allocation_size()
+        self.slots.capacity() * std::mem::size_of::<Node>() + self.long_labels.capacity()
     }
 }
 
-fn label_of<'a>(labels: &'a str, n: &'a Node) -> &'a [u8] {
+fn label_of<'a>(long_labels: &'a str, n: &'a Node) -> &'a [u8] {
     let len = usize::from(n.label_len);
     if len <= INLINE_LABEL {
         &n.label[..len]
@@ -273,6 +309,9 @@ fn label_of<'a>(labels: &'a str, n: &'a Node) -> &'a [u8] {
         let mut offset = [0u8; 4];
         offset.copy_from_slice(&n.label[..4]);
         let start = u32::from_le_bytes(offset) as usize;
-        labels.as_bytes().get(start..start + len).unwrap_or(&[])
+        long_labels
+            .as_bytes()
+            .get(start..start + len)
+            .unwrap_or(&[])
     }
 }

@@ -10,9 +10,9 @@ use proptest::prelude::*;
 
 use policy_engine::naive::{self, NaiveSynDecision};
 use policy_engine::{
-    compile, Action, AddressGroup, CompiledPolicy, DefaultAction, DstGroup, DstSpec, Mode,
-    NamePattern, Policy, PortRange, Ports, Protocol, Query, Rule, SmartGroup, SrcSpec, SynDecision,
-    Transport, Verdict, WebGroup,
+    compile, shadowed_rules, Action, AddressGroup, CompiledPolicy, DefaultAction, DstGroup,
+    DstSpec, Mode, NamePattern, Policy, PortRange, Ports, Protocol, Query, Rule, RuleRef,
+    SmartGroup, SrcSpec, SynDecision, Transport, Verdict, WebGroup,
 };
 
 /// Addresses are drawn from a small pool so that CIDRs overlap and queries hit them.
@@ -337,6 +337,7 @@ fn check(policy: &Policy, queries: &[RawQuery]) -> Result<(), TestCaseError> {
         .check()
         .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     let compiled = compile(policy, 7);
+    let shadowed = shadowed_rules(&policy.rules);
     for raw in queries {
         let q = Query {
             src: raw.src,
@@ -347,6 +348,15 @@ fn check(policy: &Policy, queries: &[RawQuery]) -> Result<(), TestCaseError> {
         };
         let v = compiled.evaluate(&q);
         let n = naive::evaluate(policy, &q);
+        // A rule reported as shadowed never decides anything.
+        for &(_, j) in &shadowed {
+            let j = RuleRef::Rule(j as u32);
+            prop_assert!(
+                n.rule != j && n.effective_rule != j,
+                "shadowed rule decided {:?}",
+                q
+            );
+        }
         same(&compiled, &v, &n).map_err(|e| TestCaseError::fail(format!("{q:?}: {e}")))?;
 
         let syn = compiled.evaluate_without_name(&q);

@@ -793,3 +793,60 @@ fn display_of_load_error_lists_every_error() {
         "x.toml:2:8: error: `mode` must be a string, not an integer\nx.toml:3:18: error: `default_action` must be a string, not an integer"
     );
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = include_str!("data/valid.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: an error or a policy, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = load_policy_str(&text, Path::new("fuzz.toml"));
+        }
+
+        /// A valid policy with bytes replaced, inserted or removed: never a panic, and every
+        /// error has a position inside the text.
+        #[test]
+        fn mutated_policy_never_panics(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..6)
+        ) {
+            let mut text: Vec<char> = VALID.chars().collect();
+            for (at, op, c) in edits {
+                if text.is_empty() {
+                    break;
+                }
+                let i = at.index(text.len());
+                match op {
+                    0 => text[i] = c,
+                    1 => text.insert(i, c),
+                    _ => {
+                        text.remove(i);
+                    }
+                }
+            }
+            let text: String = text.into_iter().collect();
+            let lines = text.lines().count().max(1);
+            match load_policy_str(&text, Path::new("fuzz.toml")) {
+                Ok(_) => {}
+                Err(e) => {
+                    prop_assert!(!e.errors.is_empty());
+                    for d in &e.errors {
+                        prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d}");
+                        prop_assert!(d.column >= 1, "{d}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_valid_sample_is_valid() {
+        let loaded = load_policy_str(VALID, Path::new("valid.toml")).expect("valid");
+        assert_eq!(loaded.policy.rules.len(), 3);
+    }
+}

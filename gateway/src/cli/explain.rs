@@ -33,7 +33,7 @@ pub struct Args {
     /// The TLS server name (SNI) the client sent.
     #[arg(long, value_name = "NAME", conflicts_with = "host")]
     pub sni: Option<String>,
-    /// The HTTP Host the client sent (without a port).
+    /// The HTTP Host the client sent (a `:PORT` suffix is ignored).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
     /// Transport: tcp, udp, or an IP protocol number (1 for ICMP, ...).
@@ -120,7 +120,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (raw_name, name_source) = match (&args.sni, &args.host) {
         (Some(n), _) => (Some(n.as_str()), Some("sni")),
-        (None, Some(n)) => (Some(n.as_str()), Some("http_host")),
+        (None, Some(n)) => (Some(strip_port(n)), Some("http_host")),
         (None, None) => (None, None),
     };
     let name = match raw_name.map(normalize_name).transpose() {
@@ -405,5 +405,19 @@ fn fmt_ip(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// `host:8080` -> `host`, as the gateway reads a Host header; anything else unchanged.
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            name
+        }
+        _ => host,
     }
 }
