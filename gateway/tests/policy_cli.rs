@@ -258,3 +258,30 @@ fn explain_rejects_bad_input_with_status_2() -> Result<()> {
     assert!(String::from_utf8(out.stderr)?.contains("2:8: error: invalid mode `loud`"));
     Ok(())
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let policy = write_policy(dir.path(), POLICY)?;
+    // The reading end is closed before the command writes: its first write meets EPIPE.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "explain",
+            "--policy",
+            &policy,
+            "--src",
+            "10.1.2.3",
+            "--dst",
+            "1.2.3.4:443",
+            "--sni",
+            "api.openai.com",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}

@@ -35,9 +35,18 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::main(args),
-        Command::CheckPolicy(args) => check_policy::main(args),
-        Command::Explain(args) => explain::main(args),
-        Command::Replay(args) => replay::main(args),
+        Command::CheckPolicy(args) => {
+            crate::sys::default_sigpipe();
+            check_policy::main(args)
+        }
+        Command::Explain(args) => {
+            crate::sys::default_sigpipe();
+            explain::main(args)
+        }
+        Command::Replay(args) => {
+            crate::sys::default_sigpipe();
+            replay::main(args)
+        }
         Command::Demo(args) => demo::main(args),
     };
     match result {
