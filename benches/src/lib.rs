@@ -1,1 +1,6 @@
-//! Shared helpers for the benches.
+//! Shared helpers for the criterion benches, and the network-namespace throughput harness
+//! ([`throughput`], run by the `throughput` binary).
+
+pub mod cpu_time;
+pub mod synthetic;
+pub mod throughput;

@@ -1,1 +1,681 @@
-//! TODO(scaffold): config
+//! `gateway.toml`: the daemon's configuration.
+//!
+//! The schema is the one in the design's "Gateway configuration" section, plus optional tuning
+//! keys with documented defaults (`docs/operations.md` carries the full reference). Every table
+//! rejects unknown keys, so a typo is an error, not a silently ignored setting. Errors carry the
+//! file, line and column: `gateway.toml:3:9: error: invalid type: string "x", expected u16`.
+//!
+//! Relative paths (`policy.file`, `policy.state_dir`, `log.decisions`) are resolved against the
+//! directory holding the configuration file, so a configuration and its policy can travel together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default number of flows each worker's flow table holds.
+pub const DEFAULT_FLOW_CAPACITY: usize = 262_144;
+/// Default bound on the client bytes held per flow while its first bytes are inspected.
+pub const DEFAULT_MAX_HELD_BYTES_PER_FLOW: usize = 16 * 1024;
+/// Default bound on the bytes held by all flows of one worker.
+pub const DEFAULT_MAX_HELD_BYTES_TOTAL: usize = 64 * 1024 * 1024;
+/// Default time a flow may spend waiting for its name before it fails closed.
+pub const DEFAULT_INSPECT_TIMEOUT_MS: u64 = 5_000;
+/// Default size at which the decision log file is rotated.
+pub const DEFAULT_LOG_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+/// Default number of rotated decision log files kept besides the live one.
+pub const DEFAULT_LOG_KEEP_FILES: u32 = 5;
+/// Default capacity of the queue between the workers and the decision log writer.
+pub const DEFAULT_LOG_QUEUE_CAPACITY: usize = 65_536;
+/// Default metrics listen address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9108";
+/// Default routing table holding the default routes into the TUN.
+pub const DEFAULT_ROUTE_TABLE: u32 = 100;
+/// Default priority of the `ip rule`s (after the local table, which sits at 0).
+pub const DEFAULT_RULE_PRIORITY: u32 = 100;
+/// Default MTU of the TUN when none of the listed interfaces can be read.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub policy: PolicySection,
+    #[serde(default)]
+    pub controller: Option<ControllerSection>,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Appears in every decision record.
+    pub id: String,
+    /// Name of the TUN device the gateway creates.
+    #[serde(default = "default_tun")]
+    pub tun: String,
+    /// TUN queues, one worker thread each. Default: the number of CPUs.
+    #[serde(default)]
+    pub queues: Option<u16>,
+    /// Interfaces whose forwarded traffic is diverted through the TUN.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Install (and remove on exit) the ip rules, routes and sysctls.
+    #[serde(default)]
+    pub manage_routing: bool,
+    /// MTU of the TUN. Default: the largest MTU of the listed interfaces (1500 if none).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Routing table whose default routes point at the TUN.
+    #[serde(default = "default_route_table")]
+    pub route_table: u32,
+    /// Priority of the diversion rules.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Local policy file. Without one (and without a snapshot) the gateway denies everything.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Where the routing state file and the last-known-good snapshot live.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            file: None,
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+/// `[controller]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    pub endpoint: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[limits]`: the pipeline's bounds, per worker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    #[serde(default = "default_flow_capacity")]
+    pub flow_capacity: usize,
+    #[serde(default = "default_max_held_bytes_per_flow")]
+    pub max_held_bytes_per_flow: usize,
+    #[serde(default = "default_max_held_bytes_total")]
+    pub max_held_bytes_total: usize,
+    #[serde(default = "default_inspect_timeout_ms")]
+    pub inspect_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            flow_capacity: DEFAULT_FLOW_CAPACITY,
+            max_held_bytes_per_flow: DEFAULT_MAX_HELD_BYTES_PER_FLOW,
+            max_held_bytes_total: DEFAULT_MAX_HELD_BYTES_TOTAL,
+            inspect_timeout_ms: DEFAULT_INSPECT_TIMEOUT_MS,
+        }
+    }
+}
+
+impl LimitsSection {
+    pub fn inspect_timeout(&self) -> Duration {
+        Duration::from_millis(self.inspect_timeout_ms)
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// JSON-lines file for decision records, or `-` for standard output.
+    #[serde(default = "default_decisions")]
+    pub decisions: PathBuf,
+    /// Rotate the file when it would grow past this size.
+    #[serde(default = "default_log_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`decisions.jsonl.1` is the newest).
+    #[serde(default = "default_log_keep_files")]
+    pub keep_files: u32,
+    /// Records queued between the workers and the writer; beyond it records are dropped and
+    /// counted.
+    #[serde(default = "default_log_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            decisions: default_decisions(),
+            max_file_bytes: DEFAULT_LOG_MAX_FILE_BYTES,
+            keep_files: DEFAULT_LOG_KEEP_FILES,
+            queue_capacity: DEFAULT_LOG_QUEUE_CAPACITY,
+        }
+    }
+}
+
+impl LogSection {
+    /// True when decision records go to standard output.
+    pub fn to_stdout(&self) -> bool {
+        self.decisions.as_os_str() == "-"
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    #[serde(default = "default_metrics_enabled")]
+    pub enabled: bool,
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_tun() -> String {
+    "bulk0".to_owned()
+}
+fn default_route_table() -> u32 {
+    DEFAULT_ROUTE_TABLE
+}
+fn default_rule_priority() -> u32 {
+    DEFAULT_RULE_PRIORITY
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bulkhead")
+}
+fn default_flow_capacity() -> usize {
+    DEFAULT_FLOW_CAPACITY
+}
+fn default_max_held_bytes_per_flow() -> usize {
+    DEFAULT_MAX_HELD_BYTES_PER_FLOW
+}
+fn default_max_held_bytes_total() -> usize {
+    DEFAULT_MAX_HELD_BYTES_TOTAL
+}
+fn default_inspect_timeout_ms() -> u64 {
+    DEFAULT_INSPECT_TIMEOUT_MS
+}
+fn default_decisions() -> PathBuf {
+    PathBuf::from("/var/log/bulkhead/decisions.jsonl")
+}
+fn default_log_max_file_bytes() -> u64 {
+    DEFAULT_LOG_MAX_FILE_BYTES
+}
+fn default_log_keep_files() -> u32 {
+    DEFAULT_LOG_KEEP_FILES
+}
+fn default_log_queue_capacity() -> usize {
+    DEFAULT_LOG_QUEUE_CAPACITY
+}
+fn default_metrics_enabled() -> bool {
+    true
+}
+fn default_metrics_listen() -> SocketAddr {
+    DEFAULT_METRICS_LISTEN
+        .parse()
+        .expect("constant address parses")
+}
+
+/// A configuration that cannot be used. Display: `FILE:LINE:COL: error: MESSAGE` for syntax and
+/// type errors, `FILE: error: MESSAGE` for each semantic one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: error: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: error: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}", invalid_list(.path, .errors))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+fn invalid_list(path: &Path, errors: &[String]) -> String {
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: error: {e}", path.display()))
+        .collect();
+    lines.join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors and anchors relative
+    /// paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(span) => line_col(text, span.start),
+                None => (1, 1),
+            };
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let errors = config.validate();
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                errors,
+            });
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Every semantic error at once.
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let g = &self.gateway;
+        if g.id.trim().is_empty() {
+            errors.push("gateway.id must not be empty".to_owned());
+        } else if g.id.len() > 128 || g.id.chars().any(|c| c.is_control()) {
+            errors.push("gateway.id must be at most 128 printable characters".to_owned());
+        }
+        if let Err(msg) = check_ifname(&g.tun) {
+            errors.push(format!("gateway.tun {:?}: {msg}", g.tun));
+        }
+        if let Some(q) = g.queues {
+            if q == 0 || q > 256 {
+                errors.push(format!("gateway.queues = {q}: must be between 1 and 256"));
+            }
+        }
+        for name in &g.interfaces {
+            if let Err(msg) = check_ifname(name) {
+                errors.push(format!("gateway.interfaces: {name:?}: {msg}"));
+            } else if name == &g.tun {
+                errors.push(format!(
+                    "gateway.interfaces: {name:?} is the gateway's own TUN"
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &g.interfaces {
+            if !seen.insert(name) {
+                errors.push(format!("gateway.interfaces: {name:?} is listed twice"));
+            }
+        }
+        if g.manage_routing && g.interfaces.is_empty() {
+            errors.push(
+                "gateway.manage_routing = true needs at least one entry in gateway.interfaces"
+                    .to_owned(),
+            );
+        }
+        if let Some(mtu) = g.mtu {
+            if !(1280..=65535).contains(&mtu) {
+                errors.push(format!(
+                    "gateway.mtu = {mtu}: must be between 1280 and 65535"
+                ));
+            }
+        }
+        // 0 is unspecified; 253, 254 and 255 are the kernel's default, main and local tables.
+        if matches!(g.route_table, 0 | 253 | 254 | 255) {
+            errors.push(format!(
+                "gateway.route_table = {}: 0, 253 (default), 254 (main) and 255 (local) are reserved",
+                g.route_table
+            ));
+        }
+        // Priority 0 is the local table's; 32766 and 32767 hold the main and default lookups.
+        if g.rule_priority == 0 || g.rule_priority >= 32766 {
+            errors.push(format!(
+                "gateway.rule_priority = {}: must be between 1 and 32765 (after the local table, \
+                 before main)",
+                g.rule_priority
+            ));
+        }
+        if self.policy.state_dir.as_os_str().is_empty() {
+            errors.push("policy.state_dir must not be empty".to_owned());
+        }
+        if let Some(file) = &self.policy.file {
+            if file.as_os_str().is_empty() {
+                errors
+                    .push("policy.file must not be empty (omit it to start with deny-all)".into());
+            }
+        }
+        if let Some(c) = &self.controller {
+            if !(c.endpoint.starts_with("https://") || c.endpoint.starts_with("http://")) {
+                errors.push(format!(
+                    "controller.endpoint {:?}: must be an https:// URL",
+                    c.endpoint
+                ));
+            }
+        }
+        let l = &self.limits;
+        if l.flow_capacity == 0 || l.flow_capacity > 64 * 1024 * 1024 {
+            errors.push(format!(
+                "limits.flow_capacity = {}: must be between 1 and 67108864",
+                l.flow_capacity
+            ));
+        }
+        if l.max_held_bytes_per_flow < 1024 {
+            errors.push(format!(
+                "limits.max_held_bytes_per_flow = {}: must be at least 1024 (a ClientHello \
+                 does not fit otherwise)",
+                l.max_held_bytes_per_flow
+            ));
+        }
+        if l.max_held_bytes_total < l.max_held_bytes_per_flow {
+            errors.push(format!(
+                "limits.max_held_bytes_total = {}: must be at least limits.max_held_bytes_per_flow",
+                l.max_held_bytes_total
+            ));
+        }
+        if l.inspect_timeout_ms == 0 || l.inspect_timeout_ms > 600_000 {
+            errors.push(format!(
+                "limits.inspect_timeout_ms = {}: must be between 1 and 600000",
+                l.inspect_timeout_ms
+            ));
+        }
+        let log = &self.log;
+        if log.decisions.as_os_str().is_empty() {
+            errors.push("log.decisions must not be empty (use \"-\" for stdout)".to_owned());
+        }
+        if log.max_file_bytes < 4096 {
+            errors.push(format!(
+                "log.max_file_bytes = {}: must be at least 4096",
+                log.max_file_bytes
+            ));
+        }
+        if log.keep_files == 0 || log.keep_files > 1000 {
+            errors.push(format!(
+                "log.keep_files = {}: must be between 1 and 1000",
+                log.keep_files
+            ));
+        }
+        if log.queue_capacity == 0 || log.queue_capacity > 16 * 1024 * 1024 {
+            errors.push(format!(
+                "log.queue_capacity = {}: must be between 1 and 16777216",
+                log.queue_capacity
+            ));
+        }
+        errors
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(f) = self.policy.file.as_mut() {
+            resolve(f);
+        }
+        resolve(&mut self.policy.state_dir);
+        if !self.log.to_stdout() {
+            resolve(&mut self.log.decisions);
+        }
+        if let Some(c) = self.controller.as_mut() {
+            resolve(&mut c.ca);
+            resolve(&mut c.cert);
+            resolve(&mut c.key);
+        }
+    }
+
+    /// The number of workers: `gateway.queues`, else one per CPU.
+    pub fn queues(&self) -> u16 {
+        match self.gateway.queues {
+            Some(q) => q,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get().min(256) as u16)
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// Linux interface name rules: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
+fn check_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("an interface name has 1 to 15 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("not a valid interface name");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err("an interface name has no '/', ':' or whitespace");
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/bulkhead/gateway.toml"))
+    }
+
+    #[test]
+    fn design_example_parses_with_paths_kept() {
+        let c = parse(
+            r#"
+[gateway]
+id = "spoke-use1-a"
+tun = "bulk0"
+queues = 2
+interfaces = ["eth0"]
+manage_routing = true
+
+[policy]
+file = "/etc/bulkhead/policy.toml"
+state_dir = "/var/lib/bulkhead"
+
+[controller]
+endpoint = "https://controller.internal:50051"
+ca = "/etc/bulkhead/ca.pem"
+cert = "/etc/bulkhead/gateway.pem"
+key = "/etc/bulkhead/gateway.key"
+
+[log]
+decisions = "/var/log/bulkhead/decisions.jsonl"
+
+[metrics]
+listen = "127.0.0.1:9108"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.gateway.id, "spoke-use1-a");
+        assert_eq!(c.queues(), 2);
+        assert_eq!(c.gateway.interfaces, vec!["eth0".to_owned()]);
+        assert!(c.gateway.manage_routing);
+        assert_eq!(
+            c.policy.file.as_deref(),
+            Some(Path::new("/etc/bulkhead/policy.toml"))
+        );
+        assert_eq!(
+            c.controller.as_ref().unwrap().endpoint,
+            "https://controller.internal:50051"
+        );
+        assert_eq!(c.metrics.listen, "127.0.0.1:9108".parse().unwrap());
+        assert_eq!(c.limits, LimitsSection::default());
+    }
+
+    #[test]
+    fn defaults_apply_and_relative_paths_follow_the_file() {
+        let c = parse(
+            "[gateway]\nid = \"g\"\n[policy]\nfile = \"policy.toml\"\nstate_dir = \"state\"\n\
+             [log]\ndecisions = \"logs/d.jsonl\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.tun, "bulk0");
+        assert!(!c.gateway.manage_routing);
+        assert_eq!(c.gateway.route_table, DEFAULT_ROUTE_TABLE);
+        assert_eq!(c.gateway.rule_priority, DEFAULT_RULE_PRIORITY);
+        assert!(c.queues() >= 1);
+        assert_eq!(
+            c.policy.file.unwrap(),
+            Path::new("/etc/bulkhead/policy.toml")
+        );
+        assert_eq!(c.policy.state_dir, Path::new("/etc/bulkhead/state"));
+        assert_eq!(c.log.decisions, Path::new("/etc/bulkhead/logs/d.jsonl"));
+        assert_eq!(c.log.keep_files, DEFAULT_LOG_KEEP_FILES);
+        assert_eq!(c.limits.inspect_timeout(), Duration::from_secs(5));
+        assert!(c.metrics.enabled);
+    }
+
+    #[test]
+    fn stdout_sink_is_not_resolved() {
+        let c = parse("[gateway]\nid = \"g\"\n[log]\ndecisions = \"-\"\n").unwrap();
+        assert!(c.log.to_stdout());
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let err = parse("[gateway]\nid = \"g\"\nqueus = 2\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("/etc/bulkhead/gateway.toml:3:1: error: "),
+            "{msg}"
+        );
+        assert!(msg.contains("queus"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_line_and_column() {
+        let err = parse("[gateway]\nid = \"g\"\nqueues = \"two\"\n").unwrap_err();
+        match err {
+            ConfigError::Syntax { line, column, .. } => assert_eq!((line, column), (3, 10)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_section_and_missing_id_are_errors() {
+        assert!(matches!(
+            parse("[gateway]\nid = \"g\"\n[gatway]\n").unwrap_err(),
+            ConfigError::Syntax { line: 3, .. }
+        ));
+        let msg = parse("[gateway]\ntun = \"bulk0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("missing field `id`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_metrics_address_is_a_syntax_error() {
+        let msg = parse("[gateway]\nid = \"g\"\n[metrics]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(":4:10: error: "), "{msg}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once() {
+        let err = parse(
+            "[gateway]\nid = \"\"\ntun = \"a/b\"\nqueues = 0\nmanage_routing = true\n\
+             route_table = 254\nrule_priority = 0\n[limits]\nflow_capacity = 0\n\
+             [log]\nkeep_files = 0\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { errors, .. } = &err else {
+            panic!("{err:?}")
+        };
+        let text = err.to_string();
+        for needle in [
+            "gateway.id",
+            "gateway.tun",
+            "gateway.queues",
+            "manage_routing",
+            "route_table",
+            "rule_priority",
+            "flow_capacity",
+            "keep_files",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        assert_eq!(errors.len(), 8);
+        assert!(text
+            .lines()
+            .all(|l| l.starts_with("/etc/bulkhead/gateway.toml: error: ")));
+    }
+
+    #[test]
+    fn interface_list_is_checked() {
+        let text = parse(
+            "[gateway]\nid = \"g\"\ninterfaces = [\"eth0\", \"eth0\", \"averyveryverylongname\", \
+             \"bulk0\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("listed twice"), "{text}");
+        assert!(text.contains("1 to 15"), "{text}");
+        assert!(text.contains("own TUN"), "{text}");
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.gateway.id, "spoke-use1-a");
+        assert!(c.gateway.manage_routing);
+        assert_eq!(c.limits, LimitsSection::default());
+        assert_eq!(c.log.keep_files, DEFAULT_LOG_KEEP_FILES);
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncdé f", 8), (2, 5));
+        assert_eq!(line_col("", 0), (1, 1));
+        assert_eq!(line_col("abc", 99), (1, 4));
+    }
+}

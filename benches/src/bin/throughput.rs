@@ -1,0 +1,64 @@
+//! `throughput`: measures kernel forwarding, the gateway permitting everything and the gateway
+//! with a 10,000-rule policy on one network-namespace topology, and prints a markdown table.
+//! Needs root, iproute2 and iperf3; see `docs/performance.md`.
+//!
+//! ```text
+//! cargo build --release -p bulkhead-gateway -p bulkhead-benches
+//! sudo target/release/throughput [--seconds N] [--tls-seconds N] [--round-trips N] [--rules N]
+//!     [--queues N] [--bulkhead PATH] [--out FILE]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use bulkhead_benches::throughput::{self, Interrupt, Options};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("throughput: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut opts = Options::default();
+    let mut out: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--seconds" => opts.iperf_seconds = value("--seconds")?.parse()?,
+            "--tls-seconds" => opts.tls_seconds = value("--tls-seconds")?.parse()?,
+            "--round-trips" => opts.round_trips = value("--round-trips")?.parse()?,
+            "--rules" => opts.rules = value("--rules")?.parse()?,
+            "--queues" => opts.queues = value("--queues")?.parse()?,
+            "--bulkhead" => opts.bulkhead = Some(PathBuf::from(value("--bulkhead")?)),
+            "--out" => out = Some(PathBuf::from(value("--out")?)),
+            "-h" | "--help" => {
+                println!(
+                    "usage: throughput [--seconds N] [--tls-seconds N] [--round-trips N] \
+                     [--rules N] [--queues N] [--bulkhead PATH] [--out FILE]"
+                );
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if !(1..=60).contains(&opts.iperf_seconds) || !(1..=60).contains(&opts.tls_seconds) {
+        bail!("--seconds and --tls-seconds must be between 1 and 60");
+    }
+    let interrupt = Interrupt::new();
+    interrupt.install_signal_handlers()?;
+    let report = throughput::run(&opts, &interrupt)?;
+    let machine = throughput::machine_facts();
+    let text = format!("{}\n{}", report.to_markdown(), machine);
+    println!("{text}");
+    if let Some(path) = out {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! One worker thread per TUN queue: read a batch, run each packet through the worker's own
+//! [`Pipeline`], write back what it forwards and what it builds, hand records to the log queue.
+//!
+//! The loop:
+//!
+//! 1. read up to [`BATCH`] packets without blocking; for each, `process` and act on the verdict
+//!    (packets the pipeline transmits first: they are held segments released in order, RSTs,
+//!    ICMP errors, which all precede the packet in hand);
+//! 2. when the policy store's version moved, `reevaluate` (flows the new policy denies are cut);
+//! 3. run due timers (`handle_timeout`);
+//! 4. publish the counters (at most every [`PUBLISH_EVERY`]);
+//! 5. when the queue ran dry, sleep in `poll` until a packet, the stop signal, the next pipeline
+//!    deadline or [`IDLE_TICK`], whichever is first. The tick bounds how late an idle worker sees
+//!    a new policy.
+//!
+//! Blocking threads with `poll` rather than tokio tasks: the loop does one system call per packet
+//! and nothing else asynchronous, so a reactor adds only overhead (and on two cores, a thread hop).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use policy_engine::PolicyStore;
+
+use crate::logsink::LogSender;
+use crate::metrics::{LocalCounters, Vocabulary, WorkerCounters};
+use crate::pipeline::{Disposition, Output, PacketMeta, Pipeline};
+use crate::record::{self, DecisionRecord, RecordAction};
+use crate::sys::tun::{TunQueue, WakeFd, MAX_READ, VNET_HDR_LEN};
+
+/// Packets read before timers, policy and counters get a look.
+pub const BATCH: usize = 64;
+/// Longest sleep of an idle worker.
+pub const IDLE_TICK: Duration = Duration::from_millis(200);
+/// Counter publication interval.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// The wall-clock anchor is refreshed this often, so clock steps reach the records.
+pub const REANCHOR_EVERY: Duration = Duration::from_secs(10);
+
+/// Everything a worker owns.
+#[derive(Debug)]
+pub struct Worker {
+    pub index: usize,
+    pub queue: TunQueue,
+    pub pipeline: Pipeline,
+    pub store: Arc<PolicyStore>,
+    pub log: LogSender<DecisionRecord>,
+    pub counters: Arc<WorkerCounters>,
+    pub vocab: Vocabulary,
+    pub wake: Arc<WakeFd>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker {index}: TUN queue: {source}")]
+    Tun { index: usize, source: io::Error },
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Worker {
+    /// Runs until the stop flag is set (then ends every flow, logging their flow-end records) or
+    /// the queue fails.
+    pub fn run(mut self) -> Result<(), WorkerError> {
+        let mut buf = vec![0u8; MAX_READ];
+        let mut out = Output::default();
+        let mut local = self.counters.local();
+        let mut seen_version = self.store.version();
+        let start = Instant::now();
+        self.pipeline.set_clock_anchor(start, epoch_ms());
+        let mut last_anchor = start;
+        let mut last_publish = start;
+        let capacity = self.pipeline.config().flow_capacity as u64;
+        let result = loop {
+            let mut drained = false;
+            let mut failure = None;
+            for _ in 0..BATCH {
+                match self.queue.read(&mut buf) {
+                    Ok(n) => self.packet(&buf[..n], &mut out, &mut local),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        local.tun_read_error();
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                if is_fatal(&e) {
+                    break Err(WorkerError::Tun {
+                        index: self.index,
+                        source: e,
+                    });
+                }
+                tracing::debug!(worker = self.index, error = %e, "TUN read failed");
+                drained = true;
+            }
+            let now = Instant::now();
+            let version = self.store.version();
+            if version != seen_version {
+                seen_version = version;
+                self.pipeline.reevaluate(now, &mut out);
+                self.emit(&mut out, &mut local);
+            }
+            if self.pipeline.next_timeout().is_some_and(|t| t <= now) {
+                self.pipeline.handle_timeout(now, &mut out);
+                self.emit(&mut out, &mut local);
+            }
+            if now.duration_since(last_publish) >= PUBLISH_EVERY || drained {
+                let s = self.pipeline.stats();
+                local.set_flow_state(
+                    self.pipeline.active_flows() as u64,
+                    s.held_bytes_now as u64,
+                    s.flow_limit,
+                    capacity,
+                );
+                local.publish(&self.counters);
+                last_publish = now;
+            }
+            if now.duration_since(last_anchor) >= REANCHOR_EVERY {
+                self.pipeline.set_clock_anchor(now, epoch_ms());
+                last_anchor = now;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            if drained {
+                let timeout = match self.pipeline.next_timeout() {
+                    Some(t) => t.saturating_duration_since(now).min(IDLE_TICK),
+                    None => IDLE_TICK,
+                };
+                match self.queue.wait(&self.wake, Some(timeout)) {
+                    Ok(r) if r.woken => {
+                        if self.stop.load(Ordering::Acquire) {
+                            break Ok(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        break Err(WorkerError::Tun {
+                            index: self.index,
+                            source: e,
+                        })
+                    }
+                }
+            }
+        };
+        // End every flow so their flow-end records reach the log; nothing more is written to
+        // the TUN.
+        self.pipeline.shutdown(Instant::now(), &mut out);
+        out.transmit.clear();
+        for rec in out.records.drain(..) {
+            count_record(&rec, &self.vocab, &mut local);
+            self.log.submit(rec);
+        }
+        local.set_flow_state(0, 0, self.pipeline.stats().flow_limit, capacity);
+        local.publish(&self.counters);
+        result
+    }
+
+    /// One frame read from the TUN: virtio-net header, then the IP packet.
+    fn packet(&mut self, frame: &[u8], out: &mut Output, local: &mut LocalCounters) {
+        if frame.len() <= VNET_HDR_LEN {
+            local.dropped(self.vocab.drop_reason("malformed"), 0);
+            return;
+        }
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        vnet.copy_from_slice(&frame[..VNET_HDR_LEN]);
+        let meta = PacketMeta {
+            vnet,
+            has_vnet: true,
+        };
+        let packet = &frame[VNET_HDR_LEN..];
+        let disposition = self.pipeline.process(Instant::now(), packet, meta, out);
+        self.emit(out, local);
+        match disposition {
+            Disposition::Forward => match self.queue.write(frame) {
+                Ok(_) => local.forwarded(packet.len()),
+                Err(e) => {
+                    local.tun_write_error();
+                    tracing::debug!(worker = self.index, error = %e, "TUN write failed");
+                }
+            },
+            Disposition::Held => local.held(),
+            Disposition::Drop(reason) => {
+                local.dropped(self.vocab.drop_reason(reason.as_str()), packet.len());
+            }
+        }
+    }
+
+    /// Writes what the pipeline transmits and queues its records.
+    fn emit(&mut self, out: &mut Output, local: &mut LocalCounters) {
+        for t in out.transmit.drain(..) {
+            // Released packets keep the header they were read with; packets the gateway built
+            // get a zeroed one: no segmentation, checksum complete.
+            let hdr = if t.meta.has_vnet {
+                t.meta.vnet
+            } else {
+                [0u8; VNET_HDR_LEN]
+            };
+            match self.queue.write_parts(&hdr, &t.packet) {
+                Ok(_) => local.transmitted(t.packet.len()),
+                Err(e) => {
+                    local.tun_write_error();
+                    tracing::debug!(worker = self.index, error = %e, "TUN write failed");
+                }
+            }
+        }
+        for rec in out.records.drain(..) {
+            count_record(&rec, &self.vocab, local);
+            self.log.submit(rec);
+        }
+    }
+}
+
+/// Counts a decision record (flow-end records are not decisions).
+fn count_record(rec: &DecisionRecord, vocab: &Vocabulary, local: &mut LocalCounters) {
+    if rec.activity_id == ACTIVITY_CLOSE {
+        return;
+    }
+    let action = match rec.action {
+        RecordAction::Allowed => 0,
+        RecordAction::Denied => 1,
+    };
+    let disposition = match rec.disposition {
+        record::Disposition::Allowed => 0,
+        record::Disposition::Blocked => 1,
+        record::Disposition::Detected => 2,
+    };
+    local.decision(
+        action,
+        disposition,
+        vocab.decision_reason(rec.reason.as_str()),
+    );
+}
+
+/// OCSF activity of a flow-end record.
+const ACTIVITY_CLOSE: u8 = 2;
+
+/// Errors after which the queue is unusable.
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF) | Some(libc::EBADFD) | Some(libc::ENODEV)
+    )
+}

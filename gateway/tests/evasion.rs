@@ -1,0 +1,1013 @@
+//! Hostile input against the pipeline, through the in-memory harness with a fake clock: real
+//! ClientHellos cut up the ways evasion tools cut them, flows seen mid-stream, and every bound.
+//! Each case must yield the true name or a fail-closed deny, never another name.
+
+mod common;
+
+use std::time::Duration;
+
+use bulkhead_gateway::pipeline::{Disposition, DropReason, PacketMeta, PipelineConfig};
+use bulkhead_gateway::record::{Disposition as RecDisposition, EndReason, Reason, RecordAction};
+use common::*;
+
+/// The real hellos the cases are generated from, with their true names.
+fn real_hellos(test: &str) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let mut v = vec![(
+        "synthetic",
+        client_hello(Some("api.openai.com"), 600),
+        "api.openai.com",
+    )];
+    for (file, name) in [
+        ("client__chromium.bin", "api.anthropic.com"),
+        ("client__curl.bin", "api.openai.com"),
+    ] {
+        if let Some(bytes) = corpus_payload(test, file) {
+            v.push((file, bytes, name));
+        }
+    }
+    v
+}
+
+/// Sends the handshake, then `segments` (offset, bytes) of client data; returns the harness.
+fn run(segments: &[(u32, Vec<u8>)]) -> (Harness, Conn, Vec<Disposition>) {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40000);
+    handshake(&mut h, &c);
+    let mut ds = Vec::new();
+    for (off, bytes) in segments {
+        ds.push(h.send(&c.data(*off, bytes)));
+    }
+    (h, c, ds)
+}
+
+/// The flow was permitted with exactly the true name, and the server gets the hello intact.
+fn assert_true_name(h: &Harness, c: &Conn, hello: &[u8], name: &str, case: &str) {
+    let names = h.names();
+    assert_eq!(
+        names,
+        vec![Some(name.to_owned())],
+        "{case}: names {names:?}"
+    );
+    let r = h.decisions()[0];
+    assert_eq!(r.action, RecordAction::Allowed, "{case}");
+    assert_eq!(r.tls.as_ref().unwrap().sni, name, "{case}");
+    let stream = client_stream(c, &h.wire);
+    assert_eq!(stream.len(), hello.len(), "{case}: released stream length");
+    assert!(
+        stream == hello,
+        "{case}: released stream differs from the hello"
+    );
+    assert!(rsts(&h.wire).is_empty(), "{case}: no reset expected");
+}
+
+fn chunks(hello: &[u8], size: usize) -> Vec<(u32, Vec<u8>)> {
+    hello
+        .chunks(size)
+        .enumerate()
+        .map(|(i, c)| ((i * size) as u32, c.to_vec()))
+        .collect()
+}
+
+#[test]
+fn one_byte_segments_yield_the_true_name() {
+    for (case, hello, name) in real_hellos("one_byte_segments") {
+        let (h, c, ds) = run(&chunks(&hello, 1));
+        assert!(
+            ds.iter().all(|d| *d == Disposition::Held),
+            "{case}: every byte held"
+        );
+        assert_true_name(&h, &c, &hello, name, case);
+        assert_eq!(
+            h.pipe.stats().held_bytes_now,
+            h.pipe.stats().held_bytes_now.min(16 * 1024)
+        );
+    }
+}
+
+#[test]
+fn a_split_inside_the_name_yields_the_true_name() {
+    for (case, hello, name) in real_hellos("split_inside_name") {
+        let at = hello
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .unwrap()
+            + 3;
+        let segs = vec![(0, hello[..at].to_vec()), (at as u32, hello[at..].to_vec())];
+        let (h, c, ds) = run(&segs);
+        assert_eq!(ds, vec![Disposition::Held, Disposition::Held], "{case}");
+        assert_true_name(&h, &c, &hello, name, case);
+    }
+}
+
+#[test]
+fn segments_in_reverse_order_yield_the_true_name() {
+    for (case, hello, name) in real_hellos("reverse_order") {
+        let mut segs = chunks(&hello, 100);
+        segs.reverse();
+        let (h, c, _) = run(&segs);
+        assert_true_name(&h, &c, &hello, name, case);
+        // Released in sequence order, whatever order they came in.
+        let offs: Vec<u32> = h
+            .wire
+            .iter()
+            .filter_map(|p| {
+                let s = etherparse::SlicedPacket::from_ip(p).ok()?;
+                match s.transport? {
+                    etherparse::TransportSlice::Tcp(t) if !t.payload().is_empty() => {
+                        Some(t.sequence_number().wrapping_sub(c.cisn.wrapping_add(1)))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut sorted = offs.clone();
+        sorted.sort_unstable();
+        assert_eq!(offs, sorted, "{case}: released in order");
+    }
+}
+
+#[test]
+fn duplicated_and_agreeing_overlapping_segments_yield_the_true_name() {
+    for (case, hello, name) in real_hellos("duplicates") {
+        let mut segs = Vec::new();
+        for (off, bytes) in chunks(&hello, 300) {
+            segs.push((off, bytes.clone()));
+            segs.push((off, bytes.clone()));
+            // An overlapping retransmission that agrees, cut at other boundaries.
+            let o = off as usize + 150;
+            if o + 200 <= hello.len() {
+                segs.push((o as u32, hello[o..o + 200].to_vec()));
+            }
+        }
+        let (h, c, ds) = run(&segs);
+        assert!(
+            ds.contains(&Disposition::Drop(DropReason::Duplicate)),
+            "{case}"
+        );
+        assert_true_name(&h, &c, &hello, name, case);
+    }
+}
+
+#[test]
+fn conflicting_overlapping_segments_fail_closed() {
+    for (case, hello, name) in real_hellos("conflicting_overlap") {
+        let at = hello
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .unwrap();
+        // The gateway sees one name, the server could see another: "api.openai.com" vs "evil...".
+        let mut forged = hello[at..at + name.len()].to_vec();
+        forged[0] = b'x';
+        // Orders: forged first then the real bytes, and real first then forged.
+        for forged_first in [true, false] {
+            let real = (at as u32, hello[at..at + name.len()].to_vec());
+            let fake = (at as u32, forged.clone());
+            let mut segs = if forged_first {
+                vec![fake, real]
+            } else {
+                vec![real, fake]
+            };
+            segs.push((0, hello[..at].to_vec()));
+            segs.push(((at + name.len()) as u32, hello[at + name.len()..].to_vec()));
+            let (h, c, ds) = run(&segs);
+            assert_eq!(
+                ds[1],
+                Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap)),
+                "{case}"
+            );
+            let recs = h.decisions();
+            assert_eq!(recs.len(), 1, "{case}");
+            assert_eq!(recs[0].reason, Reason::AmbiguousOverlap, "{case}");
+            assert_eq!(recs[0].disposition, RecDisposition::Blocked, "{case}");
+            assert!(recs[0].name().is_none(), "{case}: no name may be reported");
+            assert!(
+                client_stream(&c, &h.wire).is_empty(),
+                "{case}: nothing reached the server"
+            );
+            check_resets_both_ways(&c, &h.wire, 0);
+        }
+    }
+}
+
+/// RST to the client from the server with the server's next sequence number, and RST to the
+/// server from the client with the client's next sequence number as the server knows it
+/// (`client_forwarded` bytes after the ISN).
+fn check_resets_both_ways(c: &Conn, wire: &[Vec<u8>], client_forwarded: u32) {
+    check_resets(c, wire, client_forwarded, 0);
+}
+
+/// As [`check_resets_both_ways`], after the server sent `server_sent` bytes. When the client
+/// has not acknowledged everything the server sent, a second RST to the client carries the
+/// sequence number the client acknowledged last.
+fn check_resets(c: &Conn, wire: &[Vec<u8>], client_forwarded: u32, server_sent: u32) {
+    let r = rsts(wire);
+    let to_server: Vec<_> = r.iter().filter(|r| r.dst == c.server).collect();
+    let to_client: Vec<_> = r.iter().filter(|r| r.dst == c.client).collect();
+    assert_eq!(r.len(), to_server.len() + to_client.len(), "{r:?}");
+    assert_eq!(to_server.len(), 1, "one RST to the server: {r:?}");
+    assert_eq!(to_server[0].src, c.client);
+    assert_eq!(
+        to_server[0].seq,
+        c.cisn.wrapping_add(1).wrapping_add(client_forwarded)
+    );
+    let expected = c.sisn.wrapping_add(1).wrapping_add(server_sent);
+    assert!(to_client.iter().all(|r| r.src == c.server), "{r:?}");
+    assert!(
+        to_client.iter().any(|r| r.seq == expected),
+        "RST to the client at {expected}: {r:?}"
+    );
+    let allowed = if server_sent > 0 { 2 } else { 1 };
+    assert!(!to_client.is_empty() && to_client.len() <= allowed, "{r:?}");
+    for r in &to_client {
+        assert_eq!(
+            r.ack,
+            Some(c.cisn.wrapping_add(1).wrapping_add(client_forwarded))
+        );
+    }
+}
+
+#[test]
+fn hello_cut_into_one_byte_records_yields_the_true_name_or_fails_closed() {
+    for (case, hello, name) in real_hellos("one_byte_records") {
+        let recut = recut_records(&hello, 1);
+        let (h, c, _) = run(&chunks(&recut, 1460));
+        let recs = h.decisions();
+        assert_eq!(recs.len(), 1, "{case}");
+        match recs[0].name() {
+            Some(n) => {
+                assert_eq!(n, name, "{case}");
+                assert_eq!(client_stream(&c, &h.wire), recut, "{case}");
+            }
+            None => {
+                assert_eq!(recs[0].action, RecordAction::Denied, "{case}: fail closed");
+                assert!(client_stream(&c, &h.wire).is_empty(), "{case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn hello_cut_into_small_records_yields_the_true_name() {
+    for (case, hello, name) in real_hellos("small_records") {
+        let recut = recut_records(&hello, 7);
+        let (h, c, _) = run(&chunks(&recut, 500));
+        assert_true_name(&h, &c, &recut, name, case);
+    }
+}
+
+#[test]
+fn a_bogus_hello_with_a_bad_checksum_is_never_inspected() {
+    for (case, hello, name) in real_hellos("bad_checksum_first") {
+        // Bogus hello names a permitted host, real one a denied host: must deny.
+        let bogus = client_hello(Some("api.openai.com"), 0);
+        let denied = client_hello(Some("exfil.attacker.test"), 0);
+        let mut h = Harness::new(POLICY_OPENAI);
+        let c = Conn::v4(40001);
+        handshake(&mut h, &c);
+        assert_eq!(
+            h.send(&corrupt_checksum(c.data(0, &bogus))),
+            Disposition::Drop(DropReason::BadChecksum),
+            "{case}"
+        );
+        assert_eq!(h.pipe.stats().dropped(DropReason::BadChecksum), 1);
+        h.send(&c.data(0, &denied));
+        assert_eq!(
+            h.names(),
+            vec![Some("exfil.attacker.test".to_owned())],
+            "{case}"
+        );
+        assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+        assert!(client_stream(&c, &h.wire).is_empty());
+
+        // Bogus hello names a denied host, real one is permitted: the flow goes on.
+        let mut h = Harness::new(POLICY_OPENAI);
+        handshake(&mut h, &c);
+        h.send(&corrupt_checksum(c.data(0, &denied)));
+        for (off, b) in chunks(&hello, 1460) {
+            h.send(&c.data(off, &b));
+        }
+        assert_true_name(&h, &c, &hello, name, case);
+    }
+}
+
+#[test]
+fn checksum_offload_packets_are_inspected_without_verification() {
+    let hello = client_hello(Some("api.openai.com"), 0);
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40002);
+    handshake(&mut h, &c);
+    let mut meta = PacketMeta {
+        has_vnet: true,
+        ..PacketMeta::default()
+    };
+    meta.vnet[0] = 0x01; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    assert!(meta.partial_checksum());
+    let pkt = corrupt_checksum(c.data(0, &hello));
+    assert_eq!(h.send_meta(&pkt, meta), Disposition::Held);
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+    assert_eq!(h.pipe.stats().dropped(DropReason::BadChecksum), 0);
+}
+
+#[test]
+fn reject_resets_both_ends_and_deny_resets_only_the_server() {
+    // Reject: the client gets a RST at once.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40003);
+    handshake(&mut h, &c);
+    h.take_wire();
+    assert_eq!(
+        h.send(&c.data(0, &client_hello(Some("reject.example.net"), 0))),
+        Disposition::Held
+    );
+    let r = h.decisions()[0].clone();
+    assert_eq!(
+        (r.action, r.disposition, r.reason),
+        (RecordAction::Denied, RecDisposition::Blocked, Reason::Rule)
+    );
+    assert_eq!(r.policy.name, "reject-some");
+    assert_eq!(r.activity_id, 5);
+    check_resets_both_ways(&c, &h.wire, 0);
+    assert_eq!(
+        h.send(&c.data(0, b"more")),
+        Disposition::Drop(DropReason::Cut)
+    );
+
+    // Deny: only the server is reset; the client's packets vanish.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40004);
+    handshake(&mut h, &c);
+    h.take_wire();
+    h.send(&c.data(0, &client_hello(Some("not-allowed.test"), 0)));
+    let r = rsts(&h.wire);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].dst, c.server);
+    assert_eq!(r[0].src, c.client);
+    assert_eq!(r[0].seq, c.cisn.wrapping_add(1));
+    assert_eq!(r[0].ack, Some(c.sisn.wrapping_add(1)));
+    assert_eq!(h.decisions()[0].reason, Reason::Default);
+    assert_eq!(h.decisions()[0].policy.name, "default");
+    assert_eq!(
+        h.send(&c.data(0, b"retry")),
+        Disposition::Drop(DropReason::Policy)
+    );
+    assert_eq!(
+        h.send(&c.server_data(0, 0, b"late")),
+        Disposition::Drop(DropReason::Policy)
+    );
+}
+
+#[test]
+fn a_deny_on_the_syn_is_silent_and_a_reject_answers_the_syn() {
+    let policy = r#"
+[policy]
+default_action = "deny"
+
+[addressgroups.blocked]
+cidrs = ["192.0.2.0/24"]
+
+[addressgroups.rejected]
+cidrs = ["198.51.100.0/24"]
+
+[[rules]]
+name = "drop-blocked"
+priority = 1
+src = ["any"]
+dst = ["blocked"]
+action = "deny"
+
+[[rules]]
+name = "reject-rejected"
+priority = 2
+src = ["any"]
+dst = ["rejected"]
+action = "reject"
+"#;
+    let mut h = Harness::new(policy);
+    let c = Conn::v4(40005);
+    assert_eq!(h.send(&c.syn()), Disposition::Drop(DropReason::Policy));
+    assert!(h.wire.is_empty());
+    assert_eq!(h.decisions()[0].policy.name, "drop-blocked");
+    assert_eq!(h.send(&c.syn()), Disposition::Drop(DropReason::Policy));
+    assert_eq!(
+        h.decisions().len(),
+        1,
+        "a retransmitted SYN is not a new decision"
+    );
+
+    let mut c2 = Conn::v4(40006);
+    c2.server = "198.51.100.9:443".parse().unwrap();
+    assert_eq!(h.send(&c2.syn()), Disposition::Drop(DropReason::Policy));
+    let r = rsts(&h.wire);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].src, c2.server);
+    assert_eq!(r[0].dst, c2.client);
+    assert_eq!(r[0].seq, 0);
+    assert_eq!(r[0].ack, Some(c2.cisn.wrapping_add(1)));
+}
+
+#[test]
+fn flows_seen_mid_stream_are_decided_by_address_or_fail_closed() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40007);
+    // No SYN: the verdict needs a name that will never be seen.
+    let d = h.send(&c.data(1000, b"\x17\x03\x03\x00\x10 encrypted stuff"));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
+    );
+    assert_eq!(h.decisions()[0].reason, Reason::Midstream);
+    assert_eq!(rsts(&h.wire).len(), 2);
+    assert_eq!(
+        h.send(&c.server_data(50, 1016, b"reply")),
+        Disposition::Drop(DropReason::Cut)
+    );
+
+    // A server packet first: the gateway still knows who the client is.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40008);
+    h.send(&c.server_data(0, 0, b"hello"));
+    let r = h.decisions()[0];
+    assert_eq!(r.src_endpoint.ip, c.client.ip());
+    assert_eq!(r.dst_endpoint.port, 443);
+
+    // By address only, a permitted destination goes on.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let c = Conn::v4(40009);
+    assert_eq!(h.send(&c.data(1000, b"anything")), Disposition::Forward);
+    assert_eq!(
+        h.send(&c.server_data(0, 1008, b"reply")),
+        Disposition::Forward
+    );
+}
+
+#[test]
+fn a_full_flow_table_refuses_new_flows_and_keeps_established_ones() {
+    let config = PipelineConfig {
+        flow_capacity: 2,
+        ..PipelineConfig::default()
+    };
+    let mut h = Harness::with_config(POLICY_OPENAI, config);
+    let a = Conn::v4(41000);
+    let b = Conn::v4(41001);
+    let x = Conn::v4(41002);
+    handshake(&mut h, &a);
+    handshake(&mut h, &b);
+    let before = h.records.len();
+    assert_eq!(h.send(&x.syn()), Disposition::Drop(DropReason::FlowLimit));
+    let r = &h.records[before];
+    assert_eq!(r.reason, Reason::FlowLimit);
+    assert_eq!(r.action, RecordAction::Denied);
+    let rst = rsts(&h.wire);
+    assert_eq!(rst.len(), 1);
+    assert_eq!(rst[0].dst, x.client);
+    assert_eq!(h.pipe.stats().flow_limit, 1);
+    // The established flows go on.
+    assert_eq!(
+        h.send(&a.data(0, &client_hello(Some("api.openai.com"), 0))),
+        Disposition::Held
+    );
+    assert_eq!(h.send(&b.server_data(0, 0, b"x")), Disposition::Forward);
+    assert_eq!(h.pipe.active_flows(), 2);
+    // Once a flow expires, there is room again.
+    h.send(&b.fin(0));
+    h.send(&b.server_data(1, 1, &[]));
+    h.advance(Duration::from_secs(3601));
+    assert_eq!(h.send(&x.syn()), Disposition::Forward);
+}
+
+#[test]
+fn the_per_flow_held_bytes_bound_fails_closed() {
+    let config = PipelineConfig {
+        max_held_bytes_per_flow: 4096,
+        ..PipelineConfig::default()
+    };
+    let mut h = Harness::with_config(POLICY_OPENAI, config);
+    let c = Conn::v4(42000);
+    handshake(&mut h, &c);
+    // A hello that claims to be 6000 bytes long never completes within 4 KiB.
+    let hello = client_hello(Some("api.openai.com"), 6000);
+    let mut last = Disposition::Forward;
+    for (off, b) in chunks(&hello, 1000) {
+        last = h.send(&c.data(off, &b));
+        if last != Disposition::Held {
+            break;
+        }
+    }
+    assert_eq!(
+        last,
+        Disposition::Drop(DropReason::FailClosed(Reason::InspectOverflow))
+    );
+    assert_eq!(h.decisions()[0].reason, Reason::InspectOverflow);
+    assert_eq!(h.decisions()[0].severity_id, 4);
+    assert!(client_stream(&c, &h.wire).is_empty());
+    check_resets_both_ways(&c, &h.wire, 0);
+    assert_eq!(h.pipe.stats().held_bytes_now, 0, "held bytes freed");
+}
+
+#[test]
+fn the_total_held_bytes_bound_fails_closed() {
+    let config = PipelineConfig {
+        max_held_bytes_total: 7000,
+        ..PipelineConfig::default()
+    };
+    let mut h = Harness::with_config(POLICY_OPENAI, config);
+    let hello = client_hello(Some("api.openai.com"), 3000);
+    let a = Conn::v4(43000);
+    let b = Conn::v4(43001);
+    handshake(&mut h, &a);
+    handshake(&mut h, &b);
+    assert_eq!(h.send(&a.data(0, &hello[..1400])), Disposition::Held);
+    assert_eq!(h.send(&a.data(1400, &hello[1400..2800])), Disposition::Held);
+    assert_eq!(
+        h.send(&b.data(0, &hello[..1400])),
+        Disposition::Drop(DropReason::FailClosed(Reason::MemoryPressure))
+    );
+    assert_eq!(h.decisions()[0].reason, Reason::MemoryPressure);
+    // The first flow completes.
+    assert_eq!(h.send(&a.data(2800, &hello[2800..])), Disposition::Held);
+    assert_eq!(h.names().last().unwrap().as_deref(), Some("api.openai.com"));
+    assert!(h.pipe.stats().held_bytes_peak <= 7000);
+}
+
+#[test]
+fn the_inspection_timeout_fails_closed() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(44000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    assert_eq!(h.send(&c.data(0, &hello[..20])), Disposition::Held);
+    h.advance(Duration::from_millis(4999));
+    assert!(h.decisions().is_empty());
+    assert_eq!(
+        h.pipe.next_timeout(),
+        Some(h.now + Duration::from_millis(1))
+    );
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.decisions()[0].reason, Reason::InspectTimeout);
+    check_resets_both_ways(&c, &h.wire, 0);
+    assert_eq!(
+        h.send(&c.data(20, &hello[20..])),
+        Disposition::Drop(DropReason::Cut)
+    );
+}
+
+#[test]
+fn a_retransmission_that_disagrees_with_inspected_bytes_cuts_the_flow() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(45000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    assert_eq!(h.decisions()[0].action, RecordAction::Allowed);
+    // The same range again, with another name: the server may not have received the first one.
+    let evil = client_hello(Some("evil.attacker.com"), 0);
+    let d = h.send(&c.data(0, &evil[..hello.len().min(evil.len())]));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap))
+    );
+    assert_eq!(
+        h.decisions().last().unwrap().reason,
+        Reason::AmbiguousOverlap
+    );
+    // An identical retransmission is fine on another flow, and the bytes are freed after the ACK.
+    let mut h = Harness::new(POLICY_OPENAI);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &hello));
+    assert_eq!(h.send(&c.data(0, &hello)), Disposition::Forward);
+    assert!(h.pipe.stats().held_bytes_now > 0);
+    h.send(&c.server_data(0, hello.len() as u32, b""));
+    assert_eq!(
+        h.send(&c.data(hello.len() as u32, &[0x17, 3, 3, 0, 1, 0])),
+        Disposition::Forward
+    );
+    h.send(&c.server_data(0, hello.len() as u32 + 6, b""));
+    assert_eq!(h.pipe.stats().held_bytes_now, 0);
+}
+
+#[test]
+fn a_second_hello_with_a_denied_name_cuts_the_flow() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(46000);
+    handshake(&mut h, &c);
+    let first = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &first));
+    h.send(&c.server_data(0, first.len() as u32, b"\x16\x03\x03\x00\x04retry"));
+    let second = client_hello(Some("exfil.attacker.test"), 0);
+    let d = h.send(&c.data(first.len() as u32, &second));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::SecondHello))
+    );
+    assert_eq!(
+        h.names(),
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+    assert_eq!(h.decisions()[1].reason, Reason::SecondHello);
+    assert_eq!(h.pipe.stats().second_hellos, 1);
+    check_resets(&c, &h.wire, first.len() as u32, 10);
+
+    // A second hello with an allowed name is recorded and the flow goes on.
+    let mut h = Harness::new(POLICY_OPENAI);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &first));
+    let again = client_hello(Some("www.example.com"), 0);
+    assert_eq!(
+        h.send(&c.data(first.len() as u32, &again)),
+        Disposition::Forward
+    );
+    assert_eq!(h.names().len(), 2);
+    // After application data, nothing more is parsed.
+    let off = (first.len() + again.len()) as u32;
+    assert_eq!(
+        h.send(&c.data(off, &[0x17, 3, 3, 0, 2, 1, 2])),
+        Disposition::Forward
+    );
+    let third = client_hello(Some("exfil.attacker.test"), 0);
+    assert_eq!(h.send(&c.data(off + 7, &third)), Disposition::Forward);
+    assert_eq!(h.names().len(), 2);
+}
+
+#[test]
+fn tcp_fast_open_data_on_the_syn() {
+    let hello = client_hello(Some("api.openai.com"), 0);
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(47000);
+    assert_eq!(h.send(&c.syn_data(&hello)), Disposition::Forward);
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+    assert_eq!(h.send(&c.synack()), Disposition::Forward);
+
+    // Rejected on the SYN: RST acknowledging the SYN and its data.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let bad = client_hello(Some("reject.example.net"), 0);
+    assert_eq!(
+        h.send(&c.syn_data(&bad)),
+        Disposition::Drop(DropReason::Policy)
+    );
+    let r = rsts(&h.wire);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].ack, Some(c.cisn.wrapping_add(1 + bad.len() as u32)));
+
+    // A partial hello on the SYN: the SYN is dropped, the retry without data works.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(
+        h.send(&c.syn_data(&hello[..40])),
+        Disposition::Drop(DropReason::SynData)
+    );
+    assert_eq!(h.pipe.active_flows(), 0);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, &hello)), Disposition::Held);
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+}
+
+#[test]
+fn data_on_the_handshake_completing_ack() {
+    let hello = client_hello(Some("api.openai.com"), 0);
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(47001);
+    h.send(&c.syn());
+    h.send(&c.synack());
+    assert_eq!(h.send(&c.data(0, &hello)), Disposition::Held);
+    assert_eq!(client_stream(&c, &h.wire), hello);
+}
+
+#[test]
+fn ipv6_flows_are_inspected_and_reset() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v6(48000);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &client_hello(Some("reject.example.net"), 0)));
+    assert_eq!(h.names(), vec![Some("reject.example.net".to_owned())]);
+    check_resets_both_ways(&c, &h.wire, 0);
+}
+
+#[test]
+fn a_policy_update_cuts_flows_it_now_denies() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(49000);
+    let keep = Conn::v4(49001);
+    handshake(&mut h, &c);
+    handshake(&mut h, &keep);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    h.send(&keep.data(0, &client_hello(Some("www.example.com"), 0)));
+    h.send(&c.server_data(0, hello.len() as u32, b"response"));
+    h.take_wire();
+    let next = POLICY_OPENAI.replace(r#""api.openai.com", "#, "");
+    h.store.store(policy(&next, 2));
+    h.reevaluate();
+    let last = (*h.decisions().last().unwrap()).clone();
+    assert_eq!(last.reason, Reason::PolicyUpdate);
+    assert_eq!(last.policy.version, 2);
+    assert_eq!(last.name(), Some("api.openai.com"));
+    check_resets(&c, &h.wire, hello.len() as u32, 8);
+    assert_eq!(h.pipe.stats().policy_update_cuts, 1);
+    // A second call without a change is a no-op.
+    h.reevaluate();
+    assert_eq!(h.pipe.stats().policy_update_cuts, 1);
+}
+
+#[test]
+fn udp_is_decided_per_flow_and_rejected_with_icmp() {
+    let policy = r#"
+[policy]
+default_action = "deny"
+
+[addressgroups.dns]
+cidrs = ["192.0.2.53/32"]
+
+[webgroups.openai]
+domains = ["api.openai.com"]
+
+[[rules]]
+name = "dns"
+priority = 1
+src = ["any"]
+dst = ["dns"]
+protocol = "udp"
+ports = ["53"]
+action = "permit"
+
+[[rules]]
+name = "quic-openai"
+priority = 2
+src = ["any"]
+dst = ["openai"]
+protocol = "udp"
+action = "permit"
+
+[[rules]]
+name = "reject-udp"
+priority = 3
+src = ["any"]
+dst = ["any"]
+protocol = "udp"
+ports = ["9999"]
+action = "reject"
+"#;
+    let mut h = Harness::new(policy);
+    let client = "10.1.2.3:5353".parse().unwrap();
+    let dns = "192.0.2.53:53".parse().unwrap();
+    assert_eq!(h.send(&udp_packet(client, dns, b"q")), Disposition::Forward);
+    assert_eq!(h.send(&udp_packet(dns, client, b"a")), Disposition::Forward);
+    let quic = "192.0.2.99:443".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(client, quic, b"initial")),
+        Disposition::Drop(DropReason::Policy)
+    );
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::NoSni);
+    let rej = "192.0.2.98:9999".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(client, rej, b"x")),
+        Disposition::Drop(DropReason::Policy)
+    );
+    let icmp = h.wire.last().unwrap();
+    assert_eq!(icmp[0] >> 4, 4);
+    assert_eq!(icmp[9], 1, "ICMP");
+    assert_eq!(icmp[20], 3, "destination unreachable");
+    assert_eq!(&icmp[16..20], &[10, 1, 2, 3], "to the client");
+}
+
+#[test]
+fn log_only_forwards_and_records_detected() {
+    let text = POLICY_OPENAI.replace(
+        "default_action = \"deny\"",
+        "default_action = \"deny\"\nmode = \"log-only\"",
+    );
+    let mut h = Harness::new(&text);
+    let c = Conn::v4(50000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("not-allowed.test"), 0);
+    h.send(&c.data(0, &hello));
+    let r = h.decisions()[0];
+    assert_eq!(
+        (r.action, r.disposition),
+        (RecordAction::Denied, RecDisposition::Detected)
+    );
+    assert_eq!(r.name(), Some("not-allowed.test"));
+    assert_eq!(client_stream(&c, &h.wire), hello);
+    assert!(rsts(&h.wire).is_empty());
+    assert_eq!(h.pipe.stats().held, 0, "log-only never holds a packet");
+
+    // Bounds do not apply either: a hello that never completes just passes.
+    let c = Conn::v4(50001);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, &hello[..10])), Disposition::Forward);
+    h.advance(Duration::from_secs(6));
+    assert!(rsts(&h.wire).is_empty());
+}
+
+#[test]
+fn idle_flows_expire_with_a_flow_end_record() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(51000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    h.advance(Duration::from_secs(2));
+    h.send(&c.server_data(0, hello.len() as u32, b"hello back"));
+    h.advance(Duration::from_secs(3599));
+    assert_eq!(h.pipe.active_flows(), 1);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.pipe.active_flows(), 0);
+    let end = h.records.last().unwrap();
+    assert!(end.is_flow_end());
+    assert_eq!(end.activity_id, 2);
+    assert_eq!(end.end_reason, Some(EndReason::IdleTimeout));
+    let t = end.traffic.unwrap();
+    assert_eq!((t.packets_out, t.packets_in), (3, 2));
+    assert_eq!(t.bytes_out, (40 + 40 + 40 + hello.len()) as u64);
+    assert_eq!(end.duration, Some(2000));
+    assert_eq!(end.tls.as_ref().unwrap().sni, "api.openai.com");
+    assert!(h.pipe.next_timeout().is_none());
+}
+
+#[test]
+fn tcp_fragments_are_dropped() {
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let c = Conn::v4(52000);
+    let mut p = c.syn();
+    p[6] = 0x20; // more fragments
+                 // The IP header checksum is now wrong too, but fragments are dropped before anything else.
+    assert_eq!(h.send(&p), Disposition::Drop(DropReason::Fragment));
+}
+
+#[test]
+fn a_client_reset_during_inspection_does_not_open_the_flow() {
+    let denied = client_hello(Some("exfil.attacker.test"), 0);
+    // SYN, RST, then the same SYN again and a denied hello: the new connection is inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(53000);
+    h.send(&c.syn());
+    h.send(&tcp_packet(
+        c.client,
+        c.server,
+        c.cisn.wrapping_add(1),
+        0,
+        RST,
+        &[],
+    ));
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &denied));
+    assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+    assert!(client_stream(&c, &h.wire).is_empty());
+
+    // RST in the middle of the handshake, then data without a new SYN: still held and inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(53001);
+    handshake(&mut h, &c);
+    h.send(&tcp_packet(
+        c.client,
+        c.server,
+        c.cisn.wrapping_add(1),
+        0,
+        RST,
+        &[],
+    ));
+    assert_eq!(h.send(&c.data(0, &denied)), Disposition::Held);
+    assert_eq!(h.decisions()[0].action, RecordAction::Denied);
+    assert!(client_stream(&c, &h.wire).is_empty());
+}
+
+#[test]
+fn a_new_connection_on_the_same_ports_is_decided_afresh() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(54000);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    let end = hello.len() as u32;
+    h.send(&c.fin(end));
+    h.send(&c.server_data(0, end + 1, &[]));
+    h.send(&tcp_packet(
+        c.server,
+        c.client,
+        c.sisn.wrapping_add(1),
+        c.cisn.wrapping_add(2 + end),
+        FIN | ACK,
+        &[],
+    ));
+    // Port reuse with a new ISN: the new connection must be inspected.
+    let c2 = Conn {
+        cisn: 0x5000_0000,
+        sisn: 0x6000_0000,
+        ..c
+    };
+    handshake(&mut h, &c2);
+    assert_eq!(
+        h.send(&c2.data(0, &client_hello(Some("exfil.attacker.test"), 0))),
+        Disposition::Held
+    );
+    let names = h.names();
+    assert_eq!(
+        names,
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+    assert_eq!(h.decisions()[1].action, RecordAction::Denied);
+    let end_record = h
+        .records
+        .iter()
+        .find(|r| r.is_flow_end())
+        .expect("flow end of the first");
+    assert_eq!(end_record.end_reason, Some(EndReason::Fin));
+}
+
+#[test]
+fn icmp_errors_follow_the_flow_they_quote() {
+    let policy = r#"
+[policy]
+default_action = "deny"
+
+[addressgroups.web]
+cidrs = ["192.0.2.0/24"]
+
+[[rules]]
+name = "web"
+priority = 1
+src = ["any"]
+dst = ["web"]
+protocol = "tcp"
+action = "permit"
+"#;
+    let mut h = Harness::new(policy);
+    let c = Conn::v4(55000);
+    handshake(&mut h, &c);
+    let data = c.data(0, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(h.send(&data), Disposition::Forward);
+    // A router says "fragmentation needed" about that segment, to the client.
+    let frag_needed = |quoted: &[u8]| {
+        let mut l4 = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        l4.extend_from_slice(&quoted[..28]);
+        ip_packet("203.0.113.1".parse().unwrap(), c.client.ip(), 1, &mut l4, 2)
+    };
+    assert_eq!(h.send(&frag_needed(&data)), Disposition::Forward);
+    // About a flow that does not exist (or is not allowed): dropped.
+    let other = Conn::v4(55001);
+    assert_eq!(
+        h.send(&frag_needed(&other.data(0, b"x"))),
+        Disposition::Drop(DropReason::Policy)
+    );
+    let mut denied = Conn::v4(55002);
+    denied.server = "198.51.100.1:443".parse().unwrap();
+    assert_eq!(h.send(&denied.syn()), Disposition::Drop(DropReason::Policy));
+    assert_eq!(
+        h.send(&frag_needed(&denied.syn())),
+        Disposition::Drop(DropReason::Policy)
+    );
+}
+
+#[test]
+fn a_forged_syn_from_the_server_side_does_not_turn_the_flow_around() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(56000);
+    // A SYN from the server's address and port first (forged, or a simultaneous open).
+    let forged = tcp_packet(c.server, c.client, c.sisn, 0, SYN, &[]);
+    h.send(&forged);
+    // Then the real connection, whose hello names a denied host.
+    handshake(&mut h, &c);
+    let d = h.send(&c.data(0, &client_hello(Some("exfil.attacker.test"), 0)));
+    assert_eq!(d, Disposition::Held);
+    assert!(
+        client_stream(&c, &h.wire).is_empty(),
+        "the client's data was inspected"
+    );
+    assert_eq!(
+        h.decisions().last().unwrap().name(),
+        Some("exfil.attacker.test")
+    );
+    assert_eq!(h.decisions().last().unwrap().src_endpoint.ip, c.client.ip());
+
+    // Server data before any SYN-ACK is held back while the verdict is pending.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(56001);
+    h.send(&c.syn());
+    assert_eq!(
+        h.send(&c.server_data(0, 0, b"data")),
+        Disposition::Drop(DropReason::OutOfState)
+    );
+}
+
+#[test]
+fn a_policy_update_cuts_udp_flows_without_tcp_resets() {
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let client = "10.1.2.3:5000".parse().unwrap();
+    let server = "192.0.2.1:4000".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(client, server, b"one")),
+        Disposition::Forward
+    );
+    h.store.store(policy(POLICY_OPENAI, 2));
+    h.reevaluate();
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::PolicyUpdate);
+    assert!(rsts(&h.wire).is_empty());
+    assert_ne!(
+        h.send(&udp_packet(client, server, b"two")),
+        Disposition::Forward
+    );
+}

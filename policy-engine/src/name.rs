@@ -1,0 +1,498 @@
+//! Names and name patterns: one normalisation for what policies say and what the wire carries.
+//!
+//! A name is normalised by dropping one trailing dot, lower-casing ASCII and converting
+//! internationalised labels to punycode (IDNA, UTS #46 processing without hyphen checks, as web
+//! clients do). The result must be a host name: labels of 1 to 63 characters from `a-z`, `0-9`,
+//! `-` and `_`, not starting or ending with `-`, 253 characters at most in total.
+//!
+//! A pattern is a name in which some labels are `*`:
+//! - a leading `*` (`*.openai.com`) matches one or more labels: any name strictly below
+//!   `openai.com`, at any depth, but not `openai.com` itself;
+//! - any other `*` (`bedrock-runtime.*.amazonaws.com`) matches exactly one label.
+//!
+//! The labels right of the last `*` must be longer than a public suffix: `*.com`, `*.co.uk` and
+//! `api.*.com` are rejected, because they would match the names of unrelated owners.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Longest name, in characters, without the trailing dot.
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest label, in characters.
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Why a name is not a valid host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Nothing left after dropping the trailing dot.
+    #[error("the name is empty")]
+    Empty,
+    /// More than [`MAX_NAME_LEN`] characters.
+    #[error("the name is {len} characters long; at most 253 are allowed")]
+    TooLong {
+        /// Length after normalisation.
+        len: usize,
+    },
+    /// Two dots in a row, or a leading dot.
+    #[error("the name has an empty label (a leading dot or two dots in a row)")]
+    EmptyLabel,
+    /// A label longer than [`MAX_LABEL_LEN`].
+    #[error("the label `{label}` is {len} characters long; at most 63 are allowed")]
+    LabelTooLong {
+        /// The label (truncated to 70 characters).
+        label: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A character that has no place in a host name.
+    #[error("invalid character {ch:?}: names may contain letters, digits, `-` and `_`")]
+    InvalidChar {
+        /// The character.
+        ch: char,
+    },
+    /// A label that starts or ends with a hyphen.
+    #[error("the label `{label}` starts or ends with `-`")]
+    HyphenAtEdge {
+        /// The label.
+        label: String,
+    },
+    /// The internationalised form cannot be converted (or an `xn--` label is not valid punycode).
+    #[error("not a valid internationalised name (IDNA conversion failed)")]
+    Idna,
+}
+
+/// Normalises a name from a policy or from the wire (TLS SNI, HTTP Host without its port): one
+/// trailing dot dropped, ASCII lower case, IDNA to punycode; invalid names are rejected.
+///
+/// Borrows (allocates nothing) when the input is already normal, apart from a trailing dot.
+pub fn normalize_name(input: &str) -> Result<Cow<'_, str>, NameError> {
+    let trimmed = input.strip_suffix('.').unwrap_or(input);
+    if trimmed.len() > 4 * MAX_NAME_LEN {
+        // Far too long whatever IDNA would make of it; do not spend time on it.
+        return Err(NameError::TooLong { len: trimmed.len() });
+    }
+    if let Some(result) = check_normal(trimmed) {
+        return result.map(|()| Cow::Borrowed(trimmed));
+    }
+    match scan_ascii(trimmed) {
+        Scan::Normal => {
+            check_structure(trimmed)?;
+            Ok(Cow::Borrowed(trimmed))
+        }
+        Scan::NeedsLowercase => {
+            let lower = trimmed.to_ascii_lowercase();
+            check_structure(&lower)?;
+            if has_punycode_label(&lower) {
+                check_punycode(&lower)?;
+            }
+            Ok(Cow::Owned(lower))
+        }
+        Scan::HasPunycode => {
+            check_structure(trimmed)?;
+            check_punycode(trimmed)?;
+            Ok(Cow::Borrowed(trimmed))
+        }
+        Scan::Invalid(ch) => Err(NameError::InvalidChar { ch }),
+        Scan::NonAscii => {
+            let ascii = idna::domain_to_ascii(trimmed).map_err(|_| NameError::Idna)?;
+            if let Some(ch) = ascii.chars().find(|&c| {
+                !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+            }) {
+                return Err(NameError::InvalidChar { ch });
+            }
+            check_structure(&ascii)?;
+            Ok(Cow::Owned(ascii))
+        }
+    }
+}
+
+/// One pass over a name that is already lower-case ASCII without `xn--` labels (the common case
+/// on the wire): `None` when the name needs the general path.
+fn check_normal(s: &str) -> Option<Result<(), NameError>> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return Some(Err(NameError::Empty));
+    }
+    if bytes.len() > MAX_NAME_LEN {
+        return None;
+    }
+    let mut start = 0;
+    for i in 0..=bytes.len() {
+        let b = if i == bytes.len() { b'.' } else { bytes[i] };
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'.' => {
+                let label = &bytes[start..i];
+                if label.is_empty()
+                    || label.len() > MAX_LABEL_LEN
+                    || label[0] == b'-'
+                    || label[label.len() - 1] == b'-'
+                    || label.starts_with(b"xn--")
+                {
+                    // Let the general path name the problem (or check the punycode).
+                    return None;
+                }
+                start = i + 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(Ok(()))
+}
+
+enum Scan {
+    Normal,
+    NeedsLowercase,
+    HasPunycode,
+    Invalid(char),
+    NonAscii,
+}
+
+fn scan_ascii(s: &str) -> Scan {
+    let mut upper = false;
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {}
+            b'A'..=b'Z' => upper = true,
+            0x80.. => return Scan::NonAscii,
+            _ => {
+                // ASCII, so the byte is the character.
+                let _ = i;
+                return Scan::Invalid(char::from(b));
+            }
+        }
+    }
+    if upper {
+        Scan::NeedsLowercase
+    } else if has_punycode_label(s) {
+        Scan::HasPunycode
+    } else {
+        Scan::Normal
+    }
+}
+
+fn has_punycode_label(s: &str) -> bool {
+    s.split('.')
+        .any(|l| l.len() >= 4 && l.as_bytes()[..4].eq_ignore_ascii_case(b"xn--"))
+}
+
+fn check_punycode(s: &str) -> Result<(), NameError> {
+    match idna::domain_to_ascii(s) {
+        Ok(back) if back == s => Ok(()),
+        _ => Err(NameError::Idna),
+    }
+}
+
+/// Lengths and hyphens; characters were checked by the caller.
+fn check_structure(s: &str) -> Result<(), NameError> {
+    if s.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { len: s.len() });
+    }
+    for label in s.split('.') {
+        check_label(label)?;
+    }
+    Ok(())
+}
+
+fn check_label(label: &str) -> Result<(), NameError> {
+    if label.is_empty() {
+        return Err(NameError::EmptyLabel);
+    }
+    if label.len() > MAX_LABEL_LEN {
+        return Err(NameError::LabelTooLong {
+            label: label.chars().take(70).collect(),
+            len: label.len(),
+        });
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(NameError::HyphenAtEdge {
+            label: label.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why a name pattern is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// The fixed part is not a valid name.
+    #[error("{0}")]
+    Name(#[from] NameError),
+    /// A `*` next to other characters in the same label.
+    #[error("`*` must be a whole label (as in `*.example.com` or `api.*.example.com`), not part of one (`{label}`)")]
+    PartialWildcard {
+        /// The offending label.
+        label: String,
+    },
+    /// Nothing fixed to the right of the last `*`.
+    #[error("a pattern must end with fixed labels: `*` cannot be the last label")]
+    TrailingWildcard,
+    /// The labels right of the last `*` are a public suffix.
+    #[error("the pattern is wider than the public suffix `{suffix}`: it would match names of unrelated owners; name a registrable domain (for example `*.example.{suffix}`)")]
+    WiderThanPublicSuffix {
+        /// The public suffix the pattern covers.
+        suffix: String,
+    },
+}
+
+/// A normalised name pattern: an exact name, `*.suffix` (any depth below), or a name with
+/// single-label `*` wildcards in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamePattern {
+    text: String,
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl NamePattern {
+    /// Parses and normalises a pattern; see the module documentation for the grammar.
+    pub fn parse(input: &str) -> Result<NamePattern, PatternError> {
+        let trimmed = input.strip_suffix('.').unwrap_or(input);
+        if trimmed.is_empty() {
+            return Err(NameError::Empty.into());
+        }
+        if !trimmed.contains('*') {
+            let name = normalize_name(trimmed)?;
+            return Ok(NamePattern {
+                text: name.into_owned(),
+            });
+        }
+        // Split into wildcard labels and runs of fixed labels; normalise each run as a name.
+        let labels: Vec<&str> = trimmed.split('.').collect();
+        for label in &labels {
+            if label.contains('*') && *label != "*" {
+                return Err(PatternError::PartialWildcard {
+                    label: (*label).to_owned(),
+                });
+            }
+        }
+        if labels.last() == Some(&"*") {
+            return Err(PatternError::TrailingWildcard);
+        }
+        let mut out: Vec<String> = Vec::new();
+        let mut run: Vec<&str> = Vec::new();
+        let flush = |run: &mut Vec<&str>, out: &mut Vec<String>| -> Result<(), PatternError> {
+            if !run.is_empty() {
+                let joined = run.join(".");
+                let norm = normalize_name(&joined)?;
+                out.push(norm.into_owned());
+                run.clear();
+            }
+            Ok(())
+        };
+        for label in &labels {
+            if *label == "*" {
+                flush(&mut run, &mut out)?;
+                out.push("*".to_owned());
+            } else {
+                run.push(label);
+            }
+        }
+        flush(&mut run, &mut out)?;
+        let text = out.join(".");
+        if text.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong { len: text.len() }.into());
+        }
+        let fixed = text
+            .rsplit_once("*.")
+            .map(|(_, right)| right)
+            .unwrap_or(&text);
+        if let Some(suffix) = public_suffix_of(fixed) {
+            if suffix.len() == fixed.len() {
+                return Err(PatternError::WiderThanPublicSuffix {
+                    suffix: suffix.to_owned(),
+                });
+            }
+        }
+        Ok(NamePattern { text })
+    }
+
+    /// The normalised text, e.g. `*.openai.com`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True when the pattern has no wildcard.
+    pub fn is_exact(&self) -> bool {
+        !self.text.contains('*')
+    }
+
+    /// True for a leading `*.`: one or more labels, any depth.
+    pub fn is_any_depth(&self) -> bool {
+        self.text.starts_with("*.")
+    }
+
+    /// The labels after a leading `*.` (all labels when there is none), left to right; single
+    /// label wildcards appear as `"*"`.
+    pub fn fixed_labels(&self) -> impl DoubleEndedIterator<Item = &str> + Clone {
+        self.text
+            .strip_prefix("*.")
+            .unwrap_or(&self.text)
+            .split('.')
+    }
+
+    /// Whether a normalised name matches the pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        let mut pattern = self.fixed_labels().rev();
+        let mut name_labels = name.split('.').rev();
+        loop {
+            match (pattern.next(), name_labels.next()) {
+                (None, None) => return !self.is_any_depth(),
+                (None, Some(_)) => return self.is_any_depth(),
+                (Some(_), None) => return false,
+                (Some(p), Some(n)) => {
+                    if p != "*" && p != n {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The public suffix of a normalised name, by the Public Suffix List (ICANN and private
+/// sections; names under unknown top-level domains have their last label as suffix).
+fn public_suffix_of(name: &str) -> Option<&str> {
+    psl::suffix_str(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_names_are_borrowed() {
+        for n in [
+            "api.openai.com",
+            "a",
+            "x_y.example.com",
+            "r3---sn-ab.googlevideo.com",
+        ] {
+            assert!(
+                matches!(normalize_name(n), Ok(Cow::Borrowed(s)) if s == n),
+                "{n}"
+            );
+        }
+        assert!(matches!(
+            normalize_name("api.openai.com."),
+            Ok(Cow::Borrowed("api.openai.com"))
+        ));
+    }
+
+    #[test]
+    fn names_are_lowercased_and_punycoded() {
+        assert_eq!(normalize_name("API.OpenAI.com.").unwrap(), "api.openai.com");
+        assert_eq!(
+            normalize_name("bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize_name("BÜCHER.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize_name("xn--bcher-kva.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize_name("XN--BCHER-KVA.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+    }
+
+    #[test]
+    fn invalid_names_are_rejected() {
+        assert_eq!(normalize_name(""), Err(NameError::Empty));
+        assert_eq!(normalize_name("."), Err(NameError::Empty));
+        assert_eq!(normalize_name("a..b"), Err(NameError::EmptyLabel));
+        assert_eq!(normalize_name(".a"), Err(NameError::EmptyLabel));
+        assert_eq!(normalize_name("a.b.."), Err(NameError::EmptyLabel));
+        assert_eq!(
+            normalize_name("a b"),
+            Err(NameError::InvalidChar { ch: ' ' })
+        );
+        assert_eq!(
+            normalize_name("a:443"),
+            Err(NameError::InvalidChar { ch: ':' })
+        );
+        assert_eq!(
+            normalize_name("[::1]"),
+            Err(NameError::InvalidChar { ch: '[' })
+        );
+        assert_eq!(
+            normalize_name("-a.com"),
+            Err(NameError::HyphenAtEdge { label: "-a".into() })
+        );
+        let long_label = "a".repeat(64);
+        assert!(matches!(
+            normalize_name(&format!("{long_label}.com")),
+            Err(NameError::LabelTooLong { len: 64, .. })
+        ));
+        let long = vec!["abcdefghi"; 26].join(".");
+        assert_eq!(normalize_name(&long), Err(NameError::TooLong { len: 259 }));
+        assert_eq!(normalize_name("xn--zz.example"), Err(NameError::Idna));
+        assert!(normalize_name("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn patterns_parse_and_match() {
+        let p = NamePattern::parse("*.OpenAI.com.").unwrap();
+        assert_eq!(p.as_str(), "*.openai.com");
+        assert!(p.matches("api.openai.com"));
+        assert!(p.matches("a.b.openai.com"));
+        assert!(!p.matches("openai.com"));
+        assert!(!p.matches("evilopenai.com"));
+        let p = NamePattern::parse("bedrock-runtime.*.amazonaws.com").unwrap();
+        assert!(p.matches("bedrock-runtime.us-east-1.amazonaws.com"));
+        assert!(!p.matches("bedrock-runtime.a.b.amazonaws.com"));
+        assert!(!p.matches("bedrock-runtime.amazonaws.com"));
+        let p = NamePattern::parse("api.openai.com").unwrap();
+        assert!(p.is_exact());
+        assert!(p.matches("api.openai.com"));
+        assert!(!p.matches("x.api.openai.com"));
+    }
+
+    #[test]
+    fn wide_patterns_are_rejected() {
+        for (p, suffix) in [("*.com", "com"), ("*.co.uk", "co.uk"), ("api.*.com", "com")] {
+            assert_eq!(
+                NamePattern::parse(p),
+                Err(PatternError::WiderThanPublicSuffix {
+                    suffix: suffix.into()
+                }),
+                "{p}"
+            );
+        }
+        // The private section of the list counts: anyone can create names there.
+        for p in ["*.s3.amazonaws.com", "*.herokuapp.com", "*.internal"] {
+            assert!(
+                matches!(
+                    NamePattern::parse(p),
+                    Err(PatternError::WiderThanPublicSuffix { .. })
+                ),
+                "{p}"
+            );
+        }
+        assert!(NamePattern::parse("*.corp.internal").is_ok());
+        assert!(NamePattern::parse("*.openai.com").is_ok());
+        assert!(NamePattern::parse("*.example.co.uk").is_ok());
+        assert_eq!(NamePattern::parse("*"), Err(PatternError::TrailingWildcard));
+        assert_eq!(
+            NamePattern::parse("a.*"),
+            Err(PatternError::TrailingWildcard)
+        );
+        assert_eq!(
+            NamePattern::parse("api*.openai.com"),
+            Err(PatternError::PartialWildcard {
+                label: "api*".into()
+            })
+        );
+    }
+}
