@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Builds the fuzz seed corpora from the conformance corpus (captures and payloads).
+
+Usage: make_seeds.py CORPUS_DIR OUT_DIR
+
+Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
+capture_reader and pipeline. Classic pcap only (the corpus holds no pcapng); link types
+Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
+"""
+import hashlib
+import os
+import struct
+import sys
+
+MAX_CAPTURE_SEED = 64 * 1024
+
+
+def frames(path):
+    data = open(path, "rb").read()
+    if len(data) < 24:
+        return
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        e = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        e = ">"
+    else:
+        return
+    linktype = struct.unpack(e + "I", data[20:24])[0] & 0xFFFF
+    off = 24
+    while off + 16 <= len(data):
+        _, _, caplen, _ = struct.unpack(e + "IIII", data[off : off + 16])
+        frame = data[off + 16 : off + 16 + caplen]
+        off += 16 + caplen
+        if len(frame) < caplen:
+            return
+        ip = ip_of(linktype, frame)
+        if ip:
+            yield ip
+
+
+def ip_of(linktype, f):
+    if linktype == 1:
+        at = 12
+        while len(f) >= at + 2 and f[at : at + 2] in (b"\x81\x00", b"\x88\xa8"):
+            at += 4
+        if f[at : at + 2] in (b"\x08\x00", b"\x86\xdd"):
+            return f[at + 2 :]
+        return None
+    if linktype in (12, 14, 101, 228, 229):
+        return f
+    if linktype in (0, 108):
+        return f[4:]
+    if linktype == 113:
+        return f[16:]
+    return None
+
+
+def tcp_payload(ip):
+    if not ip:
+        return None
+    v = ip[0] >> 4
+    if v == 4:
+        ihl = (ip[0] & 15) * 4
+        if len(ip) < ihl + 20 or ip[9] != 6:
+            return None
+        seg = ip[ihl:]
+    elif v == 6:
+        if len(ip) < 60 or ip[6] != 6:
+            return None
+        seg = ip[40:]
+    else:
+        return None
+    return seg[(seg[12] >> 4) * 4 :]
+
+
+def write(out, target, blob):
+    d = os.path.join(out, target)
+    os.makedirs(d, exist_ok=True)
+    name = hashlib.sha1(blob).hexdigest()[:16]
+    with open(os.path.join(d, name), "wb") as fh:
+        fh.write(blob)
+
+
+def pcapng_seed(e, ips):
+    """A pcapng file (byte order e) with an Ethernet, a raw IP (ns) and an SLL2 interface."""
+
+    def block(ty, body):
+        body += b"\0" * (-len(body) % 4)
+        n = len(body) + 12
+        return struct.pack(e + "II", ty, n) + body + struct.pack(e + "I", n)
+
+    out = block(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    out += block(1, struct.pack(e + "HHI", 1, 0, 65535))
+    out += block(1, struct.pack(e + "HHI", 101, 0, 0) + struct.pack(e + "HH", 9, 1) + b"\x09\0\0\0" + b"\0" * 4)
+    out += block(1, struct.pack(e + "HHI", 276, 0, 0))
+    for i, ip in enumerate(ips):
+        iface = i % 3
+        if iface == 0:
+            frame = b"\x02" * 12 + (b"\x08\x00" if ip[0] >> 4 == 4 else b"\x86\xdd") + ip
+        elif iface == 1:
+            frame = ip
+        else:
+            frame = (b"\x08\x00" if ip[0] >> 4 == 4 else b"\x86\xdd") + b"\0" * 18 + ip
+        out += block(6, struct.pack(e + "IIIII", iface, 0, i, len(frame), len(frame)) + frame)
+    return out
+
+
+def main():
+    corpus, out = sys.argv[1], sys.argv[2]
+    pdir = os.path.join(corpus, "pcap")
+    for name in sorted(os.listdir(pdir)):
+        path = os.path.join(pdir, name)
+        if os.path.getsize(path) <= MAX_CAPTURE_SEED:
+            write(out, "capture_reader", open(path, "rb").read())
+        seq = b""
+        for ip in frames(path):
+            write(out, "wire_parse", ip)
+            if len(seq) < 48 * 1024:
+                # pipeline input: (u8 milliseconds since the previous packet, u16 length, packet)*
+                seq += struct.pack(">BH", 1, len(ip)) + ip
+            p = tcp_payload(ip)
+            if p and p[0] == 0x16:
+                write(out, "tls_client_hello", p)
+            if p and p[:1].isupper():
+                write(out, "http_host", p)
+        if seq:
+            write(out, "pipeline", seq)
+        ips = [ip for ip, _ in zip(frames(path), range(6))]
+        if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6")):
+            write(out, "capture_reader", pcapng_seed("<", ips))
+            write(out, "capture_reader", pcapng_seed(">", ips))
+    ydir = os.path.join(corpus, "payloads")
+    for name in sorted(os.listdir(ydir)):
+        blob = open(os.path.join(ydir, name), "rb").read()
+        if name.startswith("client__") or name.startswith("zapret__tls_"):
+            write(out, "tls_client_hello", blob)
+        if name.startswith("zapret__http_"):
+            write(out, "http_host", blob)
+
+
+if __name__ == "__main__":
+    main()
