@@ -117,8 +117,8 @@ def main():
         for ip in frames(path):
             write(out, "wire_parse", ip)
             if len(seq) < 48 * 1024:
-                # pipeline input: (u8 milliseconds since the previous packet, u16 length, packet)*
-                seq += struct.pack(">BH", 1, len(ip)) + ip
+                # pipeline input: (u8 step, u16 length, packet)*; step: 1 ms, checksum unverified
+                seq += struct.pack(">BH", 0x81, len(ip)) + ip
             p = tcp_payload(ip)
             if p and p[0] == 0x16:
                 write(out, "tls_client_hello", p)

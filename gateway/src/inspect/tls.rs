@@ -285,7 +285,9 @@ fn check_record_header(vmaj: u8, vmin: u8, len: usize) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// The general path: gathers the handshake message from as many records as it spans.
+/// The general path: gathers the handshake message from as many records as it spans. Kept out of
+/// line so that its 16 KiB scratch buffer does not enlarge the fast path's stack frame.
+#[inline(never)]
 fn parse_fragmented(stream: &[u8]) -> TlsParse<'_> {
     let mut scratch = [0u8; MAX_HELLO_LEN];
     let mut have = 0usize;
