@@ -585,12 +585,33 @@ impl Pipeline {
     ) -> Disposition {
         self.ctx.stats.packets += 1;
         let d = self.process_inner(now, packet, meta, out);
+        #[cfg(debug_assertions)]
+        self.debug_check_held_accounting();
         match d {
             Disposition::Forward => self.ctx.stats.forwarded += 1,
             Disposition::Held => self.ctx.stats.held += 1,
             Disposition::Drop(r) => self.ctx.stats.dropped[r.index()] += 1,
         }
         d
+    }
+
+    /// Debug builds (tests, fuzzing) check after every packet that the held-bytes counter equals
+    /// what the flows really hold: the counter is kept by deltas, and a missed delta would slowly
+    /// turn into a false `memory_pressure` (or an unbounded real one).
+    #[cfg(debug_assertions)]
+    fn debug_check_held_accounting(&self) {
+        let real: usize = self
+            .flows
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.flows.get(id))
+            .filter_map(|flow| flow.inspect.as_ref())
+            .map(|i| i.bytes())
+            .sum();
+        debug_assert_eq!(
+            self.ctx.stats.held_bytes_now, real,
+            "held-bytes counter out of step with the flows"
+        );
     }
 
     fn process_inner(
@@ -1597,6 +1618,9 @@ impl Ctx {
             return self.fail_closed(now, flow, Reason::MemoryPressure, out);
         }
         let res = insp.buf.insert(offset, seg.payload);
+        // Account for what the insert changed before any early return: whatever its outcome,
+        // the buffer may have grown.
+        self.account(insp.bytes() as isize - before as isize);
         match res {
             Insert::Conflict => return self.fail_closed(now, flow, Reason::AmbiguousOverlap, out),
             Insert::Overflow => return self.fail_closed(now, flow, Reason::InspectOverflow, out),
@@ -1607,8 +1631,6 @@ impl Ctx {
             _ => {}
         }
         if seg.flags.fin() && insp.held.iter().any(|h| h.fin) {
-            let delta = insp.bytes() as isize - before as isize;
-            self.account(delta);
             return Disposition::Drop(DropReason::Duplicate);
         }
         insp.held.push(Held {
@@ -1622,8 +1644,7 @@ impl Ctx {
         if insp.started.is_none() {
             insp.started = Some(now);
         }
-        let delta = insp.bytes() as isize - before as isize;
-        self.account(delta);
+        self.account(p.packet.len() as isize);
         let found = name::classify(insp.buf.contiguous());
         if matches!(found, Found::Incomplete) {
             if seg.flags.fin() || flow.tcp.fin_client {
