@@ -76,6 +76,17 @@
 //! [`PipelineConfig::log_all`]), one more per second ClientHello, and a flow-end record for every
 //! flow whose decision was recorded. Wall-clock times come from the anchor the caller sets with
 //! [`Pipeline::set_clock_anchor`].
+//!
+//! A TCP flow's flow-end record is written when the connection closes: FINs both ways, a RST
+//! that its receiver accepts at once (its sequence number is the sender's next one, or what the
+//! peer acknowledged last: a blind or stale RST does not end the record), or a reset or refusal
+//! by the gateway. Its traffic counts include the packet that closed it. The entry then lingers
+//! for [`IdleTimeouts::tcp_closed`] so that retransmitted FINs, the last ACK and stray segments
+//! still find their flow (and its verdict) instead of opening a new one; what arrives in that
+//! linger is counted nowhere and writes no second record. A client SYN with a new ISN still
+//! starts a new flow on the same ports. Flows the gateway dropped silently (deny), UDP and other
+//! protocols, and TCP flows that go idle, end on their idle timeout; [`Pipeline::shutdown`] ends
+//! the rest.
 
 pub mod flow;
 mod name;
@@ -456,6 +467,9 @@ struct TcpTrack {
     fin_client: bool,
     fin_server: bool,
     rst: bool,
+    /// A RST whose sequence number the receiver accepts at once (the sender's next sequence
+    /// number, or what its peer acknowledged last) was seen.
+    rst_exact: bool,
 }
 
 #[derive(Debug)]
@@ -479,6 +493,9 @@ struct Flow {
     logged: bool,
     /// Why the gateway ended the flow (reset or blocked).
     cut_reason: Option<Reason>,
+    /// The TCP connection closed and its flow-end record (if any) was written: the entry only
+    /// lingers for stray packets, which are counted nowhere.
+    ended: bool,
 }
 
 /// Time mapping from the caller's monotonic clock to wall-clock epoch milliseconds.
@@ -631,6 +648,7 @@ impl Pipeline {
                 if let Some(dl) = self.ctx.inspect_deadline(flow) {
                     if dl <= now {
                         self.ctx.fail_closed(now, flow, Reason::InspectTimeout, out);
+                        self.ctx.end_if_closed(now, flow, out);
                         self.ctx.arm(id, flow);
                         continue;
                     }
@@ -697,6 +715,7 @@ impl Pipeline {
             self.ctx.emit_decision(now, flow, &policy, out);
             self.ctx.reset(flow, true, true, out);
             self.ctx.set_state(flow, State::Cut, reason);
+            self.ctx.end_if_closed(now, flow, out);
             self.ctx.arm(id, flow);
         }
     }
@@ -716,29 +735,8 @@ impl Pipeline {
         self.ctx.stats.flows_expired += 1;
         self.ctx.drop_inspect(&mut flow);
         let policy = self.ctx.policy.load_full();
-        if flow.record_pending {
-            self.ctx.emit_decision(now, &mut flow, &policy, out);
-        }
-        if flow.logged {
-            let why = if flow.cut_reason.is_some() {
-                EndReason::Cut
-            } else if flow.tcp.rst {
-                EndReason::Rst
-            } else if flow.tcp.fin_client && flow.tcp.fin_server {
-                EndReason::Fin
-            } else {
-                why
-            };
-            let mut r = self.ctx.base_record(now, &flow, &policy, Activity::Close);
-            r.traffic = Some(flow.traffic);
-            let start = self.ctx.clock.epoch_ms(flow.start);
-            let end = self.ctx.clock.epoch_ms(flow.last_seen);
-            r.start_time = Some(start);
-            r.end_time = Some(end);
-            r.time = end;
-            r.duration = Some(end.saturating_sub(start));
-            r.end_reason = Some(why);
-            out.records.push(r);
+        if !flow.ended {
+            self.ctx.end_flow(now, &mut flow, &policy, why, out);
         }
     }
 
@@ -920,7 +918,11 @@ impl Pipeline {
             self.expire(now, id, EndReason::Shutdown, out);
             return self.tcp_new(now, key, side, p, seg, meta, out);
         }
-        flow.count(side, p.packet.len() as u64, now);
+        if flow.ended {
+            flow.last_seen = now;
+        } else {
+            flow.count(side, p.packet.len() as u64, now);
+        }
         let before = (
             flow.tcp.fin_client,
             flow.tcp.fin_server,
@@ -930,6 +932,7 @@ impl Pipeline {
         let d = self
             .ctx
             .tcp_existing(now, flow, from_client, p, seg, meta, out);
+        self.ctx.end_if_closed(now, flow, out);
         let after = (
             flow.tcp.fin_client,
             flow.tcp.fin_server,
@@ -1122,6 +1125,7 @@ impl Pipeline {
                 }
             },
         };
+        self.ctx.end_if_closed(now, flow, out);
         self.ctx.arm(id, flow);
         d
     }
@@ -1153,6 +1157,7 @@ impl Flow {
             record_pending: false,
             logged: false,
             cut_reason: None,
+            ended: false,
         }
     }
 
@@ -1173,6 +1178,18 @@ impl Flow {
         let closed = self.tcp.rst || (self.tcp.fin_client && self.tcp.fin_server);
         let new_isn = self.tcp.synced && seq.wrapping_add(1) != self.tcp.base;
         (closed || new_isn) && !matches!(self.state, State::Blocked | State::Cut)
+    }
+
+    /// True when the TCP connection is over for both ends: FINs both ways, a RST either end
+    /// accepts, or a reset or refusal by the gateway. A flow still under inspection is not over:
+    /// after a client RST its ports are inspected afresh.
+    fn closed(&self) -> bool {
+        self.proto == 6
+            && self.state != State::Inspecting
+            && (self.tcp.rst_exact
+                || (self.tcp.fin_client && self.tcp.fin_server)
+                || self.state == State::Cut
+                || (self.state == State::Blocked && self.enforced() == Some(Action::Reject)))
     }
 
     fn enforced(&self) -> Option<Action> {
@@ -1281,6 +1298,57 @@ fn seq_gt(a: u32, b: u32) -> bool {
 }
 
 impl Ctx {
+    /// Writes the flow's pending decision and its flow-end record (when its decision was
+    /// recorded), once: later packets of the flow are counted nowhere.
+    fn end_flow(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        why: EndReason,
+        out: &mut Output,
+    ) {
+        if flow.ended {
+            return;
+        }
+        flow.ended = true;
+        if flow.record_pending {
+            self.emit_decision(now, flow, policy, out);
+        }
+        if !flow.logged {
+            return;
+        }
+        let why = if flow.cut_reason.is_some()
+            || (flow.state == State::Blocked && flow.enforced() == Some(Action::Reject))
+        {
+            EndReason::Cut
+        } else if flow.tcp.rst {
+            EndReason::Rst
+        } else if flow.tcp.fin_client && flow.tcp.fin_server {
+            EndReason::Fin
+        } else {
+            why
+        };
+        let mut r = self.base_record(now, flow, policy, Activity::Close);
+        r.traffic = Some(flow.traffic);
+        let start = self.clock.epoch_ms(flow.start);
+        let end = self.clock.epoch_ms(flow.last_seen);
+        r.start_time = Some(start);
+        r.end_time = Some(end);
+        r.time = end;
+        r.duration = Some(end.saturating_sub(start));
+        r.end_reason = Some(why);
+        out.records.push(r);
+    }
+
+    /// Ends a TCP flow that just closed; see [`Flow::closed`].
+    fn end_if_closed(&mut self, now: Instant, flow: &mut Flow, out: &mut Output) {
+        if !flow.ended && flow.closed() {
+            let policy = self.policy.load_full();
+            self.end_flow(now, flow, &policy, EndReason::Fin, out);
+        }
+    }
+
     fn must_log(&self, v: &Verdict) -> bool {
         // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the
         // default (a flow no rule covers is a gap in the policy worth seeing).
@@ -1473,6 +1541,14 @@ impl Ctx {
         let flags = seg.flags;
         if flags.rst() {
             flow.tcp.rst = true;
+            let (next, peer_ack) = if from_client {
+                (Some(flow.tcp.client_next), flow.tcp.server_ack)
+            } else {
+                (flow.tcp.server_next, flow.tcp.client_ack)
+            };
+            if next == Some(seg.seq) || peer_ack == Some(seg.seq) {
+                flow.tcp.rst_exact = true;
+            }
         }
         if from_client {
             if flags.fin() {
@@ -1496,7 +1572,8 @@ impl Ctx {
                 flow.tcp.synack_seen = true;
             }
             let end = seg.seq.wrapping_add(seg.seq_len());
-            if flow.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
+            // A RST carries no data and may be blind: it never moves the tracked sequence.
+            if !flags.rst() && flow.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
                 flow.tcp.server_next = Some(end);
             }
             if flags.ack() {
@@ -1536,7 +1613,7 @@ impl Ctx {
                         }
                     }
                     let end = seg.seq.wrapping_add(seg.seq_len());
-                    if seq_gt(end, flow.tcp.client_next) {
+                    if !flags.rst() && seq_gt(end, flow.tcp.client_next) {
                         flow.tcp.client_next = end;
                     }
                 } else if flow.inspect.is_some() {
@@ -1560,6 +1637,7 @@ impl Ctx {
                         self.drop_inspect(flow);
                         flow.inspect =
                             Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
+                        flow.tcp.rst_exact = false;
                     }
                     return Disposition::Forward;
                 }

@@ -376,20 +376,30 @@ impl Tap {
     }
 }
 
-/// (bytes_out, packets_out, bytes_in, packets_in) of the flow client <-> server in a capture.
+/// (bytes_out, packets_out, bytes_in, packets_in) of the TCP flow client <-> server in a
+/// capture, up to and including the packet that closed it (the second FIN, or a RST): the
+/// gateway writes the flow-end record then, and counts nothing after it.
 pub fn tap_traffic(
     pkts: &[TapPacket],
     client: SocketAddr,
     server: SocketAddr,
 ) -> (u64, u64, u64, u64) {
     let mut t = (0, 0, 0, 0);
+    let (mut fin_out, mut fin_in) = (false, false);
     for p in pkts {
         if p.src == client && p.dst == server {
             t.0 += p.ip_len;
             t.1 += 1;
+            fin_out |= p.fin;
         } else if p.src == server && p.dst == client {
             t.2 += p.ip_len;
             t.3 += 1;
+            fin_in |= p.fin;
+        } else {
+            continue;
+        }
+        if p.rst || (fin_out && fin_in) {
+            break;
         }
     }
     t
