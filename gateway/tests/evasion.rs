@@ -801,6 +801,46 @@ fn log_only_forwards_and_records_detected() {
 }
 
 #[test]
+fn nameless_flows_get_the_same_reason_in_both_modes() {
+    let log_only = POLICY_OPENAI.replace(
+        "default_action = \"deny\"",
+        "default_action = \"deny\"\nmode = \"log-only\"",
+    );
+    let cases: [(&str, Vec<u8>, Reason); 3] = [
+        (
+            "not TLS",
+            b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+            Reason::NotTls,
+        ),
+        ("hello without SNI", client_hello(None, 0), Reason::NoSni),
+        (
+            "HTTP without Host",
+            b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n".to_vec(),
+            Reason::NoSni,
+        ),
+    ];
+    for (what, payload, reason) in cases {
+        let mut reported = Vec::new();
+        for (mode, text, disposition) in [
+            ("enforce", POLICY_OPENAI, RecDisposition::Blocked),
+            ("log-only", log_only.as_str(), RecDisposition::Detected),
+        ] {
+            let mut h = Harness::new(text);
+            let c = Conn::v4(50500);
+            handshake(&mut h, &c);
+            h.send(&c.data(0, &payload));
+            let d = h.decisions();
+            assert_eq!(d.len(), 1, "{what}, {mode}: {:?}", h.records);
+            assert_eq!(d[0].disposition, disposition, "{what}, {mode}");
+            assert_eq!(d[0].name(), None, "{what}, {mode}");
+            reported.push((d[0].action, d[0].reason, d[0].policy.name.clone()));
+        }
+        assert_eq!(reported[0], reported[1], "{what}: enforce vs log-only");
+        assert_eq!(reported[0].1, reason, "{what}");
+    }
+}
+
+#[test]
 fn idle_flows_expire_with_a_flow_end_record() {
     let mut h = Harness::new(POLICY_OPENAI);
     let c = Conn::v4(51000);

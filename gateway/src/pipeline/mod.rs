@@ -36,7 +36,8 @@
 //!   dropped and, because the client would otherwise hang, both ends are reset.
 //! - **Log-only mode** never holds, drops or resets anything: flows whose verdict needs a name are
 //!   forwarded and watched like flows decided on the SYN, and their record carries the verdict for
-//!   the name once it is seen (`disposition` Detected when that verdict is not a permit).
+//!   the name once it is seen (`disposition` Detected when that verdict is not a permit), with
+//!   the reason enforcement would give (`no_sni`, `not_tls` for a flow without a name).
 //! - **UDP and other protocols** are decided on the first packet by address and port. UDP 443
 //!   (QUIC) carries no name yet: `no_sni`. A rejected UDP flow answers each packet with an ICMP
 //!   administratively-prohibited error.
@@ -496,6 +497,9 @@ struct Flow {
     /// The TCP connection closed and its flow-end record (if any) was written: the entry only
     /// lingers for stray packets, which are counted nowhere.
     ended: bool,
+    /// Log-only passed the SYN although the verdict needed the name: the name (or its absence)
+    /// decides the recorded reason as it would have under enforcement.
+    name_decides: bool,
 }
 
 /// Time mapping from the caller's monotonic clock to wall-clock epoch milliseconds.
@@ -999,6 +1003,7 @@ impl Pipeline {
             // Log-only never holds traffic: the flow passes and is watched; its record is
             // written with the verdict for the name once the name is seen.
             decision = SynDecision::Final(policy.evaluate(&q));
+            flow.name_decides = true;
         }
         if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
             // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
@@ -1158,6 +1163,7 @@ impl Flow {
             logged: false,
             cut_reason: None,
             ended: false,
+            name_decides: false,
         }
     }
 
@@ -1227,6 +1233,34 @@ fn flow_query<'a>(flow: &Flow, name: Option<&'a str>) -> Query<'a> {
         transport,
         dst_port: flow.server.port(),
         name,
+    }
+}
+
+/// The name a parse found, or the reason there is none.
+fn found_name(found: &Found) -> (Option<(String, NameKind)>, Option<Reason>) {
+    match found {
+        Found::Tls {
+            name: Some(n), ech, ..
+        } => (Some((n.clone(), NameKind::Sni { ech: *ech })), None),
+        Found::Tls { name: None, .. } => (None, Some(Reason::NoSni)),
+        Found::Http { host: Some(h), .. } => (Some((h.clone(), NameKind::Host)), None),
+        Found::Http { host: None, .. } => (None, Some(Reason::NoSni)),
+        Found::NotTls => (None, Some(Reason::NotTls)),
+        Found::Malformed | Found::Incomplete => (None, Some(Reason::ParseError)),
+    }
+}
+
+/// The reason of a verdict given on a name or its absence: a flow without a name that is not
+/// permitted by a rule says why it has no name. Under log-only the action enforcement would have
+/// taken counts (the reported action, unless a watch rule reported it).
+fn found_reason(policy: &CompiledPolicy, v: &Verdict, reason_if_none: Option<Reason>) -> Reason {
+    let would_block = v.effective_action != Action::Permit
+        || (policy.mode() == Mode::LogOnly
+            && v.rule == v.effective_rule
+            && v.action != Action::Permit);
+    match reason_if_none {
+        Some(r) if would_block || v.effective_rule == RuleRef::Default => r,
+        _ => rule_reason(v),
     }
 }
 
@@ -1789,26 +1823,10 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) -> Action {
-        let (name, reason_if_none) = match found {
-            Found::Tls {
-                name: Some(n), ech, ..
-            } => (Some((n.clone(), NameKind::Sni { ech: *ech })), None),
-            Found::Tls { name: None, .. } => (None, Some(Reason::NoSni)),
-            Found::Http { host: Some(h), .. } => (Some((h.clone(), NameKind::Host)), None),
-            Found::Http { host: None, .. } => (None, Some(Reason::NoSni)),
-            Found::NotTls => (None, Some(Reason::NotTls)),
-            Found::Malformed | Found::Incomplete => (None, Some(Reason::ParseError)),
-        };
+        let (name, reason_if_none) = found_name(found);
         let q = flow_query(flow, name.as_ref().map(|(n, _)| n.as_str()));
         let v = policy.evaluate(&q);
-        let reason = match reason_if_none {
-            Some(r)
-                if v.effective_action != Action::Permit || v.effective_rule == RuleRef::Default =>
-            {
-                r
-            }
-            _ => rule_reason(&v),
-        };
+        let reason = found_reason(policy, &v, reason_if_none);
         flow.decision = Some(Decision {
             verdict: Some(v),
             enforced: v.effective_action,
@@ -2006,20 +2024,20 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) {
-        let name = match found {
-            Found::Tls {
-                name: Some(n), ech, ..
-            } => Some((n.clone(), NameKind::Sni { ech: *ech })),
-            Found::Http { host: Some(h), .. } => Some((h.clone(), NameKind::Host)),
-            _ => None,
-        };
+        let (name, reason_if_none) = found_name(found);
         // The verdict for the name: the same as the SYN's when it was final under this policy;
-        // under log-only it is the verdict the record reports.
+        // under log-only it is the verdict the record reports, with the reason enforcement
+        // would have given.
         let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        let reason = if flow.name_decides {
+            found_reason(policy, &v, reason_if_none)
+        } else {
+            rule_reason(&v)
+        };
         flow.decision = Some(Decision {
             verdict: Some(v),
             enforced: v.effective_action,
-            reason: rule_reason(&v),
+            reason,
             version: policy.version(),
             name: name.map(|(n, k)| (n.into_boxed_str(), k)),
         });
