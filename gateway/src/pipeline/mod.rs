@@ -63,9 +63,16 @@
 //! flows the client's handshake records that follow the first ClientHello are watched until the
 //! first ChangeCipherSpec or application-data record: a second ClientHello (after a
 //! HelloRetryRequest, or a duplicate) is parsed; its name is recorded, and when the policy denies
-//! that name the flow is cut (`second_hello`). Flows whose verdict was final on the SYN are
-//! watched the same way without holding anything, so that their records and policy
-//! re-evaluation know the name.
+//! that name the flow is cut (`second_hello`). On plain-HTTP flows every later request head is
+//! parsed the same way (keep-alive, pipelining; a body is skipped by its `Content-Length`): a
+//! Host other than the one the flow was decided on is re-evaluated and recorded, and when the
+//! policy does not permit it the flow is cut (`host_changed`); an ambiguous later head fails
+//! closed (`parse_error`). Requests pipelined with the first are checked before the held
+//! segments are released. The watch stops (and later requests pass unchecked) past the first
+//! [`PipelineConfig::max_held_bytes_per_flow`] bytes of the client stream, after a body framed
+//! by `Transfer-Encoding`, and when the bytes stop being HTTP (a protocol upgrade). Flows whose
+//! verdict was final on the SYN are watched the same way without holding anything, so that
+//! their records and policy re-evaluation know the name.
 //!
 //! [`Pipeline::reevaluate`] re-asks the policy for every decided flow after a policy change, with
 //! the name the flow was decided on; flows now denied are cut with RSTs both ways
@@ -356,6 +363,8 @@ pub struct PipelineStats {
     pub policy_update_cuts: u64,
     /// Second ClientHellos seen on a flow.
     pub second_hellos: u64,
+    /// HTTP request heads after the first seen on a plain-HTTP flow.
+    pub later_requests: u64,
     /// Packets the gateway built (RSTs, ICMP errors).
     pub generated: u64,
     /// Bytes held now (reassembly and held packets, all flows).
@@ -425,6 +434,8 @@ struct Inspect {
     /// `watching`.
     scan: usize,
     watching: bool,
+    /// `scan` points at the next HTTP request head rather than at a TLS record.
+    http: bool,
     /// After the verdict: stream offset the server must acknowledge before the bytes are freed.
     guard_end: u32,
 }
@@ -438,6 +449,7 @@ impl Inspect {
             started: None,
             scan: 0,
             watching: false,
+            http: false,
             guard_end: 0,
         }
     }
@@ -1264,6 +1276,14 @@ fn found_reason(policy: &CompiledPolicy, v: &Verdict, reason_if_none: Option<Rea
     }
 }
 
+/// Where a watch looks next, and whether for an HTTP request (else a TLS record).
+fn watch_target(w: name::Watch) -> (usize, bool) {
+    match w {
+        name::Watch::Tls(at) => (at, false),
+        name::Watch::Http(at) => (at, true),
+    }
+}
+
 fn rule_reason(v: &Verdict) -> Reason {
     match v.effective_rule {
         RuleRef::Default => Reason::Default,
@@ -1769,6 +1789,14 @@ impl Ctx {
         insp.held_packet_bytes = 0;
         match action {
             Action::Permit => {
+                // Whatever else the held bytes hold (a pipelined request, another hello) is
+                // checked before anything is released.
+                self.start_watch(&mut insp, found);
+                flow.inspect = Some(insp);
+                self.scan_hellos(now, flow, policy, out);
+                if flow.state != State::Forwarding {
+                    return;
+                }
                 let mut held = held;
                 held.sort_by_key(|h| (h.offset, h.len));
                 held.dedup_by_key(|h| (h.offset, h.len, h.fin));
@@ -1786,8 +1814,6 @@ impl Ctx {
                         meta: h.meta,
                     });
                 }
-                self.start_watch(&mut insp, found);
-                flow.inspect = Some(insp);
             }
             Action::Reject => {
                 self.account(-(insp.buf.clear() as isize));
@@ -1805,8 +1831,8 @@ impl Ctx {
         insp.started = None;
         insp.guard_end = insp.buf.contiguous().len() as u32;
         match name::watch_from(found) {
-            Some(end) => {
-                insp.scan = end;
+            Some(w) => {
+                (insp.scan, insp.http) = watch_target(w);
                 insp.watching = true;
             }
             None => insp.watching = false,
@@ -1938,7 +1964,8 @@ impl Ctx {
             self.scan_hellos(now, flow, policy, out);
         }
         if flow.state != State::Forwarding {
-            return Disposition::Drop(DropReason::FailClosed(Reason::SecondHello));
+            let reason = flow.cut_reason.unwrap_or(Reason::SecondHello);
+            return Disposition::Drop(DropReason::FailClosed(reason));
         }
         self.finish_watch_if_done(now, flow, policy, out);
         Disposition::Forward
@@ -1966,7 +1993,7 @@ impl Ctx {
                     Found::Incomplete => return,
                     found => {
                         match name::watch_from(&found) {
-                            Some(end) => insp.scan = end,
+                            Some(w) => (insp.scan, insp.http) = watch_target(w),
                             None => insp.watching = false,
                         }
                         self.first_name_observed(now, flow, &found, policy, out);
@@ -1975,6 +2002,42 @@ impl Ctx {
                 }
             }
             let rest = &bytes[insp.scan.min(bytes.len())..];
+            if insp.http {
+                if insp.scan >= bytes.len() {
+                    return;
+                }
+                match name::classify_request(rest) {
+                    Found::Incomplete => return,
+                    found @ Found::Http { .. } => {
+                        match name::watch_from(&found) {
+                            Some(w) => {
+                                let (next, http) = watch_target(w);
+                                insp.scan = insp.scan.saturating_add(next);
+                                insp.http = http;
+                            }
+                            None => insp.watching = false,
+                        }
+                        self.later_request(now, flow, &found, policy, out);
+                        if flow.state != State::Forwarding {
+                            return;
+                        }
+                    }
+                    Found::Malformed => {
+                        // An ambiguous head (conflicting Host fields, a Host that contradicts
+                        // the target, line folding) after the first: fail closed as on the
+                        // first request.
+                        insp.watching = false;
+                        self.fail_closed(now, flow, Reason::ParseError, out);
+                        return;
+                    }
+                    _ => {
+                        // Not HTTP any more (a protocol upgrade): nothing more to watch.
+                        insp.watching = false;
+                        return;
+                    }
+                }
+                continue;
+            }
             if rest.len() < 5 {
                 return;
             }
@@ -2070,6 +2133,60 @@ impl Ctx {
         let Found::Tls { name, ech, .. } = found else {
             return;
         };
+        let kind = NameKind::Sni { ech: *ech };
+        self.later_name(
+            now,
+            flow,
+            name.clone(),
+            kind,
+            Reason::SecondHello,
+            policy,
+            out,
+        );
+    }
+
+    /// A later HTTP request on a permitted plain-HTTP flow (keep-alive, pipelining): a Host other
+    /// than the one the flow was decided on is re-evaluated, and the flow is cut when the policy
+    /// does not permit it.
+    fn later_request(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let Found::Http { host, .. } = found else {
+            return;
+        };
+        self.stats.later_requests += 1;
+        if host.as_deref() == flow.name() {
+            return;
+        }
+        self.later_name(
+            now,
+            flow,
+            host.clone(),
+            NameKind::Host,
+            Reason::HostChanged,
+            policy,
+            out,
+        );
+    }
+
+    /// Another name on a permitted flow: record it; cut the flow (`reason`) if the policy denies
+    /// it. The flow keeps its first name when both are permitted.
+    #[allow(clippy::too_many_arguments)]
+    fn later_name(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        name: Option<String>,
+        kind: NameKind,
+        deny_reason: Reason,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
         let q = flow_query(flow, name.as_deref());
         let v = policy.evaluate(&q);
         let first = flow
@@ -2078,19 +2195,13 @@ impl Ctx {
             .and_then(|d| d.name.as_ref())
             .map(|(n, _)| n.clone());
         let denied = v.effective_action != Action::Permit;
-        let reason = if denied {
-            Reason::SecondHello
-        } else {
-            rule_reason(&v)
-        };
+        let reason = if denied { deny_reason } else { rule_reason(&v) };
         let decision = Decision {
             verdict: Some(v),
             enforced: v.effective_action,
             reason,
             version: policy.version(),
-            name: name
-                .clone()
-                .map(|n| (n.into_boxed_str(), NameKind::Sni { ech: *ech })),
+            name: name.map(|n| (n.into_boxed_str(), kind)),
         };
         let previous = flow.decision.replace(decision);
         let log = self.must_log(&v) || flow.logged;
@@ -2100,7 +2211,7 @@ impl Ctx {
         if denied {
             self.stats.fail_closed += 1;
             self.reset(flow, true, true, out);
-            self.set_state(flow, State::Cut, Reason::SecondHello);
+            self.set_state(flow, State::Cut, deny_reason);
         } else if first.is_some() {
             // Keep the first name as the flow's name for re-evaluation; both were allowed.
             flow.decision = previous;
