@@ -69,6 +69,8 @@ pub enum Reason {
     BadChecksum,
     /// A second ClientHello on the flow carries a name the policy denies.
     SecondHello,
+    /// A later HTTP request on the flow names a Host the policy denies.
+    HostChanged,
     /// A reason this version does not know (forward compatibility when reading records).
     #[serde(other)]
     Unknown,
@@ -93,6 +95,7 @@ impl Reason {
             Reason::FragmentedHeader => "fragmented_header",
             Reason::BadChecksum => "bad_checksum",
             Reason::SecondHello => "second_hello",
+            Reason::HostChanged => "host_changed",
             Reason::Unknown => "unknown",
         }
     }
@@ -494,6 +497,7 @@ mod tests {
             Reason::FragmentedHeader,
             Reason::BadChecksum,
             Reason::SecondHello,
+            Reason::HostChanged,
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }

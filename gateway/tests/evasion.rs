@@ -801,6 +801,46 @@ fn log_only_forwards_and_records_detected() {
 }
 
 #[test]
+fn nameless_flows_get_the_same_reason_in_both_modes() {
+    let log_only = POLICY_OPENAI.replace(
+        "default_action = \"deny\"",
+        "default_action = \"deny\"\nmode = \"log-only\"",
+    );
+    let cases: [(&str, Vec<u8>, Reason); 3] = [
+        (
+            "not TLS",
+            b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+            Reason::NotTls,
+        ),
+        ("hello without SNI", client_hello(None, 0), Reason::NoSni),
+        (
+            "HTTP without Host",
+            b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n".to_vec(),
+            Reason::NoSni,
+        ),
+    ];
+    for (what, payload, reason) in cases {
+        let mut reported = Vec::new();
+        for (mode, text, disposition) in [
+            ("enforce", POLICY_OPENAI, RecDisposition::Blocked),
+            ("log-only", log_only.as_str(), RecDisposition::Detected),
+        ] {
+            let mut h = Harness::new(text);
+            let c = Conn::v4(50500);
+            handshake(&mut h, &c);
+            h.send(&c.data(0, &payload));
+            let d = h.decisions();
+            assert_eq!(d.len(), 1, "{what}, {mode}: {:?}", h.records);
+            assert_eq!(d[0].disposition, disposition, "{what}, {mode}");
+            assert_eq!(d[0].name(), None, "{what}, {mode}");
+            reported.push((d[0].action, d[0].reason, d[0].policy.name.clone()));
+        }
+        assert_eq!(reported[0], reported[1], "{what}: enforce vs log-only");
+        assert_eq!(reported[0].1, reason, "{what}");
+    }
+}
+
+#[test]
 fn idle_flows_expire_with_a_flow_end_record() {
     let mut h = Harness::new(POLICY_OPENAI);
     let c = Conn::v4(51000);
@@ -1037,4 +1077,115 @@ fn held_bytes_are_accounted_exactly_across_holes_and_overlaps() {
     h.pipe.shutdown(h.now, &mut out);
     assert_eq!(h.pipe.active_flows(), 0);
     assert_eq!(h.pipe.stats().held_bytes_now, 0);
+}
+
+fn assert_resets_both(c: &Conn, wire: &[Vec<u8>]) {
+    let r = rsts(wire);
+    assert!(r.iter().any(|r| r.dst == c.client), "client reset: {r:?}");
+    assert!(r.iter().any(|r| r.dst == c.server), "server reset: {r:?}");
+}
+
+fn get(host: &str) -> Vec<u8> {
+    format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn a_later_request_to_a_denied_host_cuts_a_keep_alive_flow() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55000).to_port(80);
+    handshake(&mut h, &c);
+    let first = get("api.openai.com");
+    assert_eq!(h.send(&c.data(0, &first)), Disposition::Held);
+    assert_eq!(client_stream(&c, &h.wire), first, "released");
+    h.send(&c.server_data(0, first.len() as u32, b"HTTP/1.1 200 OK\r\n\r\n"));
+    // The same host again: passes, nothing new is recorded.
+    let again = get("api.openai.com");
+    let off = first.len() as u32;
+    assert_eq!(h.send(&c.data(off, &again)), Disposition::Forward);
+    assert_eq!(h.decisions().len(), 1);
+    // Another permitted host: passes, recorded, the flow keeps its first name.
+    let off = off + again.len() as u32;
+    let other = get("api.anthropic.com");
+    assert_eq!(h.send(&c.data(off, &other)), Disposition::Forward);
+    // A denied host: the request is dropped and both ends are reset.
+    let off = off + other.len() as u32;
+    let before = h.wire.len();
+    let d = h.send(&c.data(off, &get("exfil.attacker.test")));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+    let wire = h.wire.split_off(before);
+    assert_resets_both(&c, &wire);
+    let last = h.decisions().last().copied().expect("record");
+    assert_eq!(last.reason, Reason::HostChanged);
+    assert_eq!(last.action, RecordAction::Denied);
+    assert_eq!(last.name(), Some("exfil.attacker.test"));
+    assert_eq!(
+        h.names(),
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("api.anthropic.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+    assert_eq!(h.pipe.stats().later_requests, 3);
+}
+
+#[test]
+fn a_pipelined_request_is_checked_before_anything_is_released() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55001).to_port(80);
+    handshake(&mut h, &c);
+    // A request with a body, and a second request to a denied host, in one segment.
+    let mut both =
+        b"POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 28\r\n\r\n".to_vec();
+    both.extend_from_slice(b"Host: exfil.attacker.test\r\n");
+    both.extend_from_slice(b"\n");
+    both.extend_from_slice(&get("exfil.attacker.test"));
+    assert_eq!(h.send(&c.data(0, &both)), Disposition::Held);
+    assert!(client_stream(&c, &h.wire).is_empty(), "nothing released");
+    assert_resets_both(&c, &h.wire);
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::HostChanged);
+}
+
+#[test]
+fn request_bodies_are_skipped_not_parsed() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55002).to_port(80);
+    handshake(&mut h, &c);
+    // The body looks like a request to a denied host; it is data, not a request.
+    let body = get("exfil.attacker.test");
+    let mut req = format!(
+        "POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    assert_eq!(h.send(&c.data(0, &req)), Disposition::Held);
+    assert_eq!(client_stream(&c, &h.wire), req);
+    let next = get("api.openai.com");
+    assert_eq!(
+        h.send(&c.data(req.len() as u32, &next)),
+        Disposition::Forward
+    );
+    assert!(rsts(&h.wire).is_empty());
+    assert_eq!(h.decisions().len(), 1);
+}
+
+#[test]
+fn an_ambiguous_later_request_fails_closed() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55003).to_port(80);
+    handshake(&mut h, &c);
+    let first = get("api.openai.com");
+    h.send(&c.data(0, &first));
+    let smuggled =
+        b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nHost: exfil.attacker.test\r\n\r\n".to_vec();
+    let d = h.send(&c.data(first.len() as u32, &smuggled));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::ParseError))
+    );
+    assert_resets_both(&c, &h.wire);
 }

@@ -36,7 +36,8 @@
 //!   dropped and, because the client would otherwise hang, both ends are reset.
 //! - **Log-only mode** never holds, drops or resets anything: flows whose verdict needs a name are
 //!   forwarded and watched like flows decided on the SYN, and their record carries the verdict for
-//!   the name once it is seen (`disposition` Detected when that verdict is not a permit).
+//!   the name once it is seen (`disposition` Detected when that verdict is not a permit), with
+//!   the reason enforcement would give (`no_sni`, `not_tls` for a flow without a name).
 //! - **UDP and other protocols** are decided on the first packet by address and port. UDP 443
 //!   (QUIC) carries no name yet: `no_sni`. A rejected UDP flow answers each packet with an ICMP
 //!   administratively-prohibited error.
@@ -62,9 +63,16 @@
 //! flows the client's handshake records that follow the first ClientHello are watched until the
 //! first ChangeCipherSpec or application-data record: a second ClientHello (after a
 //! HelloRetryRequest, or a duplicate) is parsed; its name is recorded, and when the policy denies
-//! that name the flow is cut (`second_hello`). Flows whose verdict was final on the SYN are
-//! watched the same way without holding anything, so that their records and policy
-//! re-evaluation know the name.
+//! that name the flow is cut (`second_hello`). On plain-HTTP flows every later request head is
+//! parsed the same way (keep-alive, pipelining; a body is skipped by its `Content-Length`): a
+//! Host other than the one the flow was decided on is re-evaluated and recorded, and when the
+//! policy does not permit it the flow is cut (`host_changed`); an ambiguous later head fails
+//! closed (`parse_error`). Requests pipelined with the first are checked before the held
+//! segments are released. The watch stops (and later requests pass unchecked) past the first
+//! [`PipelineConfig::max_held_bytes_per_flow`] bytes of the client stream, after a body framed
+//! by `Transfer-Encoding`, and when the bytes stop being HTTP (a protocol upgrade). Flows whose
+//! verdict was final on the SYN are watched the same way without holding anything, so that
+//! their records and policy re-evaluation know the name.
 //!
 //! [`Pipeline::reevaluate`] re-asks the policy for every decided flow after a policy change, with
 //! the name the flow was decided on; flows now denied are cut with RSTs both ways
@@ -76,6 +84,17 @@
 //! [`PipelineConfig::log_all`]), one more per second ClientHello, and a flow-end record for every
 //! flow whose decision was recorded. Wall-clock times come from the anchor the caller sets with
 //! [`Pipeline::set_clock_anchor`].
+//!
+//! A TCP flow's flow-end record is written when the connection closes: FINs both ways, a RST
+//! that its receiver accepts at once (its sequence number is the sender's next one, or what the
+//! peer acknowledged last: a blind or stale RST does not end the record), or a reset or refusal
+//! by the gateway. Its traffic counts include the packet that closed it. The entry then lingers
+//! for [`IdleTimeouts::tcp_closed`] so that retransmitted FINs, the last ACK and stray segments
+//! still find their flow (and its verdict) instead of opening a new one; what arrives in that
+//! linger is counted nowhere and writes no second record. A client SYN with a new ISN still
+//! starts a new flow on the same ports. Flows the gateway dropped silently (deny), UDP and other
+//! protocols, and TCP flows that go idle, end on their idle timeout; [`Pipeline::shutdown`] ends
+//! the rest.
 
 pub mod flow;
 mod name;
@@ -344,6 +363,8 @@ pub struct PipelineStats {
     pub policy_update_cuts: u64,
     /// Second ClientHellos seen on a flow.
     pub second_hellos: u64,
+    /// HTTP request heads after the first seen on a plain-HTTP flow.
+    pub later_requests: u64,
     /// Packets the gateway built (RSTs, ICMP errors).
     pub generated: u64,
     /// Bytes held now (reassembly and held packets, all flows).
@@ -413,6 +434,8 @@ struct Inspect {
     /// `watching`.
     scan: usize,
     watching: bool,
+    /// `scan` points at the next HTTP request head rather than at a TLS record.
+    http: bool,
     /// After the verdict: stream offset the server must acknowledge before the bytes are freed.
     guard_end: u32,
 }
@@ -426,6 +449,7 @@ impl Inspect {
             started: None,
             scan: 0,
             watching: false,
+            http: false,
             guard_end: 0,
         }
     }
@@ -456,6 +480,9 @@ struct TcpTrack {
     fin_client: bool,
     fin_server: bool,
     rst: bool,
+    /// A RST whose sequence number the receiver accepts at once (the sender's next sequence
+    /// number, or what its peer acknowledged last) was seen.
+    rst_exact: bool,
 }
 
 #[derive(Debug)]
@@ -479,6 +506,12 @@ struct Flow {
     logged: bool,
     /// Why the gateway ended the flow (reset or blocked).
     cut_reason: Option<Reason>,
+    /// The TCP connection closed and its flow-end record (if any) was written: the entry only
+    /// lingers for stray packets, which are counted nowhere.
+    ended: bool,
+    /// Log-only passed the SYN although the verdict needed the name: the name (or its absence)
+    /// decides the recorded reason as it would have under enforcement.
+    name_decides: bool,
 }
 
 /// Time mapping from the caller's monotonic clock to wall-clock epoch milliseconds.
@@ -652,6 +685,7 @@ impl Pipeline {
                 if let Some(dl) = self.ctx.inspect_deadline(flow) {
                     if dl <= now {
                         self.ctx.fail_closed(now, flow, Reason::InspectTimeout, out);
+                        self.ctx.end_if_closed(now, flow, out);
                         self.ctx.arm(id, flow);
                         continue;
                     }
@@ -718,6 +752,7 @@ impl Pipeline {
             self.ctx.emit_decision(now, flow, &policy, out);
             self.ctx.reset(flow, true, true, out);
             self.ctx.set_state(flow, State::Cut, reason);
+            self.ctx.end_if_closed(now, flow, out);
             self.ctx.arm(id, flow);
         }
     }
@@ -737,29 +772,8 @@ impl Pipeline {
         self.ctx.stats.flows_expired += 1;
         self.ctx.drop_inspect(&mut flow);
         let policy = self.ctx.policy.load_full();
-        if flow.record_pending {
-            self.ctx.emit_decision(now, &mut flow, &policy, out);
-        }
-        if flow.logged {
-            let why = if flow.cut_reason.is_some() {
-                EndReason::Cut
-            } else if flow.tcp.rst {
-                EndReason::Rst
-            } else if flow.tcp.fin_client && flow.tcp.fin_server {
-                EndReason::Fin
-            } else {
-                why
-            };
-            let mut r = self.ctx.base_record(now, &flow, &policy, Activity::Close);
-            r.traffic = Some(flow.traffic);
-            let start = self.ctx.clock.epoch_ms(flow.start);
-            let end = self.ctx.clock.epoch_ms(flow.last_seen);
-            r.start_time = Some(start);
-            r.end_time = Some(end);
-            r.time = end;
-            r.duration = Some(end.saturating_sub(start));
-            r.end_reason = Some(why);
-            out.records.push(r);
+        if !flow.ended {
+            self.ctx.end_flow(now, &mut flow, &policy, why, out);
         }
     }
 
@@ -941,7 +955,11 @@ impl Pipeline {
             self.expire(now, id, EndReason::Shutdown, out);
             return self.tcp_new(now, key, side, p, seg, meta, out);
         }
-        flow.count(side, p.packet.len() as u64, now);
+        if flow.ended {
+            flow.last_seen = now;
+        } else {
+            flow.count(side, p.packet.len() as u64, now);
+        }
         let before = (
             flow.tcp.fin_client,
             flow.tcp.fin_server,
@@ -951,6 +969,7 @@ impl Pipeline {
         let d = self
             .ctx
             .tcp_existing(now, flow, from_client, p, seg, meta, out);
+        self.ctx.end_if_closed(now, flow, out);
         let after = (
             flow.tcp.fin_client,
             flow.tcp.fin_server,
@@ -1017,6 +1036,7 @@ impl Pipeline {
             // Log-only never holds traffic: the flow passes and is watched; its record is
             // written with the verdict for the name once the name is seen.
             decision = SynDecision::Final(policy.evaluate(&q));
+            flow.name_decides = true;
         }
         if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
             // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
@@ -1143,6 +1163,7 @@ impl Pipeline {
                 }
             },
         };
+        self.ctx.end_if_closed(now, flow, out);
         self.ctx.arm(id, flow);
         d
     }
@@ -1174,6 +1195,8 @@ impl Flow {
             record_pending: false,
             logged: false,
             cut_reason: None,
+            ended: false,
+            name_decides: false,
         }
     }
 
@@ -1194,6 +1217,18 @@ impl Flow {
         let closed = self.tcp.rst || (self.tcp.fin_client && self.tcp.fin_server);
         let new_isn = self.tcp.synced && seq.wrapping_add(1) != self.tcp.base;
         (closed || new_isn) && !matches!(self.state, State::Blocked | State::Cut)
+    }
+
+    /// True when the TCP connection is over for both ends: FINs both ways, a RST either end
+    /// accepts, or a reset or refusal by the gateway. A flow still under inspection is not over:
+    /// after a client RST its ports are inspected afresh.
+    fn closed(&self) -> bool {
+        self.proto == 6
+            && self.state != State::Inspecting
+            && (self.tcp.rst_exact
+                || (self.tcp.fin_client && self.tcp.fin_server)
+                || self.state == State::Cut
+                || (self.state == State::Blocked && self.enforced() == Some(Action::Reject)))
     }
 
     fn enforced(&self) -> Option<Action> {
@@ -1231,6 +1266,42 @@ fn flow_query<'a>(flow: &Flow, name: Option<&'a str>) -> Query<'a> {
         transport,
         dst_port: flow.server.port(),
         name,
+    }
+}
+
+/// The name a parse found, or the reason there is none.
+fn found_name(found: &Found) -> (Option<(String, NameKind)>, Option<Reason>) {
+    match found {
+        Found::Tls {
+            name: Some(n), ech, ..
+        } => (Some((n.clone(), NameKind::Sni { ech: *ech })), None),
+        Found::Tls { name: None, .. } => (None, Some(Reason::NoSni)),
+        Found::Http { host: Some(h), .. } => (Some((h.clone(), NameKind::Host)), None),
+        Found::Http { host: None, .. } => (None, Some(Reason::NoSni)),
+        Found::NotTls => (None, Some(Reason::NotTls)),
+        Found::Malformed | Found::Incomplete => (None, Some(Reason::ParseError)),
+    }
+}
+
+/// The reason of a verdict given on a name or its absence: a flow without a name that is not
+/// permitted by a rule says why it has no name. Under log-only the action enforcement would have
+/// taken counts (the reported action, unless a watch rule reported it).
+fn found_reason(policy: &CompiledPolicy, v: &Verdict, reason_if_none: Option<Reason>) -> Reason {
+    let would_block = v.effective_action != Action::Permit
+        || (policy.mode() == Mode::LogOnly
+            && v.rule == v.effective_rule
+            && v.action != Action::Permit);
+    match reason_if_none {
+        Some(r) if would_block || v.effective_rule == RuleRef::Default => r,
+        _ => rule_reason(v),
+    }
+}
+
+/// Where a watch looks next, and whether for an HTTP request (else a TLS record).
+fn watch_target(w: name::Watch) -> (usize, bool) {
+    match w {
+        name::Watch::Tls(at) => (at, false),
+        name::Watch::Http(at) => (at, true),
     }
 }
 
@@ -1302,6 +1373,57 @@ fn seq_gt(a: u32, b: u32) -> bool {
 }
 
 impl Ctx {
+    /// Writes the flow's pending decision and its flow-end record (when its decision was
+    /// recorded), once: later packets of the flow are counted nowhere.
+    fn end_flow(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        why: EndReason,
+        out: &mut Output,
+    ) {
+        if flow.ended {
+            return;
+        }
+        flow.ended = true;
+        if flow.record_pending {
+            self.emit_decision(now, flow, policy, out);
+        }
+        if !flow.logged {
+            return;
+        }
+        let why = if flow.cut_reason.is_some()
+            || (flow.state == State::Blocked && flow.enforced() == Some(Action::Reject))
+        {
+            EndReason::Cut
+        } else if flow.tcp.rst {
+            EndReason::Rst
+        } else if flow.tcp.fin_client && flow.tcp.fin_server {
+            EndReason::Fin
+        } else {
+            why
+        };
+        let mut r = self.base_record(now, flow, policy, Activity::Close);
+        r.traffic = Some(flow.traffic);
+        let start = self.clock.epoch_ms(flow.start);
+        let end = self.clock.epoch_ms(flow.last_seen);
+        r.start_time = Some(start);
+        r.end_time = Some(end);
+        r.time = end;
+        r.duration = Some(end.saturating_sub(start));
+        r.end_reason = Some(why);
+        out.records.push(r);
+    }
+
+    /// Ends a TCP flow that just closed; see [`Flow::closed`].
+    fn end_if_closed(&mut self, now: Instant, flow: &mut Flow, out: &mut Output) {
+        if !flow.ended && flow.closed() {
+            let policy = self.policy.load_full();
+            self.end_flow(now, flow, &policy, EndReason::Fin, out);
+        }
+    }
+
     fn must_log(&self, v: &Verdict) -> bool {
         // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the
         // default (a flow no rule covers is a gap in the policy worth seeing).
@@ -1494,6 +1616,14 @@ impl Ctx {
         let flags = seg.flags;
         if flags.rst() {
             flow.tcp.rst = true;
+            let (next, peer_ack) = if from_client {
+                (Some(flow.tcp.client_next), flow.tcp.server_ack)
+            } else {
+                (flow.tcp.server_next, flow.tcp.client_ack)
+            };
+            if next == Some(seg.seq) || peer_ack == Some(seg.seq) {
+                flow.tcp.rst_exact = true;
+            }
         }
         if from_client {
             if flags.fin() {
@@ -1517,7 +1647,8 @@ impl Ctx {
                 flow.tcp.synack_seen = true;
             }
             let end = seg.seq.wrapping_add(seg.seq_len());
-            if flow.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
+            // A RST carries no data and may be blind: it never moves the tracked sequence.
+            if !flags.rst() && flow.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
                 flow.tcp.server_next = Some(end);
             }
             if flags.ack() {
@@ -1557,7 +1688,7 @@ impl Ctx {
                         }
                     }
                     let end = seg.seq.wrapping_add(seg.seq_len());
-                    if seq_gt(end, flow.tcp.client_next) {
+                    if !flags.rst() && seq_gt(end, flow.tcp.client_next) {
                         flow.tcp.client_next = end;
                     }
                 } else if flow.inspect.is_some() {
@@ -1581,6 +1712,7 @@ impl Ctx {
                         self.drop_inspect(flow);
                         flow.inspect =
                             Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
+                        flow.tcp.rst_exact = false;
                     }
                     return Disposition::Forward;
                 }
@@ -1678,6 +1810,14 @@ impl Ctx {
         insp.held_packet_bytes = 0;
         match action {
             Action::Permit => {
+                // Whatever else the held bytes hold (a pipelined request, another hello) is
+                // checked before anything is released.
+                self.start_watch(&mut insp, found);
+                flow.inspect = Some(insp);
+                self.scan_hellos(now, flow, policy, out);
+                if flow.state != State::Forwarding {
+                    return;
+                }
                 let mut held = held;
                 held.sort_by_key(|h| (h.offset, h.len));
                 held.dedup_by_key(|h| (h.offset, h.len, h.fin));
@@ -1695,8 +1835,6 @@ impl Ctx {
                         meta: h.meta,
                     });
                 }
-                self.start_watch(&mut insp, found);
-                flow.inspect = Some(insp);
             }
             Action::Reject => {
                 self.account(-(insp.buf.clear() as isize));
@@ -1714,8 +1852,8 @@ impl Ctx {
         insp.started = None;
         insp.guard_end = insp.buf.contiguous().len() as u32;
         match name::watch_from(found) {
-            Some(end) => {
-                insp.scan = end;
+            Some(w) => {
+                (insp.scan, insp.http) = watch_target(w);
                 insp.watching = true;
             }
             None => insp.watching = false,
@@ -1732,26 +1870,10 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) -> Action {
-        let (name, reason_if_none) = match found {
-            Found::Tls {
-                name: Some(n), ech, ..
-            } => (Some((n.clone(), NameKind::Sni { ech: *ech })), None),
-            Found::Tls { name: None, .. } => (None, Some(Reason::NoSni)),
-            Found::Http { host: Some(h), .. } => (Some((h.clone(), NameKind::Host)), None),
-            Found::Http { host: None, .. } => (None, Some(Reason::NoSni)),
-            Found::NotTls => (None, Some(Reason::NotTls)),
-            Found::Malformed | Found::Incomplete => (None, Some(Reason::ParseError)),
-        };
+        let (name, reason_if_none) = found_name(found);
         let q = flow_query(flow, name.as_ref().map(|(n, _)| n.as_str()));
         let v = policy.evaluate(&q);
-        let reason = match reason_if_none {
-            Some(r)
-                if v.effective_action != Action::Permit || v.effective_rule == RuleRef::Default =>
-            {
-                r
-            }
-            _ => rule_reason(&v),
-        };
+        let reason = found_reason(policy, &v, reason_if_none);
         flow.decision = Some(Decision {
             verdict: Some(v),
             enforced: v.effective_action,
@@ -1863,7 +1985,8 @@ impl Ctx {
             self.scan_hellos(now, flow, policy, out);
         }
         if flow.state != State::Forwarding {
-            return Disposition::Drop(DropReason::FailClosed(Reason::SecondHello));
+            let reason = flow.cut_reason.unwrap_or(Reason::SecondHello);
+            return Disposition::Drop(DropReason::FailClosed(reason));
         }
         self.finish_watch_if_done(now, flow, policy, out);
         Disposition::Forward
@@ -1891,7 +2014,7 @@ impl Ctx {
                     Found::Incomplete => return,
                     found => {
                         match name::watch_from(&found) {
-                            Some(end) => insp.scan = end,
+                            Some(w) => (insp.scan, insp.http) = watch_target(w),
                             None => insp.watching = false,
                         }
                         self.first_name_observed(now, flow, &found, policy, out);
@@ -1900,6 +2023,42 @@ impl Ctx {
                 }
             }
             let rest = &bytes[insp.scan.min(bytes.len())..];
+            if insp.http {
+                if insp.scan >= bytes.len() {
+                    return;
+                }
+                match name::classify_request(rest) {
+                    Found::Incomplete => return,
+                    found @ Found::Http { .. } => {
+                        match name::watch_from(&found) {
+                            Some(w) => {
+                                let (next, http) = watch_target(w);
+                                insp.scan = insp.scan.saturating_add(next);
+                                insp.http = http;
+                            }
+                            None => insp.watching = false,
+                        }
+                        self.later_request(now, flow, &found, policy, out);
+                        if flow.state != State::Forwarding {
+                            return;
+                        }
+                    }
+                    Found::Malformed => {
+                        // An ambiguous head (conflicting Host fields, a Host that contradicts
+                        // the target, line folding) after the first: fail closed as on the
+                        // first request.
+                        insp.watching = false;
+                        self.fail_closed(now, flow, Reason::ParseError, out);
+                        return;
+                    }
+                    _ => {
+                        // Not HTTP any more (a protocol upgrade): nothing more to watch.
+                        insp.watching = false;
+                        return;
+                    }
+                }
+                continue;
+            }
             if rest.len() < 5 {
                 return;
             }
@@ -1949,20 +2108,20 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) {
-        let name = match found {
-            Found::Tls {
-                name: Some(n), ech, ..
-            } => Some((n.clone(), NameKind::Sni { ech: *ech })),
-            Found::Http { host: Some(h), .. } => Some((h.clone(), NameKind::Host)),
-            _ => None,
-        };
+        let (name, reason_if_none) = found_name(found);
         // The verdict for the name: the same as the SYN's when it was final under this policy;
-        // under log-only it is the verdict the record reports.
+        // under log-only it is the verdict the record reports, with the reason enforcement
+        // would have given.
         let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        let reason = if flow.name_decides {
+            found_reason(policy, &v, reason_if_none)
+        } else {
+            rule_reason(&v)
+        };
         flow.decision = Some(Decision {
             verdict: Some(v),
             enforced: v.effective_action,
-            reason: rule_reason(&v),
+            reason,
             version: policy.version(),
             name: name.map(|(n, k)| (n.into_boxed_str(), k)),
         });
@@ -1995,6 +2154,60 @@ impl Ctx {
         let Found::Tls { name, ech, .. } = found else {
             return;
         };
+        let kind = NameKind::Sni { ech: *ech };
+        self.later_name(
+            now,
+            flow,
+            name.clone(),
+            kind,
+            Reason::SecondHello,
+            policy,
+            out,
+        );
+    }
+
+    /// A later HTTP request on a permitted plain-HTTP flow (keep-alive, pipelining): a Host other
+    /// than the one the flow was decided on is re-evaluated, and the flow is cut when the policy
+    /// does not permit it.
+    fn later_request(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let Found::Http { host, .. } = found else {
+            return;
+        };
+        self.stats.later_requests += 1;
+        if host.as_deref() == flow.name() {
+            return;
+        }
+        self.later_name(
+            now,
+            flow,
+            host.clone(),
+            NameKind::Host,
+            Reason::HostChanged,
+            policy,
+            out,
+        );
+    }
+
+    /// Another name on a permitted flow: record it; cut the flow (`reason`) if the policy denies
+    /// it. The flow keeps its first name when both are permitted.
+    #[allow(clippy::too_many_arguments)]
+    fn later_name(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        name: Option<String>,
+        kind: NameKind,
+        deny_reason: Reason,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
         let q = flow_query(flow, name.as_deref());
         let v = policy.evaluate(&q);
         let first = flow
@@ -2003,19 +2216,13 @@ impl Ctx {
             .and_then(|d| d.name.as_ref())
             .map(|(n, _)| n.clone());
         let denied = v.effective_action != Action::Permit;
-        let reason = if denied {
-            Reason::SecondHello
-        } else {
-            rule_reason(&v)
-        };
+        let reason = if denied { deny_reason } else { rule_reason(&v) };
         let decision = Decision {
             verdict: Some(v),
             enforced: v.effective_action,
             reason,
             version: policy.version(),
-            name: name
-                .clone()
-                .map(|n| (n.into_boxed_str(), NameKind::Sni { ech: *ech })),
+            name: name.map(|n| (n.into_boxed_str(), kind)),
         };
         let previous = flow.decision.replace(decision);
         let log = self.must_log(&v) || flow.logged;
@@ -2025,7 +2232,7 @@ impl Ctx {
         if denied {
             self.stats.fail_closed += 1;
             self.reset(flow, true, true, out);
-            self.set_state(flow, State::Cut, Reason::SecondHello);
+            self.set_state(flow, State::Cut, deny_reason);
         } else if first.is_some() {
             // Keep the first name as the flow's name for re-evaluation; both were allowed.
             flow.decision = previous;

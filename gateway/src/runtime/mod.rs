@@ -67,7 +67,7 @@ pub enum RuntimeError {
 }
 
 /// Every decision-record reason this build knows, for metric labels.
-pub const DECISION_REASONS: [Reason; 15] = [
+pub const DECISION_REASONS: [Reason; 16] = [
     Reason::Rule,
     Reason::Default,
     Reason::NoSni,
@@ -83,6 +83,7 @@ pub const DECISION_REASONS: [Reason; 15] = [
     Reason::FragmentedHeader,
     Reason::BadChecksum,
     Reason::SecondHello,
+    Reason::HostChanged,
 ];
 
 /// The label vocabularies of this build: decision reasons, and drop reasons (the pipeline's

@@ -296,6 +296,10 @@ pub struct TapPacket {
     pub syn: bool,
     pub fin: bool,
     pub rst: bool,
+    /// TCP payload bytes (a GSO packet counts all of its segments').
+    pub payload: u64,
+    /// The MSS option, on SYNs.
+    pub mss: Option<u16>,
 }
 
 /// A packet capture (AF_PACKET, both directions) inside a namespace, for counting what really
@@ -354,6 +358,11 @@ impl Tap {
                         syn: t.syn(),
                         fin: t.fin(),
                         rst: t.rst(),
+                        payload: t.payload().len() as u64,
+                        mss: t.options_iterator().find_map(|o| match o {
+                            Ok(etherparse::TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+                            _ => None,
+                        }),
                     });
                 }
             }
@@ -376,20 +385,59 @@ impl Tap {
     }
 }
 
-/// (bytes_out, packets_out, bytes_in, packets_in) of the flow client <-> server in a capture.
+/// The client's first flight on a TCP flow in a capture: (packets, payload bytes) the client
+/// sent before the server's first byte of data, and the segment size both ends allow (the
+/// smaller MSS of the SYN and the SYN-ACK).
+pub fn first_flight(
+    pkts: &[TapPacket],
+    client: SocketAddr,
+    server: SocketAddr,
+) -> (u64, u64, Option<u16>) {
+    let mut t = (0, 0, None::<u16>);
+    for p in pkts {
+        let ours = (p.src, p.dst) == (client, server) || (p.src, p.dst) == (server, client);
+        if ours && p.syn {
+            if let Some(m) = p.mss {
+                t.2 = Some(t.2.map_or(m, |x| x.min(m)));
+            }
+        }
+    }
+    for p in pkts {
+        if p.src == server && p.dst == client && p.payload > 0 {
+            break;
+        }
+        if p.src == client && p.dst == server && p.payload > 0 {
+            t.0 += 1;
+            t.1 += p.payload;
+        }
+    }
+    t
+}
+
+/// (bytes_out, packets_out, bytes_in, packets_in) of the TCP flow client <-> server in a
+/// capture, up to and including the packet that closed it (the second FIN, or a RST): the
+/// gateway writes the flow-end record then, and counts nothing after it.
 pub fn tap_traffic(
     pkts: &[TapPacket],
     client: SocketAddr,
     server: SocketAddr,
 ) -> (u64, u64, u64, u64) {
     let mut t = (0, 0, 0, 0);
+    let (mut fin_out, mut fin_in) = (false, false);
     for p in pkts {
         if p.src == client && p.dst == server {
             t.0 += p.ip_len;
             t.1 += 1;
+            fin_out |= p.fin;
         } else if p.src == server && p.dst == client {
             t.2 += p.ip_len;
             t.3 += 1;
+            fin_in |= p.fin;
+        } else {
+            continue;
+        }
+        if p.rst || (fin_out && fin_in) {
+            break;
         }
     }
     t
