@@ -77,6 +77,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason this build emits (all but `Unknown`), e.g. for metric label vocabularies.
+    pub const KNOWN: [Reason; 16] = [
+        Reason::Rule,
+        Reason::Default,
+        Reason::NoSni,
+        Reason::NotTls,
+        Reason::ParseError,
+        Reason::InspectTimeout,
+        Reason::InspectOverflow,
+        Reason::MemoryPressure,
+        Reason::FlowLimit,
+        Reason::PolicyUpdate,
+        Reason::Midstream,
+        Reason::AmbiguousOverlap,
+        Reason::FragmentedHeader,
+        Reason::BadChecksum,
+        Reason::SecondHello,
+        Reason::HostChanged,
+    ];
+
     /// The `snake_case` name, as serialised and used as a metrics label.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -481,24 +501,7 @@ mod tests {
 
     #[test]
     fn reason_names_match_serde() {
-        for r in [
-            Reason::Rule,
-            Reason::Default,
-            Reason::NoSni,
-            Reason::NotTls,
-            Reason::ParseError,
-            Reason::InspectTimeout,
-            Reason::InspectOverflow,
-            Reason::MemoryPressure,
-            Reason::FlowLimit,
-            Reason::PolicyUpdate,
-            Reason::Midstream,
-            Reason::AmbiguousOverlap,
-            Reason::FragmentedHeader,
-            Reason::BadChecksum,
-            Reason::SecondHello,
-            Reason::HostChanged,
-        ] {
+        for r in Reason::KNOWN {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }

@@ -66,30 +66,10 @@ pub enum RuntimeError {
     WorkerFailed(usize),
 }
 
-/// Every decision-record reason this build knows, for metric labels.
-pub const DECISION_REASONS: [Reason; 16] = [
-    Reason::Rule,
-    Reason::Default,
-    Reason::NoSni,
-    Reason::NotTls,
-    Reason::ParseError,
-    Reason::InspectTimeout,
-    Reason::InspectOverflow,
-    Reason::MemoryPressure,
-    Reason::FlowLimit,
-    Reason::PolicyUpdate,
-    Reason::Midstream,
-    Reason::AmbiguousOverlap,
-    Reason::FragmentedHeader,
-    Reason::BadChecksum,
-    Reason::SecondHello,
-    Reason::HostChanged,
-];
-
 /// The label vocabularies of this build: decision reasons, and drop reasons (the pipeline's
 /// kinds, with the fail-closed kinds broken out by their reason).
 pub fn vocabulary() -> Vocabulary {
-    let decision_reasons: Vec<&'static str> = DECISION_REASONS.iter().map(|r| r.as_str()).collect();
+    let decision_reasons: Vec<&'static str> = Reason::KNOWN.iter().map(|r| r.as_str()).collect();
     let mut drop_reasons: Vec<&'static str> = DropReason::ALL
         .iter()
         .filter(|d| !matches!(d, DropReason::FailClosed(_)))
@@ -341,7 +321,7 @@ mod tests {
     #[test]
     fn vocabulary_is_bounded_and_covers_every_reason() {
         let v = vocabulary();
-        for r in DECISION_REASONS {
+        for r in Reason::KNOWN {
             assert_ne!(
                 v.decision_reason(r.as_str()),
                 v.decision_reason("no-such-reason")
