@@ -34,6 +34,13 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9108";
 pub const DEFAULT_ROUTE_TABLE: u32 = 100;
 /// Default priority of the `ip rule`s (after the local table, which sits at 0).
 pub const DEFAULT_RULE_PRIORITY: u32 = 100;
+/// Default busy-polling window of a worker, in microseconds: long enough to span the round
+/// trip of a request and its answer through the gateway, so an interactive exchange does not
+/// pay a thread wake-up per packet.
+pub const DEFAULT_BUSY_POLL_US: u32 = 200;
+/// Upper bound of `gateway.busy_poll_us`: a worker that spins longer than this after the last
+/// packet spends its CPU on nothing.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
 /// Default MTU of the TUN when none of the listed interfaces can be read.
 pub const DEFAULT_MTU: u32 = 1500;
 
@@ -83,6 +90,11 @@ pub struct GatewaySection {
     /// Priority of the diversion rules.
     #[serde(default = "default_rule_priority")]
     pub rule_priority: u32,
+    /// Microseconds a worker keeps reading its queue after the last packet before it sleeps:
+    /// lower latency for traffic that comes in bursts, at the price of CPU while it spins.
+    /// 0 disables busy polling.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u32,
 }
 
 /// `[policy]`
@@ -258,6 +270,9 @@ fn default_route_table() -> u32 {
 fn default_rule_priority() -> u32 {
     DEFAULT_RULE_PRIORITY
 }
+fn default_busy_poll_us() -> u32 {
+    DEFAULT_BUSY_POLL_US
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bulkhead")
 }
@@ -418,6 +433,12 @@ impl Config {
                 "gateway.rule_priority = {}: must be between 2 and 32765 (after the local table, \
                  before main; the priority just before it holds the link-local bypass rules)",
                 g.rule_priority
+            ));
+        }
+        if g.busy_poll_us > MAX_BUSY_POLL_US {
+            errors.push(format!(
+                "gateway.busy_poll_us = {}: must be at most {MAX_BUSY_POLL_US} (0 disables busy polling)",
+                g.busy_poll_us
             ));
         }
         if self.policy.state_dir.as_os_str().is_empty() {
@@ -619,6 +640,7 @@ listen = "127.0.0.1:9108"
         assert!(!c.gateway.manage_routing);
         assert_eq!(c.gateway.route_table, DEFAULT_ROUTE_TABLE);
         assert_eq!(c.gateway.rule_priority, DEFAULT_RULE_PRIORITY);
+        assert_eq!(c.gateway.busy_poll_us, DEFAULT_BUSY_POLL_US);
         assert!(c.queues() >= 1);
         assert_eq!(
             c.policy.file.unwrap(),
@@ -681,7 +703,7 @@ listen = "127.0.0.1:9108"
     fn every_semantic_error_is_reported_at_once() {
         let err = parse(
             "[gateway]\nid = \"\"\ntun = \"a/b\"\nqueues = 0\nmanage_routing = true\n\
-             route_table = 254\nrule_priority = 0\n[limits]\nflow_capacity = 0\n\
+             route_table = 254\nrule_priority = 0\nbusy_poll_us = 10001\n[limits]\nflow_capacity = 0\n\
              [log]\nkeep_files = 0\n",
         )
         .unwrap_err();
@@ -696,12 +718,13 @@ listen = "127.0.0.1:9108"
             "manage_routing",
             "route_table",
             "rule_priority",
+            "busy_poll_us",
             "flow_capacity",
             "keep_files",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
-        assert_eq!(errors.len(), 8);
+        assert_eq!(errors.len(), 9);
         assert!(text
             .lines()
             .all(|l| l.starts_with("/etc/bulkhead/gateway.toml: error: ")));

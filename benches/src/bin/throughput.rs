@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release -p bulkhead-gateway -p bulkhead-benches
 //! sudo target/release/throughput [--seconds N] [--tls-seconds N] [--round-trips N] [--rules N]
-//!     [--queues N] [--bulkhead PATH] [--out FILE]
+//!     [--queues N] [--busy-poll-us N] [--bulkhead PATH] [--out FILE]
 //! target/release/throughput [--rules N] --write-policy FILE   # only write the generated policy
 //! ```
 
@@ -37,6 +37,7 @@ fn run() -> anyhow::Result<()> {
             "--round-trips" => opts.round_trips = value("--round-trips")?.parse()?,
             "--rules" => opts.rules = value("--rules")?.parse()?,
             "--queues" => opts.queues = value("--queues")?.parse()?,
+            "--busy-poll-us" => opts.busy_poll_us = Some(value("--busy-poll-us")?.parse()?),
             "--bulkhead" => opts.bulkhead = Some(PathBuf::from(value("--bulkhead")?)),
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--write-policy" => {
@@ -50,7 +51,7 @@ fn run() -> anyhow::Result<()> {
             "-h" | "--help" => {
                 println!(
                     "usage: throughput [--seconds N] [--tls-seconds N] [--round-trips N] \
-                     [--rules N] [--queues N] [--bulkhead PATH] [--out FILE] [--write-policy FILE]"
+                     [--rules N] [--queues N] [--busy-poll-us N] [--bulkhead PATH] [--out FILE] [--write-policy FILE]"
                 );
                 return Ok(());
             }

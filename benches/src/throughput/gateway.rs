@@ -18,12 +18,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `bulkhead run` with `policy` and `queues` TUN queues, and returns once it is
-    /// ready (its `/readyz` answers and the TUN device is up).
-    pub fn start(lab: &Lab, binary: &Path, policy: &str, queues: u16) -> anyhow::Result<Gateway> {
+    /// Starts `bulkhead run` with `policy`, the TUN queues and busy polling of `opts`, and
+    /// returns once it is ready (its `/readyz` answers and the TUN device is up).
+    pub fn start(
+        lab: &Lab,
+        binary: &Path,
+        policy: &str,
+        opts: &super::Options,
+    ) -> anyhow::Result<Gateway> {
         let mut spec = GatewaySpec::new(binary, policy);
         spec.id = "throughput".to_owned();
-        spec.queues = queues.max(1);
+        spec.queues = opts.queues.max(1);
+        spec.busy_poll_us = opts.busy_poll_us;
         spec.ready_timeout = Duration::from_secs(30);
         let process = GatewayProcess::start(lab, &spec).context("starting bulkhead run")?;
         let earlier_records = process.records().map_or(0, |r| r.len());

@@ -119,6 +119,8 @@ pub struct Options {
     pub rules: usize,
     /// TUN queues (workers) of the gateway.
     pub queues: u16,
+    /// `[gateway] busy_poll_us` of the gateway; `None`: its default.
+    pub busy_poll_us: Option<u32>,
     /// The `bulkhead` binary; default: next to this executable.
     pub bulkhead: Option<PathBuf>,
 }
@@ -134,6 +136,7 @@ impl Default for Options {
             queues: std::thread::available_parallelism()
                 .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
                 .unwrap_or(1),
+            busy_poll_us: None,
             bulkhead: None,
         }
     }
@@ -195,7 +198,7 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
                 } else {
                     large.clone()
                 };
-                match gateway::Gateway::start(&lab, &bulkhead, &text, opts.queues) {
+                match gateway::Gateway::start(&lab, &bulkhead, &text, opts) {
                     Ok(gw) => {
                         let r = bench.measure(setup)?;
                         match gw.stop() {

@@ -31,6 +31,8 @@ pub struct GatewaySpec {
     pub policy: String,
     /// How long to wait for `/readyz`.
     pub ready_timeout: Duration,
+    /// `[gateway] busy_poll_us`; `None` leaves the default.
+    pub busy_poll_us: Option<u32>,
     /// Appended to the generated gateway.toml (e.g. a `[limits]` table).
     pub extra_toml: String,
 }
@@ -44,6 +46,7 @@ impl GatewaySpec {
             queues: 1,
             policy: policy.to_owned(),
             ready_timeout: Duration::from_secs(20),
+            busy_poll_us: None,
             extra_toml: String::new(),
         }
     }
@@ -76,11 +79,14 @@ pub fn gateway_toml(
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n\n\
+        "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n{busy}\n\
          [policy]\nfile = {p:?}\nstate_dir = {s:?}\n\n\
          [log]\ndecisions = {d:?}\n\n\
          [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{extra}",
         extra = spec.extra_toml,
+        busy = spec
+            .busy_poll_us
+            .map_or_else(String::new, |us| format!("busy_poll_us = {us}\n")),
         id = spec.id,
         q = spec.queues,
         p = policy.display().to_string(),

@@ -230,6 +230,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
             vocab: vocab.clone(),
             wake: wake.clone(),
             stop: stop.clone(),
+            busy_poll: std::time::Duration::from_micros(u64::from(config.gateway.busy_poll_us)),
         };
         let notice = notices.notice(index);
         let spawned = std::thread::Builder::new()

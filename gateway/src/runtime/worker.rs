@@ -9,9 +9,17 @@
 //! 2. when the policy store's version moved, `reevaluate` (flows the new policy denies are cut);
 //! 3. run due timers (`handle_timeout`);
 //! 4. publish the counters (at most every [`PUBLISH_EVERY`]);
-//! 5. when the queue ran dry, sleep in `poll` until a packet, the stop signal, the next pipeline
-//!    deadline or [`IDLE_TICK`], whichever is first. The tick bounds how late an idle worker sees
-//!    a new policy.
+//! 5. when the queue ran dry, keep reading while the last packet is less than the busy-polling
+//!    window old (`[gateway] busy_poll_us`), yielding the CPU between reads; past the window,
+//!    sleep in `poll` until a packet, the stop signal, the next pipeline deadline or
+//!    [`IDLE_TICK`], whichever is first. The tick bounds how late an idle worker sees a new
+//!    policy.
+//!
+//! Why busy polling: a sleeping worker is woken by the kernel for each packet of a quiet flow
+//! (a request, then its answer a few tens of microseconds later), and on a virtual machine that
+//! wake-up, often of an idle vCPU, costs more than everything the gateway does with the packet.
+//! A worker that saw a packet a moment ago is likely to see the next one soon; past the window
+//! it sleeps, so an idle gateway costs no CPU (`tests/e2e_busy_poll.rs`).
 //!
 //! Blocking threads with `poll` rather than tokio tasks: the loop does one system call per packet
 //! and nothing else asynchronous, so a reactor adds only overhead (and on two cores, a thread hop).
@@ -50,6 +58,9 @@ pub struct Worker {
     pub vocab: Vocabulary,
     pub wake: Arc<WakeFd>,
     pub stop: Arc<AtomicBool>,
+    /// How long a worker whose queue ran dry keeps reading before it sleeps (zero: sleep at
+    /// once). See [`Worker::run`].
+    pub busy_poll: Duration,
 }
 
 /// Why a worker stopped.
@@ -79,12 +90,17 @@ impl Worker {
         let mut last_anchor = start;
         let mut last_publish = start;
         let capacity = self.pipeline.config().flow_capacity as u64;
+        let mut last_packet = start;
         let result = loop {
             let mut drained = false;
+            let mut last_packet_seen = false;
             let mut failure = None;
             for _ in 0..BATCH {
                 match self.queue.read(&mut buf) {
-                    Ok(n) => self.packet(&buf[..n], &mut out, &mut local),
+                    Ok(n) => {
+                        self.packet(&buf[..n], &mut out, &mut local);
+                        last_packet_seen = true;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         drained = true;
                         break;
@@ -108,6 +124,12 @@ impl Worker {
                 drained = true;
             }
             let now = Instant::now();
+            if last_packet_seen {
+                last_packet = now;
+            }
+            // Busy polling: a queue that carried traffic a moment ago is read again at once
+            // instead of sleeping, because waking a sleeping thread costs more than the packet.
+            let spinning = drained && now.duration_since(last_packet) < self.busy_poll;
             let version = self.store.version();
             if version != seen_version {
                 seen_version = version;
@@ -118,7 +140,7 @@ impl Worker {
                 self.pipeline.handle_timeout(now, &mut out);
                 self.emit(&mut out, &mut local);
             }
-            if now.duration_since(last_publish) >= PUBLISH_EVERY || drained {
+            if now.duration_since(last_publish) >= PUBLISH_EVERY || (drained && !spinning) {
                 let s = self.pipeline.stats();
                 local.set_flow_state(
                     self.pipeline.active_flows() as u64,
@@ -136,7 +158,11 @@ impl Worker {
             if self.stop.load(Ordering::Acquire) {
                 break Ok(());
             }
-            if drained {
+            if spinning {
+                // Let a thread this one just woke (the receiver of the packet it wrote) run
+                // first when it shares the CPU.
+                std::thread::yield_now();
+            } else if drained {
                 let timeout = match self.pipeline.next_timeout() {
                     Some(t) => t.saturating_duration_since(now).min(IDLE_TICK),
                     None => IDLE_TICK,
