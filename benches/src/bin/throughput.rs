@@ -5,7 +5,9 @@
 //! ```text
 //! cargo build --release -p bulkhead-gateway -p bulkhead-benches
 //! sudo target/release/throughput [--seconds N] [--tls-seconds N] [--round-trips N] [--rules N]
-//!     [--queues N] [--busy-poll-us N] [--bulkhead PATH] [--out FILE]
+//!     [--queues N] [--busy-poll-us N] [--runs N] [--bulkhead PATH] [--out FILE]
+//! (--runs N repeats the whole measurement N times and adds a summary: the median over the runs
+//! of each run's own ratio to kernel forwarding)
 //! target/release/throughput [--rules N] --write-policy FILE   # only write the generated policy
 //! ```
 
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<()> {
     let mut opts = Options::default();
     let mut out: Option<PathBuf> = None;
+    let mut runs: usize = 1;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -37,6 +40,7 @@ fn run() -> anyhow::Result<()> {
             "--round-trips" => opts.round_trips = value("--round-trips")?.parse()?,
             "--rules" => opts.rules = value("--rules")?.parse()?,
             "--queues" => opts.queues = value("--queues")?.parse()?,
+            "--runs" => runs = value("--runs")?.parse()?,
             "--busy-poll-us" => opts.busy_poll_us = Some(value("--busy-poll-us")?.parse()?),
             "--bulkhead" => opts.bulkhead = Some(PathBuf::from(value("--bulkhead")?)),
             "--out" => out = Some(PathBuf::from(value("--out")?)),
@@ -51,7 +55,7 @@ fn run() -> anyhow::Result<()> {
             "-h" | "--help" => {
                 println!(
                     "usage: throughput [--seconds N] [--tls-seconds N] [--round-trips N] \
-                     [--rules N] [--queues N] [--busy-poll-us N] [--bulkhead PATH] [--out FILE] [--write-policy FILE]"
+                     [--rules N] [--queues N] [--busy-poll-us N] [--runs N] [--bulkhead PATH] [--out FILE] [--write-policy FILE]"
                 );
                 return Ok(());
             }
@@ -63,9 +67,28 @@ fn run() -> anyhow::Result<()> {
     }
     let interrupt = Interrupt::new();
     interrupt.install_signal_handlers()?;
-    let report = throughput::run(&opts, &interrupt)?;
-    let machine = throughput::machine_facts();
-    let text = format!("{}\n{}", report.to_markdown(), machine);
+    if !(1..=20).contains(&runs) {
+        bail!("--runs must be between 1 and 20");
+    }
+    let mut reports = Vec::new();
+    let mut text = String::new();
+    for i in 0..runs {
+        if runs > 1 {
+            eprintln!("throughput: run {} of {runs}", i + 1);
+            text.push_str(&format!("Run {} of {runs}:\n\n", i + 1));
+        }
+        let report = throughput::run(&opts, &interrupt)?;
+        text.push_str(&report.to_markdown());
+        text.push('\n');
+        reports.push(report);
+    }
+    if runs > 1 {
+        text.push_str(&format!(
+            "Summary: each gateway figure compared with the kernel forwarding of its own run\n\n{}\n",
+            throughput::report::summarize(&reports)
+        ));
+    }
+    let text = format!("{text}{}", throughput::machine_facts());
     println!("{text}");
     if let Some(path) = out {
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;

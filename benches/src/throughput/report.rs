@@ -101,32 +101,8 @@ impl Report {
             out.push_str("---|");
         }
         out.push('\n');
-        type Pick = fn(&SetupResult) -> &Figure;
-        let rows: [(&str, Pick, Kind); 5] = [
-            (
-                "TCP, 1 stream (iperf3)",
-                |r| &r.tcp_1_stream_bps,
-                Kind::Throughput,
-            ),
-            (
-                "TCP, 4 streams (iperf3)",
-                |r| &r.tcp_4_streams_bps,
-                Kind::Throughput,
-            ),
-            (
-                "new TLS connections per second",
-                |r| &r.tls_handshakes_per_s,
-                Kind::Rate,
-            ),
-            (
-                "TCP round trip, median",
-                |r| &r.rtt_median_us,
-                Kind::Latency,
-            ),
-            ("TCP round trip, p99", |r| &r.rtt_p99_us, Kind::Latency),
-        ];
         let kernel = self.get(Setup::Kernel);
-        for (name, pick, kind) in rows {
+        for (name, pick, kind) in ROWS {
             let _ = write!(out, "| {name} |");
             let base = kernel.and_then(|k| pick(k).value());
             for s in Setup::ALL {
@@ -176,6 +152,92 @@ impl Report {
     }
 }
 
+type Pick = fn(&SetupResult) -> &Figure;
+
+/// The rows of the table: name, figure, how a gateway figure compares with the kernel's.
+const ROWS: [(&str, Pick, Kind); 5] = [
+    (
+        "TCP, 1 stream (iperf3)",
+        |r| &r.tcp_1_stream_bps,
+        Kind::Throughput,
+    ),
+    (
+        "TCP, 4 streams (iperf3)",
+        |r| &r.tcp_4_streams_bps,
+        Kind::Throughput,
+    ),
+    (
+        "new TLS connections per second",
+        |r| &r.tls_handshakes_per_s,
+        Kind::Rate,
+    ),
+    (
+        "TCP round trip, median",
+        |r| &r.rtt_median_us,
+        Kind::Latency,
+    ),
+    ("TCP round trip, p99", |r| &r.rtt_p99_us, Kind::Latency),
+];
+
+/// Several runs in one table: for each figure and gateway set-up, the median over the runs of
+/// the run's own comparison with kernel forwarding (ratio, or added microseconds), with the
+/// smallest and largest. Each run compares against the kernel baseline it measured itself, so
+/// a run on a busier moment does not skew the others.
+pub fn summarize(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let gateways: Vec<Setup> = Setup::ALL
+        .into_iter()
+        .filter(|s| *s != Setup::Kernel)
+        .collect();
+    let _ = write!(
+        out,
+        "| figure (median of {} runs: min-max) |",
+        reports.len()
+    );
+    for s in &gateways {
+        let _ = write!(out, " {} |", s.label());
+    }
+    out.push_str("\n|---|");
+    for _ in &gateways {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    for (name, pick, kind) in ROWS {
+        let _ = write!(out, "| {name} |");
+        for s in &gateways {
+            let mut values: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| {
+                    let base = pick(r.get(Setup::Kernel)?).value()?;
+                    let v = pick(r.get(*s)?).value()?;
+                    kind.delta(v, base)
+                })
+                .collect();
+            values.sort_by(f64::total_cmp);
+            let cell = match (values.first(), values.last()) {
+                (Some(lo), Some(hi)) => {
+                    let n = values.len();
+                    let median = if n % 2 == 1 {
+                        values[n / 2]
+                    } else {
+                        (values[n / 2 - 1] + values[n / 2]) / 2.0
+                    };
+                    format!(
+                        "{} ({}-{}, {n} runs)",
+                        kind.show_delta(median),
+                        kind.show_delta(*lo),
+                        kind.show_delta(*hi)
+                    )
+                }
+                _ => "not measured".to_owned(),
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The text on one line (newlines and runs of spaces folded), at most 300 characters.
 fn one_line(text: &str) -> String {
     let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -198,6 +260,22 @@ impl Kind {
             Kind::Throughput => format!("{:.2} Gbit/s", v / 1e9),
             Kind::Rate => format!("{v:.0}/s"),
             Kind::Latency => format!("{v:.1} us"),
+        }
+    }
+
+    /// The comparison as a number: the ratio (throughput, rate) or the added microseconds.
+    fn delta(self, v: f64, base: f64) -> Option<f64> {
+        match self {
+            Kind::Throughput | Kind::Rate if base > 0.0 => Some(v / base),
+            Kind::Throughput | Kind::Rate => None,
+            Kind::Latency => Some(v - base),
+        }
+    }
+
+    fn show_delta(self, d: f64) -> String {
+        match self {
+            Kind::Throughput | Kind::Rate => format!("{d:.2}x"),
+            Kind::Latency => format!("{d:+.1} us"),
         }
     }
 
@@ -267,6 +345,34 @@ mod tests {
             "one line per distinct reason"
         );
         assert!(md.ends_with("\nnote one\n"));
+    }
+
+    #[test]
+    fn summary_takes_the_median_of_each_runs_comparison() {
+        let run = |kernel: f64, gateway: f64| Report {
+            results: vec![
+                result(Setup::Kernel, kernel),
+                result(Setup::GatewayPermitAll, gateway),
+            ],
+            notes: vec![],
+        };
+        // Ratios 0.5, 0.25 and 1.0 (median 0.5); the kernel baseline differs in each run.
+        let md = summarize(&[run(1.0, 0.5), run(2.0, 0.5), run(0.5, 0.5)]);
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| figure (median of 3 runs: min-max) | gateway, permit all | gateway, 10k rules |"
+        );
+        assert_eq!(
+            lines[2],
+            "| TCP, 1 stream (iperf3) | 0.50x (0.25x-1.00x, 3 runs) | not measured |"
+        );
+        // Latency 30/scale: added 30, 45 and 0 us.
+        assert!(
+            lines[5].contains("| +30.0 us (+0.0 us-+45.0 us, 3 runs) |"),
+            "{}",
+            lines[5]
+        );
     }
 
     #[test]
