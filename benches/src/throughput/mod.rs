@@ -3,8 +3,10 @@
 //! it measures
 //!
 //! 1. kernel forwarding in the gateway namespace, without a gateway process;
-//! 2. `bulkhead run` with a policy that permits everything;
-//! 3. `bulkhead run` with a generated policy of 10,000 rules ([`policy::generate`]),
+//! 2. a naive TUN forwarder with the gateway's device and routing that writes back every frame
+//!    untouched ([`passthrough`]): the cost of the TUN architecture alone;
+//! 3. `bulkhead run` with a policy that permits everything;
+//! 4. `bulkhead run` with a generated policy of 10,000 rules ([`policy::generate`]),
 //!
 //! and for each: iperf3 TCP throughput with 1 and 4 streams, new TLS connections per second
 //! ([`tls`]), and TCP round-trip latency ([`pingpong`]). [`report::Report::to_markdown`] prints
@@ -16,6 +18,7 @@
 
 pub mod gateway;
 pub mod iperf;
+pub mod passthrough;
 pub mod pingpong;
 pub mod policy;
 pub mod report;
@@ -192,6 +195,27 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
         eprintln!("throughput: measuring {}", setup.label());
         let result = match setup {
             Setup::Kernel => bench.measure(setup)?,
+            Setup::TunPassthrough => {
+                match passthrough::Passthrough::start(&lab, opts.queues, opts.busy_poll_us) {
+                    Ok(fwd) => {
+                        // Let the routing settle as the gateway's readiness wait would.
+                        std::thread::sleep(Duration::from_millis(300));
+                        let r = bench.measure(setup)?;
+                        match fwd.stop() {
+                            Ok(summary) => notes.push(format!("{}: {summary}.", setup.label())),
+                            Err(e) => notes
+                                .push(format!("{}: stopping the forwarder: {e:#}", setup.label())),
+                        }
+                        r
+                    }
+                    Err(e) => {
+                        if interrupt.is_set() {
+                            bail!("interrupted");
+                        }
+                        SetupResult::missing(setup, &format!("{e:#}"))
+                    }
+                }
+            }
             Setup::GatewayPermitAll | Setup::GatewayLargePolicy => {
                 let text = if setup == Setup::GatewayPermitAll {
                     policy::permit_all()

@@ -2,11 +2,14 @@
 
 use std::fmt::Write as _;
 
-/// The three set-ups measured in one run, in the order they are measured.
+/// The set-ups measured in one run, in the order they are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setup {
     /// The gateway namespace forwards with the kernel; no gateway process.
     Kernel,
+    /// The naive TUN forwarder ([`super::passthrough`]): the TUN and routing of the gateway,
+    /// every frame written back untouched.
+    TunPassthrough,
     /// `bulkhead run` with a policy that permits everything.
     GatewayPermitAll,
     /// `bulkhead run` with the generated 10,000-rule policy.
@@ -14,8 +17,9 @@ pub enum Setup {
 }
 
 impl Setup {
-    pub const ALL: [Setup; 3] = [
+    pub const ALL: [Setup; 4] = [
         Setup::Kernel,
+        Setup::TunPassthrough,
         Setup::GatewayPermitAll,
         Setup::GatewayLargePolicy,
     ];
@@ -23,6 +27,7 @@ impl Setup {
     pub fn label(self) -> &'static str {
         match self {
             Setup::Kernel => "kernel forwarding",
+            Setup::TunPassthrough => "TUN pass-through",
             Setup::GatewayPermitAll => "gateway, permit all",
             Setup::GatewayLargePolicy => "gateway, 10k rules",
         }
@@ -317,20 +322,20 @@ mod tests {
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(
             lines[0],
-            "| figure | kernel forwarding | gateway, permit all | gateway, 10k rules |"
+            "| figure | kernel forwarding | TUN pass-through | gateway, permit all | gateway, 10k rules |"
         );
-        assert_eq!(lines[1], "|---|---|---|---|");
+        assert_eq!(lines[1], "|---|---|---|---|---|");
         assert_eq!(
             lines[2],
-            "| TCP, 1 stream (iperf3) | 10.00 Gbit/s | 5.00 Gbit/s (0.50x) | not measured |"
+            "| TCP, 1 stream (iperf3) | 10.00 Gbit/s | not run | 5.00 Gbit/s (0.50x) | not measured |"
         );
         assert!(
-            lines[4].contains("| 1000/s | 500/s (0.50x) |"),
+            lines[4].contains("| 1000/s | not run | 500/s (0.50x) |"),
             "{}",
             lines[4]
         );
         assert!(
-            lines[5].contains("| 30.0 us | 60.0 us (+30.0 us) |"),
+            lines[5].contains("| 30.0 us | not run | 60.0 us (+30.0 us) |"),
             "{}",
             lines[5]
         );
@@ -361,11 +366,12 @@ mod tests {
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(
             lines[0],
-            "| figure (median of 3 runs: min-max) | gateway, permit all | gateway, 10k rules |"
+            "| figure (median of 3 runs: min-max) | TUN pass-through | gateway, permit all | \
+             gateway, 10k rules |"
         );
         assert_eq!(
             lines[2],
-            "| TCP, 1 stream (iperf3) | 0.50x (0.25x-1.00x, 3 runs) | not measured |"
+            "| TCP, 1 stream (iperf3) | not measured | 0.50x (0.25x-1.00x, 3 runs) | not measured |"
         );
         // Latency 30/scale: added 30, 45 and 0 us.
         assert!(
@@ -386,7 +392,7 @@ mod tests {
         };
         let md = report.to_markdown();
         assert!(
-            md.contains("| not measured | 10.00 Gbit/s | not run |"),
+            md.contains("| not measured | not run | 10.00 Gbit/s | not run |"),
             "{md}"
         );
         assert!(md.contains("- kernel forwarding: x\n"), "{md}");
