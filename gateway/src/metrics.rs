@@ -97,6 +97,17 @@ pub struct LocalCounters {
     layout: Layout,
 }
 
+/// What a worker's flow table looks like now (gauges) and what it did so far (counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowTableState {
+    pub active: u64,
+    pub held_bytes: u64,
+    pub flow_limit_refusals: u64,
+    /// Half-open flows evicted to make room (early drop).
+    pub evictions: u64,
+    pub capacity: u64,
+}
+
 /// Where each counter sits in the flat arrays.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -116,7 +127,8 @@ const ACTIVE_FLOWS: usize = 7;
 const HELD_BYTES: usize = 8;
 const FLOW_LIMIT_REFUSALS: usize = 9;
 const FLOW_CAPACITY: usize = 10;
-const FIXED: usize = 11;
+const FLOW_EVICTIONS: usize = 11;
+const FIXED: usize = 12;
 
 impl Layout {
     fn dropped_packets(&self, reason: usize) -> usize {
@@ -172,17 +184,12 @@ impl LocalCounters {
         self.values[TUN_WRITE_ERRORS] += 1;
     }
     /// Gauges and counters the pipeline keeps itself.
-    pub fn set_flow_state(
-        &mut self,
-        active: u64,
-        held_bytes: u64,
-        flow_limit_refusals: u64,
-        capacity: u64,
-    ) {
-        self.values[ACTIVE_FLOWS] = active;
-        self.values[HELD_BYTES] = held_bytes;
-        self.values[FLOW_LIMIT_REFUSALS] = flow_limit_refusals;
-        self.values[FLOW_CAPACITY] = capacity;
+    pub fn set_flow_state(&mut self, state: FlowTableState) {
+        self.values[ACTIVE_FLOWS] = state.active;
+        self.values[HELD_BYTES] = state.held_bytes;
+        self.values[FLOW_LIMIT_REFUSALS] = state.flow_limit_refusals;
+        self.values[FLOW_EVICTIONS] = state.evictions;
+        self.values[FLOW_CAPACITY] = state.capacity;
     }
 
     /// Copies the tally to the shared block (the owner is the only writer).
@@ -433,6 +440,13 @@ impl Metrics {
             "counter",
             "New flows refused because a flow table was full.",
             self.sum(FLOW_LIMIT_REFUSALS),
+        );
+        simple(
+            &mut out,
+            "bulkhead_flow_evictions_total",
+            "counter",
+            "Half-open TCP flows (SYN never answered) evicted to make room in a full flow table.",
+            self.sum(FLOW_EVICTIONS),
         );
         simple(
             &mut out,
@@ -693,8 +707,20 @@ mod tests {
         a.decision(1, 1, v.decision_reason("policy_update"));
         b.decision(0, 2, v.decision_reason("rule"));
         b.decision(0, 2, v.decision_reason("rule"));
-        a.set_flow_state(3, 700, 1, 100);
-        b.set_flow_state(4, 0, 2, 100);
+        a.set_flow_state(FlowTableState {
+            active: 3,
+            held_bytes: 700,
+            flow_limit_refusals: 1,
+            evictions: 5,
+            capacity: 100,
+        });
+        b.set_flow_state(FlowTableState {
+            active: 4,
+            held_bytes: 0,
+            flow_limit_refusals: 2,
+            evictions: 6,
+            capacity: 100,
+        });
         a.publish(&m.worker(0));
         b.publish(&m.worker(1));
         let t = m.render();
@@ -729,6 +755,7 @@ mod tests {
         assert_eq!(value(&t, "bulkhead_flows_active"), 7);
         assert_eq!(value(&t, "bulkhead_flow_table_capacity"), 200);
         assert_eq!(value(&t, "bulkhead_flow_limit_refusals_total"), 3);
+        assert_eq!(value(&t, "bulkhead_flow_evictions_total"), 11);
         assert_eq!(value(&t, "bulkhead_held_bytes"), 700);
         // 2 actions x 3 dispositions x 4 reasons (with `other`), no more.
         assert_eq!(

@@ -148,6 +148,9 @@ pub enum EndReason {
     Cut,
     /// No packet for longer than the idle timeout of the flow's state.
     IdleTimeout,
+    /// The flow table was full and this half-open flow (a SYN the server never answered) was
+    /// evicted to make room for a new one.
+    Evicted,
     /// The gateway stopped (or the capture ended) with the flow still open.
     Shutdown,
     /// A reason this version does not know.

@@ -1,13 +1,14 @@
 //! End-to-end: a bounded SYN flood from one workload (raw socket, a few seconds) against a
 //! gateway with a small flow table. Established transfers from another workload keep flowing,
-//! the gateway's memory stays bounded, and the flow-limit counter moves. Root only.
+//! the gateway's memory stays bounded, the flow-limit counter moves, and once the flood stops
+//! new connections get in again within seconds (stale half-open flows are evicted). Root only.
 
 mod common_e2e;
 
 use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{Request, StreamWatch};
+use bulkhead_gateway::netlab::clients::{self, Outcome, Request, StreamWatch};
 use bulkhead_gateway::netlab::gateway::{metric_value, GatewaySpec};
 use common_e2e::*;
 
@@ -119,6 +120,35 @@ fn syn_flood_leaves_established_transfers_working() -> Result<()> {
     assert!(
         rss_peak.saturating_sub(rss_before) < 64 * 1024,
         "gateway memory grew from {rss_before} to {rss_peak} KiB"
+    );
+
+    // Once the flood stops, its unanswered SYNs become evictable after a second: a new
+    // connection from the flooding workload itself gets in without waiting for the opening
+    // timeout (30 s) to clear the table.
+    let started = std::time::Instant::now();
+    let recovered = wait_for(Duration::from_secs(5), || {
+        let ex = clients::fetch(
+            &dev.netns,
+            Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/")
+                .timeout(Duration::from_secs(1)),
+        )
+        .ok()?;
+        (ex.outcome == Outcome::Completed).then_some(ex)
+    });
+    assert!(
+        recovered.is_some(),
+        "no new connection got through within 5 s of the flood's end"
+    );
+    let metrics = gw.metrics()?;
+    let evictions_after =
+        metric_value(&metrics, "bulkhead_flow_evictions_total", &[]).unwrap_or(0.0);
+    eprintln!(
+        "recovery: a new connection completed {:?} after the flood; evictions {evictions_after}",
+        started.elapsed()
+    );
+    assert!(
+        evictions_after > 0.0,
+        "the new connection got its slot by evicting a stale half-open flow"
     );
 
     Ok(())

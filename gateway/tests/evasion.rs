@@ -476,6 +476,94 @@ fn a_full_flow_table_refuses_new_flows_and_keeps_established_ones() {
 }
 
 #[test]
+fn a_table_full_of_unanswered_syns_evicts_one_for_a_new_flow() {
+    for policy in [POLICY_PERMIT_ALL, POLICY_OPENAI] {
+        let config = PipelineConfig {
+            flow_capacity: 4,
+            ..PipelineConfig::default()
+        };
+        let mut h = Harness::with_config(policy, config);
+        // Established flows are never evicted.
+        let a = Conn::v4(44000);
+        handshake(&mut h, &a);
+        // Three SYNs that nobody answers fill the table.
+        for port in 44001..44004 {
+            assert_ne!(
+                h.send(&Conn::v4(port).syn()),
+                Disposition::Drop(DropReason::FlowLimit)
+            );
+        }
+        assert_eq!(h.pipe.active_flows(), 4);
+        // While their SYNs may still be answered, they stay and the newcomer is refused.
+        assert_eq!(
+            h.send(&Conn::v4(44099).syn()),
+            Disposition::Drop(DropReason::FlowLimit)
+        );
+        assert_eq!(h.pipe.stats().flows_evicted, 0);
+        // A second later, a new connection gets in: a half-open flow made room for it.
+        h.advance(Duration::from_millis(1000));
+        let x = Conn::v4(44100);
+        assert_ne!(h.send(&x.syn()), Disposition::Drop(DropReason::FlowLimit));
+        assert_eq!(h.pipe.stats().flows_evicted, 1, "{policy}");
+        assert_eq!(h.pipe.stats().flow_limit, 1);
+        assert_eq!(h.pipe.active_flows(), 4);
+        // The newcomer works: its handshake completes.
+        assert_eq!(h.send(&x.synack()), Disposition::Forward);
+        assert_eq!(h.send(&x.ack()), Disposition::Forward);
+        // The evicted flow's end is recorded as such when its opening was: under permit-all
+        // the SYN was decided and recorded; a flow still waiting for its name was not.
+        let evicted: Vec<_> = h
+            .records
+            .iter()
+            .filter(|r| r.end_reason == Some(EndReason::Evicted))
+            .collect();
+        if policy == POLICY_PERMIT_ALL {
+            assert_eq!(evicted.len(), 1, "flow-end record of the evicted flow");
+            assert_eq!(evicted[0].src_endpoint.port, 44001);
+        } else {
+            assert!(evicted.is_empty());
+        }
+        // Unanswered SYNs a second old keep making room; the established flow and the
+        // newcomer stay.
+        for port in 44200..44300 {
+            h.advance(Duration::from_millis(1000));
+            assert_ne!(
+                h.send(&Conn::v4(port).syn()),
+                Disposition::Drop(DropReason::FlowLimit)
+            );
+        }
+        assert_eq!(h.pipe.stats().flows_evicted, 101);
+        // The newcomer is still tracked: decided on its SYN under permit-all, awaiting its name
+        // otherwise.
+        let want = if policy == POLICY_PERMIT_ALL {
+            Disposition::Forward
+        } else {
+            Disposition::Held
+        };
+        assert_eq!(h.send(&x.data(0, b"GET / HTTP/1.1\r\n")), want);
+        assert_eq!(h.send(&a.server_data(0, 0, b"x")), Disposition::Forward);
+    }
+}
+
+#[test]
+fn a_table_full_of_established_flows_evicts_nothing() {
+    let config = PipelineConfig {
+        flow_capacity: 3,
+        ..PipelineConfig::default()
+    };
+    let mut h = Harness::with_config(POLICY_PERMIT_ALL, config);
+    for port in 45000..45003 {
+        handshake(&mut h, &Conn::v4(port));
+    }
+    assert_eq!(
+        h.send(&Conn::v4(45100).syn()),
+        Disposition::Drop(DropReason::FlowLimit)
+    );
+    assert_eq!(h.pipe.stats().flows_evicted, 0);
+    assert_eq!(h.pipe.stats().flow_limit, 1);
+}
+
+#[test]
 fn the_per_flow_held_bytes_bound_fails_closed() {
     let config = PipelineConfig {
         max_held_bytes_per_flow: 4096,

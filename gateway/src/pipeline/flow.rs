@@ -171,6 +171,21 @@ impl<T> FlowTable<T> {
     }
 
     /// The flow behind an id, if the id is still current.
+    /// Slots in use or free: the range [`FlowTable::id_at`] takes.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The flow in slot `index`, if that slot holds one (for sampling the table).
+    pub fn id_at(&self, index: usize) -> Option<FlowId> {
+        let slot = self.slots.get(index)?;
+        slot.entry.as_ref()?;
+        Some(FlowId {
+            index: index as u32,
+            generation: slot.generation,
+        })
+    }
+
     pub fn get(&self, id: FlowId) -> Option<&T> {
         let slot = self.slots.get(id.index as usize)?;
         if slot.generation != id.generation {

@@ -11,8 +11,12 @@
 //! Packets are grouped into flows by a canonical 5-tuple ([`flow::FlowKey`]): both directions find
 //! the same entry. The side that sent the first packet (the SYN for TCP) is the client. The table
 //! has a fixed capacity; when it is full, expired flows due in the deadline queue are reclaimed
-//! first, and if none is, the new flow fails closed with reason `flow_limit` (nothing is counted
-//! against established flows, which go on).
+//! first; then a half-open TCP flow (a client's SYN that the server has not answered for at
+//! least [`EARLY_DROP_MIN_AGE`], nothing held) is evicted to make room (early drop, as Linux
+//! conntrack does: once a SYN flood stops, new connections get in within a second instead of
+//! waiting out the opening timeout, and a connection whose handshake is under way is not
+//! evicted by the flood); if neither frees a slot, the new flow fails closed with reason
+//! `flow_limit` (nothing is counted against established flows, which go on).
 //!
 //! - **TCP, SYN seen.** The policy is asked [`CompiledPolicy::evaluate_without_name`]. A `Final`
 //!   verdict is applied at once: permit forwards the SYN; deny drops it silently; reject answers
@@ -349,6 +353,8 @@ pub struct PipelineStats {
     pub flows_created: u64,
     /// Flows removed after their idle timeout (or reclaimed when the table was full).
     pub flows_expired: u64,
+    /// Half-open TCP flows evicted to make room for a new flow in a full table.
+    pub flows_evicted: u64,
     /// New flows refused because the table was full.
     pub flow_limit: u64,
     /// Decisions made, by outcome.
@@ -541,6 +547,8 @@ impl ClockAnchor {
 pub struct Pipeline {
     flows: FlowTable<Flow>,
     ctx: Ctx,
+    /// Next slot [`Pipeline::early_drop`] probes.
+    early_drop_cursor: usize,
 }
 
 /// Everything but the flow table, so that a flow and the rest can be borrowed together.
@@ -561,6 +569,7 @@ impl Pipeline {
     pub fn new(config: PipelineConfig, policy: Arc<PolicyStore>) -> Pipeline {
         let evaluated_version = policy.version();
         Pipeline {
+            early_drop_cursor: 0,
             flows: FlowTable::new(config.flow_capacity),
             ctx: Ctx {
                 config,
@@ -775,7 +784,11 @@ impl Pipeline {
         let Some(mut flow) = self.flows.remove(id) else {
             return;
         };
-        self.ctx.stats.flows_expired += 1;
+        if why == EndReason::Evicted {
+            self.ctx.stats.flows_evicted += 1;
+        } else {
+            self.ctx.stats.flows_expired += 1;
+        }
         self.ctx.drop_inspect(&mut flow);
         let policy = self.ctx.policy.load_full();
         if !flow.ended {
@@ -804,6 +817,31 @@ impl Pipeline {
         }
     }
 
+    /// Evicts one half-open TCP flow at least [`EARLY_DROP_MIN_AGE`] old, if one is found among
+    /// a few slots probed from a rotating cursor (bounded work per new flow). A table full of
+    /// SYNs that nobody answered (a flood) then makes room for new flows; a table full of
+    /// established flows, or of handshakes still under way, refuses them (`flow_limit`).
+    fn early_drop(&mut self, now: Instant, out: &mut Output) {
+        let slots = self.flows.slot_count();
+        if slots == 0 {
+            return;
+        }
+        for _ in 0..EARLY_DROP_PROBES {
+            let index = self.early_drop_cursor % slots;
+            self.early_drop_cursor = index + 1;
+            let Some(id) = self.flows.id_at(index) else {
+                continue;
+            };
+            let stale = |f: &Flow| {
+                is_half_open(f) && now.saturating_duration_since(f.start) >= EARLY_DROP_MIN_AGE
+            };
+            if self.flows.get(id).is_some_and(stale) {
+                self.expire(now, id, EndReason::Evicted, out);
+                return;
+            }
+        }
+    }
+
     #[allow(clippy::result_large_err)]
     fn new_flow(
         &mut self,
@@ -814,6 +852,9 @@ impl Pipeline {
     ) -> Result<FlowId, Flow> {
         if self.flows.is_full() {
             self.reclaim(now, out);
+        }
+        if self.flows.is_full() {
+            self.early_drop(now, out);
         }
         let id = self.flows.insert(key, flow)?;
         self.ctx.stats.flows_created += 1;
@@ -1304,6 +1345,22 @@ fn found_reason(policy: &CompiledPolicy, v: &Verdict, reason_if_none: Option<Rea
 }
 
 /// Where a watch looks next, and whether for an HTTP request (else a TLS record).
+/// Slots [`Pipeline::early_drop`] looks at before giving up.
+const EARLY_DROP_PROBES: usize = 16;
+/// How long a SYN must have gone unanswered before its flow may be evicted: TCP retransmits an
+/// unanswered SYN after one second, so a younger one may still be answered.
+pub const EARLY_DROP_MIN_AGE: Duration = Duration::from_secs(1);
+
+/// A TCP flow that only saw its client's SYN (no answer from the server) and holds nothing:
+/// evicting it loses nothing that a retransmitted SYN would not rebuild.
+fn is_half_open(flow: &Flow) -> bool {
+    flow.proto == 6
+        && flow.tcp.synced
+        && !flow.tcp.synack_seen
+        && !flow.tcp.established
+        && flow.inspect.as_ref().is_none_or(|i| i.bytes() == 0)
+}
+
 fn watch_target(w: name::Watch) -> (usize, bool) {
     match w {
         name::Watch::Tls(at) => (at, false),

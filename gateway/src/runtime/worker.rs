@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use policy_engine::PolicyStore;
 
 use crate::logsink::LogSender;
-use crate::metrics::{LocalCounters, Vocabulary, WorkerCounters};
+use crate::metrics::{FlowTableState, LocalCounters, Vocabulary, WorkerCounters};
 use crate::pipeline::{Disposition, Output, PacketMeta, Pipeline};
 use crate::record::{self, DecisionRecord, RecordAction};
 use crate::sys::tun::{TunQueue, WakeFd, MAX_READ, VNET_HDR_LEN};
@@ -142,12 +142,13 @@ impl Worker {
             }
             if now.duration_since(last_publish) >= PUBLISH_EVERY || (drained && !spinning) {
                 let s = self.pipeline.stats();
-                local.set_flow_state(
-                    self.pipeline.active_flows() as u64,
-                    s.held_bytes_now as u64,
-                    s.flow_limit,
+                local.set_flow_state(FlowTableState {
+                    active: self.pipeline.active_flows() as u64,
+                    held_bytes: s.held_bytes_now as u64,
+                    flow_limit_refusals: s.flow_limit,
+                    evictions: s.flows_evicted,
                     capacity,
-                );
+                });
                 local.publish(&self.counters);
                 last_publish = now;
             }
@@ -191,7 +192,13 @@ impl Worker {
             count_record(&rec, &self.vocab, &mut local);
             self.log.submit(rec);
         }
-        local.set_flow_state(0, 0, self.pipeline.stats().flow_limit, capacity);
+        let s = self.pipeline.stats();
+        local.set_flow_state(FlowTableState {
+            flow_limit_refusals: s.flow_limit,
+            evictions: s.flows_evicted,
+            capacity,
+            ..FlowTableState::default()
+        });
         local.publish(&self.counters);
         result
     }
