@@ -491,12 +491,15 @@ fn parse_body(body: &[u8]) -> Result<Body<'_>, TlsError> {
     let mut seen_sni = false;
     let mut rest = exts;
     while let [t0, t1, l0, l1, tail @ ..] = rest {
-        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        // Type and length in one 4-byte read: the next header's position depends on this
+        // length, so the walk is a chain of dependent loads and each step is kept short.
+        let header = u32::from_be_bytes([*t0, *t1, *l0, *l1]);
+        let len = (header & 0xffff) as usize;
         let Some(data) = tail.get(..len) else {
             return Err(TlsError::Truncated(Field::Extension));
         };
         rest = &tail[len..];
-        match u16::from_be_bytes([*t0, *t1]) {
+        match (header >> 16) as u16 {
             EXT_SERVER_NAME => {
                 if seen_sni {
                     return Err(TlsError::DuplicateServerNameExtension);
