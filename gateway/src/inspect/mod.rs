@@ -151,6 +151,82 @@ pub enum HostNameError {
     NumericTld,
 }
 
+/// Byte classes for [`borrowable_host_name`].
+const C_INVALID: u8 = 1;
+const C_UPPER: u8 = 2;
+const C_DIGIT: u8 = 4;
+const C_DOT: u8 = 8;
+
+/// The class of every byte in a host name: letters, digits, `-`, `_` and `.` are valid; upper
+/// case letters, digits and the dot are marked.
+static NAME_BYTE: [u8; 256] = {
+    let mut t = [C_INVALID; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_lowercase() || c == b'-' || c == b'_' {
+            t[b] = 0;
+        } else if c.is_ascii_uppercase() {
+            t[b] = C_UPPER;
+        } else if c.is_ascii_digit() {
+            t[b] = C_DIGIT;
+        } else if c == b'.' {
+            t[b] = C_DOT;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The common case of [`validate_host_name`], without error details: `Some` exactly when the
+/// name is valid and already normalised (no upper case), so that it can be borrowed. Anything
+/// else (upper case, or an invalid name) is `None`, and the caller asks [`validate_host_name`],
+/// which reports the first error in the name or makes the lower-cased copy.
+///
+/// One table lookup per byte; the label rules (length, hyphens at the edges, a numeric last
+/// label) are checked at each dot rather than carried byte by byte.
+#[inline]
+pub fn borrowable_host_name(raw: &[u8]) -> Option<&str> {
+    let name = match raw.split_last() {
+        Some((b'.', rest)) => rest,
+        _ => raw,
+    };
+    if name.is_empty() || name.len() > MAX_HOST_NAME_LEN {
+        return None;
+    }
+    // Classes seen in the whole name, and in the current label whether every byte is a digit.
+    let mut any = 0u8;
+    let mut digits = C_DIGIT;
+    let mut start = 0usize;
+    for (i, &b) in name.iter().enumerate() {
+        let c = NAME_BYTE[usize::from(b)];
+        if c == C_DOT {
+            if !label_ok(&name[start..i]) {
+                return None;
+            }
+            start = i + 1;
+            digits = C_DIGIT;
+        } else {
+            any |= c;
+            digits &= c;
+        }
+    }
+    if any & (C_INVALID | C_UPPER) != 0 || digits != 0 || !label_ok(&name[start..]) {
+        return None;
+    }
+    // Every byte is ASCII: this cannot fail.
+    std::str::from_utf8(name).ok()
+}
+
+/// Length and edges of one label of [`borrowable_host_name`].
+#[inline]
+fn label_ok(label: &[u8]) -> bool {
+    match label {
+        [] | [b'-', ..] | [.., b'-'] => false,
+        _ => label.len() <= 63,
+    }
+}
+
 /// Validates and normalises a host name: letters, digits, `-` and `_` (seen in real names,
 /// accepted by browsers) in dot-separated labels of 1 to 63 bytes, at most 253 bytes, the last
 /// label not all digits. One trailing dot is dropped; upper case is folded (making an inline
@@ -292,6 +368,62 @@ mod tests {
             "d".repeat(61)
         );
         assert_eq!(validate_host_name(long.as_bytes()).unwrap().len(), 253);
+    }
+
+    /// The fast check agrees with the validator: it borrows exactly the names the validator
+    /// borrows, and gives up on everything else.
+    fn check_borrowable(raw: &[u8]) {
+        let quick = borrowable_host_name(raw);
+        match validate_host_name(raw) {
+            Ok(HostName::Borrowed(s)) => assert_eq!(quick, Some(s), "{raw:?}"),
+            Ok(HostName::Inline(_)) | Err(_) => assert_eq!(quick, None, "{raw:?}"),
+        }
+    }
+
+    #[test]
+    fn borrowable_names_are_the_validators_borrowed_names() {
+        let long = |n: usize| format!("{}.com", "a".repeat(n));
+        for raw in [
+            "api.openai.com",
+            "API.openai.com",
+            "a.b.c.",
+            "a..b",
+            ".",
+            "",
+            "-a.b",
+            "a-.b",
+            "a.b-",
+            "a-b.c_d",
+            "1.2.3.4",
+            "1.2.3.a",
+            "a.1",
+            "a.1a",
+            "a b",
+            "a.b..",
+            "a.b.",
+            "xn--bcher-kva.example",
+            &long(63),
+            &long(64),
+            &"a.".repeat(126),
+            &"a.".repeat(127),
+        ] {
+            check_borrowable(raw.as_bytes());
+        }
+        for b in 0..=255u8 {
+            check_borrowable(&[b]);
+            check_borrowable(&[b'a', b, b'.', b'c']);
+            check_borrowable(&[b'a', b'.', b]);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn borrowable_agrees_with_the_validator(
+            raw in proptest::collection::vec(proptest::sample::select(
+                b"ab-_.0Z9\x00\xff".to_vec()), 0..80)
+        ) {
+            check_borrowable(&raw);
+        }
     }
 
     #[test]

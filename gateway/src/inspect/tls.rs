@@ -30,7 +30,7 @@
 //!   the outer, public name, and the real destination is hidden in the encrypted inner hello.
 //! - Other extensions are skipped by length, without looking inside.
 
-use super::{validate_host_name, HostName, HostNameError};
+use super::{borrowable_host_name, validate_host_name, HostName, HostNameError};
 
 /// Largest ClientHello handshake message accepted, header included. Real hellos are under 2 KiB
 /// (about 1.9 KiB with a post-quantum key share); the pipeline holds at most 16 KiB per flow.
@@ -235,32 +235,102 @@ pub fn parse_client_hello(stream: &[u8]) -> TlsParse<'_> {
         if let Err(e) = check_record_header(*vmaj, *vmin, rec_len) {
             return TlsParse::Malformed(e);
         }
-        if rest.len() >= rec_len {
-            let record = &rest[..rec_len];
-            if let [ht, a, b, c, body @ ..] = record {
-                if *ht != HANDSHAKE_CLIENT_HELLO {
-                    return TlsParse::Malformed(TlsError::NotClientHello(*ht));
-                }
-                let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
-                if len + HANDSHAKE_HEADER_LEN > MAX_HELLO_LEN {
-                    return TlsParse::Malformed(TlsError::HelloTooLarge(len + 4));
-                }
-                if body.len() >= len {
-                    let meta = Meta {
-                        record_version: u16::from_be_bytes([*vmaj, *vmin]),
-                        hello_len: len + HANDSHAKE_HEADER_LEN,
-                        records: 1,
-                        consumed: RECORD_HEADER_LEN + rec_len,
-                    };
-                    return match parse_body(&body[..len], meta) {
-                        Ok(info) => TlsParse::Complete(info),
-                        Err(e) => TlsParse::Malformed(e),
-                    };
-                }
+        let Some(record) = rest.get(..rec_len) else {
+            // The first record is not all there: nothing in it is looked at before it is (the
+            // general path answers the same, after zeroing its 16 KiB buffer).
+            return TlsParse::Incomplete {
+                needed_hint: Some(RECORD_HEADER_LEN + rec_len),
+            };
+        };
+        if let [ht, a, b, c, body @ ..] = record {
+            if *ht != HANDSHAKE_CLIENT_HELLO {
+                return TlsParse::Malformed(TlsError::NotClientHello(*ht));
+            }
+            let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+            if len + HANDSHAKE_HEADER_LEN > MAX_HELLO_LEN {
+                return TlsParse::Malformed(TlsError::HelloTooLarge(len + 4));
+            }
+            if let Some(body) = body.get(..len) {
+                let meta = Meta {
+                    record_version: u16::from_be_bytes([*vmaj, *vmin]),
+                    hello_len: len + HANDSHAKE_HEADER_LEN,
+                    records: 1,
+                    consumed: RECORD_HEADER_LEN + rec_len,
+                };
+                return match parse_body(body) {
+                    Ok(b) => complete(b, meta),
+                    Err(e) => TlsParse::Malformed(e),
+                };
             }
         }
     }
     parse_fragmented(stream)
+}
+
+/// A validated server name, as found in the hello.
+#[derive(Clone, Copy)]
+enum Name<'a> {
+    /// Already normalised: borrowed as it is.
+    Borrowed(&'a str),
+    /// Valid, but it must be copied (upper case to fold, or the bytes are in a scratch buffer).
+    Fold(&'a [u8]),
+}
+
+/// What [`parse_body`] finds; small, so that it is cheap to return.
+#[derive(Clone, Copy)]
+struct Body<'a> {
+    sni: Option<Name<'a>>,
+    ech: bool,
+    legacy_version: u16,
+    max_supported_version: Option<u16>,
+}
+
+/// The answer for a hello parsed in place. Only `None` and borrowed names are built here, so the
+/// result is written field by field without touching the inline name buffer; a name that needs
+/// a copy takes the out-of-line path.
+#[inline]
+fn complete(b: Body<'_>, meta: Meta) -> TlsParse<'_> {
+    let sni = match b.sni {
+        None => None,
+        Some(Name::Borrowed(s)) => Some(HostName::Borrowed(s)),
+        Some(Name::Fold(raw)) => return complete_folded(raw, b, meta),
+    };
+    TlsParse::Complete(ClientHelloInfo {
+        sni,
+        ech: b.ech,
+        legacy_version: b.legacy_version,
+        record_version: meta.record_version,
+        max_supported_version: b.max_supported_version,
+        hello_len: meta.hello_len,
+        records: meta.records,
+        consumed: meta.consumed,
+    })
+}
+
+/// [`complete`] for a name that must be copied (lower-cased, or gathered from several records).
+#[cold]
+#[inline(never)]
+fn complete_folded(raw: &[u8], b: Body<'_>, meta: Meta) -> TlsParse<'static> {
+    TlsParse::Complete(ClientHelloInfo {
+        sni: Some(owned_name(raw)),
+        ech: b.ech,
+        legacy_version: b.legacy_version,
+        record_version: meta.record_version,
+        max_supported_version: b.max_supported_version,
+        hello_len: meta.hello_len,
+        records: meta.records,
+        consumed: meta.consumed,
+    })
+}
+
+/// The inline copy of a name [`parse_body`] validated.
+#[cold]
+fn owned_name(raw: &[u8]) -> HostName<'static> {
+    match validate_host_name(raw) {
+        Ok(n) => n.detach(),
+        // Validated already; an empty name here would be a bug, never a panic.
+        Err(_) => HostName::Inline(super::InlineName::copy_lower(b"")),
+    }
 }
 
 /// Record facts carried into the result.
@@ -366,17 +436,28 @@ fn parse_fragmented(stream: &[u8]) -> TlsParse<'_> {
         records,
         consumed: pos,
     };
-    match parse_body(&scratch[HANDSHAKE_HEADER_LEN..total], meta) {
-        Ok(info) => TlsParse::Complete(ClientHelloInfo {
-            sni: info.sni.map(|n| n.detach()),
-            ..info
-        }),
+    match parse_body(&scratch[HANDSHAKE_HEADER_LEN..total]) {
+        // The name is in the scratch buffer: always copied.
+        Ok(b) => match b.sni {
+            None => TlsParse::Complete(ClientHelloInfo {
+                sni: None,
+                ech: b.ech,
+                legacy_version: b.legacy_version,
+                record_version: meta.record_version,
+                max_supported_version: b.max_supported_version,
+                hello_len: meta.hello_len,
+                records: meta.records,
+                consumed: meta.consumed,
+            }),
+            Some(Name::Borrowed(s)) => complete_folded(s.as_bytes(), b, meta),
+            Some(Name::Fold(raw)) => complete_folded(raw, b, meta),
+        },
         Err(e) => TlsParse::Malformed(e),
     }
 }
 
 /// Parses the ClientHello body (after the 4-byte handshake header), which is exactly `body`.
-fn parse_body(body: &[u8], meta: Meta) -> Result<ClientHelloInfo<'_>, TlsError> {
+fn parse_body(body: &[u8]) -> Result<Body<'_>, TlsError> {
     let mut r = Reader(body);
     let legacy_version = r.u16(Field::Version)?;
     r.take(32, Field::Random)?;
@@ -391,85 +472,112 @@ fn parse_body(body: &[u8], meta: Meta) -> Result<ClientHelloInfo<'_>, TlsError> 
     if r.prefixed8(Field::CompressionMethods)?.is_empty() {
         return Err(TlsError::NoCompressionMethods);
     }
-    let mut info = ClientHelloInfo {
+    let mut info = Body {
         sni: None,
         ech: false,
         legacy_version,
-        record_version: meta.record_version,
         max_supported_version: None,
-        hello_len: meta.hello_len,
-        records: meta.records,
-        consumed: meta.consumed,
     };
     if r.is_empty() {
         // A hello without extensions (TLS 1.2 and older).
         return Ok(info);
     }
-    let mut exts = r.prefixed16(Field::Extensions)?;
+    let exts = r.prefixed16(Field::Extensions)?.0;
     if !r.is_empty() {
         return Err(TlsError::Trailing(Field::Extensions));
     }
+    // Each extension is a type, a length and that many bytes; only three types are looked
+    // inside. One length check per extension covers its 4-byte header and its body.
     let mut seen_sni = false;
-    while !exts.is_empty() {
-        let ty = exts.u16(Field::Extension)?;
-        let data = exts.prefixed16(Field::Extension)?;
-        match ty {
+    let mut rest = exts;
+    while let [t0, t1, l0, l1, tail @ ..] = rest {
+        // Type and length in one 4-byte read: the next header's position depends on this
+        // length, so the walk is a chain of dependent loads and each step is kept short.
+        let header = u32::from_be_bytes([*t0, *t1, *l0, *l1]);
+        let len = (header & 0xffff) as usize;
+        let Some(data) = tail.get(..len) else {
+            return Err(TlsError::Truncated(Field::Extension));
+        };
+        rest = &tail[len..];
+        match (header >> 16) as u16 {
             EXT_SERVER_NAME => {
                 if seen_sni {
                     return Err(TlsError::DuplicateServerNameExtension);
                 }
                 seen_sni = true;
                 let raw = server_name(data)?;
-                info.sni = Some(validate_host_name(raw).map_err(TlsError::InvalidHostName)?);
+                info.sni = Some(match borrowable_host_name(raw) {
+                    Some(s) => Name::Borrowed(s),
+                    None => {
+                        // Upper case to fold, or invalid: the full validator says which.
+                        validate_host_name(raw).map_err(TlsError::InvalidHostName)?;
+                        Name::Fold(raw)
+                    }
+                });
             }
             EXT_ECH => info.ech = true,
             EXT_SUPPORTED_VERSIONS => info.max_supported_version = supported_versions(data),
             _ => {}
         }
     }
+    if !rest.is_empty() {
+        // 1 to 3 bytes: an extension header cut short.
+        return Err(TlsError::Truncated(Field::Extension));
+    }
     Ok(info)
 }
 
 /// The `host_name` of a `server_name` extension body (RFC 6066 3).
-fn server_name(mut data: Reader<'_>) -> Result<&[u8], TlsError> {
-    if data.is_empty() {
-        return Err(TlsError::EmptyServerName);
+fn server_name(data: &[u8]) -> Result<&[u8], TlsError> {
+    let [l0, l1, list @ ..] = data else {
+        return Err(if data.is_empty() {
+            TlsError::EmptyServerName
+        } else {
+            TlsError::Truncated(Field::ServerNameList)
+        });
+    };
+    let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+    if list.len() < len {
+        return Err(TlsError::Truncated(Field::ServerNameList));
     }
-    let mut list = data.prefixed16(Field::ServerNameList)?;
-    if !data.is_empty() {
+    if list.len() > len {
         return Err(TlsError::Trailing(Field::ServerNameList));
     }
     if list.is_empty() {
         return Err(TlsError::EmptyServerName);
     }
     let mut host = None;
-    while !list.is_empty() {
-        let name_type = list.u8(Field::ServerName)?;
-        let name = list.prefixed16(Field::ServerName)?;
-        if name_type == 0 {
+    let mut rest = list;
+    while let [name_type, n0, n1, tail @ ..] = rest {
+        let n = usize::from(u16::from_be_bytes([*n0, *n1]));
+        let Some(name) = tail.get(..n) else {
+            return Err(TlsError::Truncated(Field::ServerName));
+        };
+        rest = &tail[n..];
+        if *name_type == 0 {
             if host.is_some() {
                 return Err(TlsError::DuplicateHostName);
             }
-            host = Some(name.0);
+            host = Some(name);
         }
+    }
+    if !rest.is_empty() {
+        return Err(TlsError::Truncated(Field::ServerName));
     }
     host.ok_or(TlsError::NoHostName)
 }
 
 /// The highest non-GREASE version offered, or `None` if the extension is malformed or lists
 /// only GREASE.
-fn supported_versions(mut data: Reader<'_>) -> Option<u16> {
-    let mut list = data.prefixed8(Field::Extension).ok()?;
-    if !data.is_empty() || list.len() % 2 != 0 {
+fn supported_versions(data: &[u8]) -> Option<u16> {
+    let (len, list) = data.split_first()?;
+    if list.len() != usize::from(*len) || list.len() % 2 != 0 {
         return None;
     }
-    let mut max = None;
-    while let Ok(v) = list.u16(Field::Extension) {
-        if v & 0x0f0f != 0x0a0a {
-            max = max.max(Some(v));
-        }
-    }
-    max
+    list.chunks_exact(2)
+        .map(|v| u16::from_be_bytes([v[0], v[1]]))
+        .filter(|v| v & 0x0f0f != 0x0a0a)
+        .max()
 }
 
 #[cfg(test)]

@@ -5,10 +5,19 @@
 //! key the packet came from. The table never grows past its capacity: [`FlowTable::insert`] fails
 //! when it is full, and the pipeline turns that into a fail-closed `flow_limit` verdict after it
 //! tried to reclaim one closed or expired flow.
+//!
+//! Keys are chosen by whoever sends packets, so the index is keyed with secrets drawn from the
+//! operating system's random source for each table ([`FlowHasher`]): colliding keys cannot be
+//! precomputed. The hash is foldhash rather than SipHash: a flow lookup is paid by every packet,
+//! and foldhash costs a few multiplications for a 40-byte key where SipHash costs several
+//! hundred instructions.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::IpAddr;
+
+use foldhash::fast::FoldHasher;
+use foldhash::SharedSeed;
 
 /// One address as stored in a key: IPv4 addresses are IPv4-mapped into 128 bits.
 fn addr_bits(ip: IpAddr) -> u128 {
@@ -29,8 +38,8 @@ pub struct FlowKey {
 
 impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Three word-sized writes: the keyed hasher runs over 40 bytes in as few rounds as it
-        // can, without the per-field length prefixes a derived `Hash` adds.
+        // Three word-sized writes: the keyed hasher folds 40 bytes in three multiplications,
+        // without the per-field length prefixes a derived `Hash` adds.
         state.write_u128(self.lo);
         state.write_u128(self.hi);
         state.write_u64(self.rest);
@@ -80,6 +89,42 @@ impl FlowKey {
     }
 }
 
+/// The flow index's hasher factory: foldhash keyed with 128 random bits chosen when the table is
+/// created. The bits come from the standard library's `RandomState`, whose SipHash keys are
+/// drawn from the operating system's random source.
+#[derive(Clone)]
+pub struct FlowHasher {
+    per_hasher: u64,
+    shared: SharedSeed,
+}
+
+impl FlowHasher {
+    /// A hasher factory with fresh random keys.
+    pub fn random() -> FlowHasher {
+        let keyed = RandomState::new();
+        FlowHasher {
+            per_hasher: keyed.hash_one(0u8),
+            shared: SharedSeed::from_u64(keyed.hash_one(1u8)),
+        }
+    }
+}
+
+impl std::fmt::Debug for FlowHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys are secret.
+        f.write_str("FlowHasher")
+    }
+}
+
+impl BuildHasher for FlowHasher {
+    type Hasher = FoldHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher::with_seed(self.per_hasher, &self.shared)
+    }
+}
+
 /// A stable reference to a slot; the generation makes stale references to a reused slot miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowId {
@@ -98,7 +143,7 @@ struct Slot<T> {
 /// Fixed-capacity map from [`FlowKey`] to flows of type `T`.
 #[derive(Debug)]
 pub struct FlowTable<T> {
-    index: HashMap<FlowKey, u32>,
+    index: HashMap<FlowKey, u32, FlowHasher>,
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
     capacity: usize,
@@ -110,7 +155,7 @@ impl<T> FlowTable<T> {
         let capacity = capacity.clamp(1, u32::MAX as usize);
         FlowTable {
             // Reserve a bounded part up front; the map grows to `capacity` at most.
-            index: HashMap::with_capacity(capacity.min(1 << 16)),
+            index: HashMap::with_capacity_and_hasher(capacity.min(1 << 16), FlowHasher::random()),
             slots: Vec::new(),
             free: Vec::new(),
             capacity,
@@ -263,6 +308,17 @@ mod tests {
         let a6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let b6: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_ne!(k1, FlowKey::new(6, a6, 40000, b6, 443).0);
+    }
+
+    #[test]
+    fn each_table_has_its_own_hash_keys() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let (k, _) = FlowKey::new(6, ip, 40000, ip, 443);
+        let (a, b) = (FlowHasher::random(), FlowHasher::random());
+        assert_eq!(a.hash_one(k), a.hash_one(k));
+        // Equal by chance with probability 2^-64.
+        assert_ne!(a.hash_one(k), b.hash_one(k));
+        assert_eq!(format!("{a:?}"), "FlowHasher", "the keys are never printed");
     }
 
     #[test]

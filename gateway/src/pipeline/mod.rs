@@ -669,19 +669,21 @@ impl Pipeline {
         meta: PacketMeta,
         out: &mut Output,
     ) -> Disposition {
-        let Ok(p) = wire::parse(packet) else {
+        // Borrowed where it was built: moving the parsed packet out of the `Result` copies it.
+        let parsed = wire::parse(packet);
+        let Ok(p) = &parsed else {
             return Disposition::Drop(DropReason::Malformed);
         };
-        match p.l4 {
+        match &p.l4 {
             L4::Fragment(_) => Disposition::Drop(DropReason::Fragment),
             // A TCP segment split by IP fragmentation would let the server reassemble bytes the
             // gateway never inspected: TCP uses path MTU discovery and never needs it.
             L4::Tcp(_) if p.fragment.is_some() => Disposition::Drop(DropReason::Fragment),
-            L4::Tcp(seg) => self.tcp(now, &p, &seg, meta, out),
-            L4::Udp(u) => self.datagram(now, &p, u.src_port, u.dst_port, out),
-            L4::Icmp(m) if icmp_is_error(false, m.msg_type) => self.icmp_error(now, &p, m.payload),
-            L4::Icmpv6(m) if icmp_is_error(true, m.msg_type) => self.icmp_error(now, &p, m.payload),
-            L4::Icmp(_) | L4::Icmpv6(_) | L4::Other(_) => self.datagram(now, &p, 0, 0, out),
+            L4::Tcp(seg) => self.tcp(now, p, seg, meta, out),
+            L4::Udp(u) => self.datagram(now, p, u.src_port, u.dst_port, out),
+            L4::Icmp(m) if icmp_is_error(false, m.msg_type) => self.icmp_error(now, p, m.payload),
+            L4::Icmpv6(m) if icmp_is_error(true, m.msg_type) => self.icmp_error(now, p, m.payload),
+            L4::Icmp(_) | L4::Icmpv6(_) | L4::Other(_) => self.datagram(now, p, 0, 0, out),
         }
     }
 
@@ -984,6 +986,16 @@ impl Pipeline {
             return Disposition::Drop(DropReason::Malformed);
         };
         let from_client = side == flow.client_side;
+        if flow.is_settled() && !seg.flags.has_syn_fin_rst() {
+            // The common case, kept short: an allowed flow with nothing left to inspect or
+            // record, and a segment that changes no connection state.
+            flow.count(side, p.packet.len() as u64, now);
+            flow.track_plain(from_client, seg);
+            if flow.timer_at.is_none() {
+                self.ctx.arm(id, flow);
+            }
+            return Disposition::Forward;
+        }
         let bare_syn = seg.flags.syn() && !seg.flags.ack();
         if bare_syn && from_client && flow.reusable_by(seg.seq) {
             // A new connection on the same ports (after a RST or FINs, or with a new ISN): the
@@ -1256,6 +1268,42 @@ impl Flow {
             self.traffic.bytes_in += len;
         }
         self.last_seen = now;
+    }
+
+    /// True when the flow is allowed, done with inspection (no reassembled bytes kept, so no
+    /// second ClientHello or HTTP request to look for and no decision record pending), and has
+    /// seen no FIN or RST: a segment without SYN, FIN or RST then only moves the counters and
+    /// the tracked sequence numbers ([`Flow::track_plain`]), and is forwarded.
+    #[inline]
+    fn is_settled(&self) -> bool {
+        self.state == State::Forwarding
+            && self.inspect.is_none()
+            && !self.ended
+            && !self.tcp.rst
+            && !self.tcp.fin_client
+            && !self.tcp.fin_server
+    }
+
+    /// The sequence tracking of [`Ctx::tcp_existing`] for a segment without SYN, FIN or RST on a
+    /// settled flow ([`Flow::is_settled`]).
+    #[inline]
+    fn track_plain(&mut self, from_client: bool, seg: &TcpSegment<'_>) {
+        let end = seg.seq.wrapping_add(seg.seq_len());
+        if from_client {
+            if seg.flags.ack() && self.tcp.server_next.is_some() {
+                self.tcp.client_ack = Some(seg.ack);
+            }
+            if seq_gt(end, self.tcp.client_next) {
+                self.tcp.client_next = end;
+            }
+        } else {
+            if self.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
+                self.tcp.server_next = Some(end);
+            }
+            if seg.flags.ack() {
+                self.tcp.server_ack = Some(seg.ack);
+            }
+        }
     }
 
     /// True when a client SYN with sequence number `seq` opens a new connection rather than

@@ -234,6 +234,7 @@ impl<'a> ParsedPacket<'a> {
 /// Errors are for packets no host would accept (bad lengths, truncated headers, a mangled
 /// extension chain). Fragments whose transport header cannot be read are not errors: they parse
 /// to [`L4::Fragment`] with their addresses, so the pipeline can attribute and count them.
+#[inline]
 pub fn parse(packet: &[u8]) -> Result<ParsedPacket<'_>, WireError> {
     let first = *packet.first().ok_or(WireError::Empty)?;
     match first >> 4 {
@@ -243,6 +244,7 @@ pub fn parse(packet: &[u8]) -> Result<ParsedPacket<'_>, WireError> {
     }
 }
 
+#[inline]
 fn parse_v4(buf: &[u8]) -> Result<ParsedPacket<'_>, WireError> {
     let ip = Ipv4Packet::new_checked(buf)?;
     let packet = &buf[..ip.total_len()];
@@ -282,6 +284,9 @@ fn parse_v6(buf: &[u8]) -> Result<ParsedPacket<'_>, WireError> {
     )
 }
 
+// Inlined so that the packet is built in the caller's frame rather than copied out of a return
+// slot.
+#[inline(always)]
 fn finish(
     packet: &[u8],
     src: IpAddr,
@@ -292,7 +297,10 @@ fn finish(
     l4_offset: usize,
 ) -> Result<ParsedPacket<'_>, WireError> {
     let body = &packet[l4_offset..];
-    let mut out = ParsedPacket {
+    // The transport layer is read first and the packet built once, in the return value: the
+    // struct is large and copying it is a measurable part of the per-packet cost.
+    let (l4, payload_offset) = transport(body, protocol, fragment, l4_offset)?;
+    Ok(ParsedPacket {
         packet,
         src,
         dst,
@@ -300,14 +308,22 @@ fn finish(
         protocol,
         fragment,
         l4_offset,
-        payload_offset: l4_offset,
-        l4: L4::Other(body),
-    };
+        payload_offset,
+        l4,
+    })
+}
+
+/// The transport layer of a packet whose transport header starts `body` (at `l4_offset` in the
+/// packet), and the offset of its payload in the packet.
+#[inline]
+fn transport(
+    body: &[u8],
+    protocol: IpProtocol,
+    fragment: Option<FragmentInfo>,
+    l4_offset: usize,
+) -> Result<(L4<'_>, usize), WireError> {
     let is_first_fragment = match fragment {
-        Some(f) if f.offset != 0 => {
-            out.l4 = L4::Fragment(FragmentDrop::NotFirst);
-            return Ok(out);
-        }
+        Some(f) if f.offset != 0 => return Ok((L4::Fragment(FragmentDrop::NotFirst), l4_offset)),
         Some(_) => true,
         None => false,
     };
@@ -315,18 +331,19 @@ fn finish(
     // in a whole packet it is a malformed packet.
     let header_result = match protocol {
         IpProtocol::Tcp => TcpPacket::new_checked(body).map(|t| {
-            out.payload_offset = l4_offset + t.header_len();
-            L4::Tcp(TcpSegment {
+            let hl = t.header_len();
+            let seg = TcpSegment {
                 src_port: t.src_port(),
                 dst_port: t.dst_port(),
                 seq: t.seq(),
                 ack: t.ack(),
                 flags: t.flags(),
                 window: t.window(),
-                header_len: t.header_len(),
-                options: &body[20..t.header_len()],
-                payload: &body[t.header_len()..],
-            })
+                header_len: hl,
+                options: &body[20..hl],
+                payload: &body[hl..],
+            };
+            (L4::Tcp(seg), l4_offset + hl)
         }),
         IpProtocol::Udp if is_first_fragment => {
             // The UDP length covers the whole datagram, not this fragment: only the header counts.
@@ -337,44 +354,46 @@ fn finish(
                     available: body.len(),
                 })
             } else {
-                out.payload_offset = l4_offset + 8;
-                Ok(L4::Udp(UdpDatagram {
-                    src_port: u16::from_be_bytes([body[0], body[1]]),
-                    dst_port: u16::from_be_bytes([body[2], body[3]]),
-                    payload: &body[8..],
-                }))
+                Ok((
+                    L4::Udp(UdpDatagram {
+                        src_port: u16::from_be_bytes([body[0], body[1]]),
+                        dst_port: u16::from_be_bytes([body[2], body[3]]),
+                        payload: &body[8..],
+                    }),
+                    l4_offset + 8,
+                ))
             }
         }
         IpProtocol::Udp => UdpPacket::new_checked(body).map(|u| {
-            out.payload_offset = l4_offset + 8;
-            L4::Udp(UdpDatagram {
-                src_port: u.src_port(),
-                dst_port: u.dst_port(),
-                payload: &body[8..u.len()],
-            })
+            (
+                L4::Udp(UdpDatagram {
+                    src_port: u.src_port(),
+                    dst_port: u.dst_port(),
+                    payload: &body[8..u.len()],
+                }),
+                l4_offset + 8,
+            )
         }),
         IpProtocol::Icmp | IpProtocol::Icmpv6 => IcmpPacket::new_checked(body).map(|m| {
-            out.payload_offset = l4_offset + 8;
             let msg = IcmpMessage {
                 msg_type: m.msg_type(),
                 code: m.code(),
                 payload: &body[8..],
             };
-            if protocol == IpProtocol::Icmp {
+            let l4 = if protocol == IpProtocol::Icmp {
                 L4::Icmp(msg)
             } else {
                 L4::Icmpv6(msg)
-            }
+            };
+            (l4, l4_offset + 8)
         }),
-        IpProtocol::Unknown(_) => Ok(L4::Other(body)),
+        IpProtocol::Unknown(_) => Ok((L4::Other(body), l4_offset)),
     };
-    out.l4 = match header_result {
-        Ok(l4) => l4,
+    match header_result {
+        Ok(r) => Ok(r),
         Err(WireError::Truncated { .. }) if is_first_fragment => {
-            out.payload_offset = l4_offset;
-            L4::Fragment(FragmentDrop::HeaderSplit)
+            Ok((L4::Fragment(FragmentDrop::HeaderSplit), l4_offset))
         }
-        Err(e) => return Err(e),
-    };
-    Ok(out)
+        Err(e) => Err(e),
+    }
 }

@@ -39,6 +39,11 @@ impl TcpFlags {
         TcpFlags(self.0 | other.0)
     }
 
+    /// Any of SYN, FIN or RST set: the segment changes the connection's state.
+    pub const fn has_syn_fin_rst(self) -> bool {
+        self.0 & (Self::SYN.0 | Self::FIN.0 | Self::RST.0) != 0
+    }
+
     /// SYN set.
     pub const fn syn(self) -> bool {
         self.contains(Self::SYN)
