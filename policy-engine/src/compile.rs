@@ -154,6 +154,29 @@ struct Class {
     rules: Span,
     /// For source classes: the rules of `rules` whose destination includes a WebGroup.
     name_rules: Span,
+    /// The rules of `rules` whose other side is "any": `dst = "any"` for source classes,
+    /// `src = "any"` for destination and name classes. They match whatever the other side is.
+    any_rules: Span,
+}
+
+/// What an address interval leads to: its class and, inline so that a lookup reads one entry
+/// instead of three dependent ones, the class's rule lists.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    class: u32,
+    rules: Span,
+    any_rules: Span,
+}
+
+impl Entry {
+    fn of(class: u32, classes: &[Class]) -> Entry {
+        let c = classes.get(class as usize);
+        Entry {
+            class,
+            rules: c.map(|c| c.rules).unwrap_or_default(),
+            any_rules: c.map(|c| c.any_rules).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -168,25 +191,27 @@ impl Span {
     }
 }
 
-/// Sorted interval starts mapped to class ids; the first start is always 0.
+/// Sorted interval starts mapped to values (class ids, or address [`Entry`]s); the first start
+/// is always 0.
 #[derive(Debug, Clone)]
-struct IntervalTable<K> {
+struct IntervalTable<K, V = u32> {
     starts: Vec<K>,
-    classes: Vec<u32>,
+    classes: Vec<V>,
 }
 
-impl<K: Copy + Ord> IntervalTable<K> {
-    fn lookup(&self, key: K) -> u32 {
+impl<K: Copy + Ord, V: Copy + Default> IntervalTable<K, V> {
+    fn lookup(&self, key: K) -> V {
         let i = self.starts.partition_point(|&s| s <= key);
         // starts[0] is the smallest key, so i >= 1 for a well-built table.
         match i.checked_sub(1) {
             Some(i) => self.classes[i],
-            None => 0,
+            None => V::default(),
         }
     }
 
     fn bytes(&self) -> usize {
-        self.starts.capacity() * std::mem::size_of::<K>() + self.classes.capacity() * 4
+        self.starts.capacity() * std::mem::size_of::<K>()
+            + self.classes.capacity() * std::mem::size_of::<V>()
     }
 }
 
@@ -194,7 +219,7 @@ impl<K: Copy + Ord> IntervalTable<K> {
 /// searches only the few interval starts of its /16 instead of the whole table.
 #[derive(Debug, Clone)]
 struct V4Table {
-    table: IntervalTable<u32>,
+    table: IntervalTable<u32, Entry>,
     /// `bucket[h]`: index of the first start `>= h << 16`, for `h` in `0..=65536`.
     bucket: Vec<u32>,
 }
@@ -204,7 +229,7 @@ impl V4Table {
     /// 256 KiB.
     const INDEX_FROM: usize = 1024;
 
-    fn new(table: IntervalTable<u32>) -> V4Table {
+    fn new(table: IntervalTable<u32, Entry>) -> V4Table {
         if table.starts.len() < Self::INDEX_FROM {
             return V4Table {
                 table,
@@ -222,7 +247,7 @@ impl V4Table {
         V4Table { table, bucket }
     }
 
-    fn lookup(&self, key: u32) -> u32 {
+    fn lookup(&self, key: u32) -> Entry {
         if self.bucket.is_empty() {
             return self.table.lookup(key);
         }
@@ -233,7 +258,7 @@ impl V4Table {
         // starts[0] == 0, so some start is <= key and i >= 1.
         match i.checked_sub(1) {
             Some(i) => self.table.classes[i],
-            None => 0,
+            None => Entry::default(),
         }
     }
 
@@ -252,10 +277,7 @@ pub struct CompiledPolicy {
     rule_actions: Vec<Action>,
     rule_log: Vec<u64>,
     watch: Vec<u64>,
-    /// Rules with `src = "any"`; rules with `dst = "any"`.
-    src_any: Vec<u64>,
-    dst_any: Vec<u64>,
-    /// Rules with both `src` and `dst` "any" (the mask check on `src_any` always passes).
+    /// Rules with both `src` and `dst` "any".
     any_any: Vec<u32>,
     /// Rules with `src = "any"` whose `dst` names a WebGroup.
     any_src_name_rules: Vec<u32>,
@@ -264,15 +286,15 @@ pub struct CompiledPolicy {
     addr_names: Vec<Box<str>>,
     /// Group ids (smartgroups for sources; addressgroups then smartgroups for destinations;
     /// webgroups for names) and rule lists. A class's rule list holds the rules that name one of
-    /// its groups; rules with `src` or `dst` "any" are found through `src_any` / `dst_any`.
+    /// its groups; those of them whose other side is "any" are also listed on their own.
     arena: Vec<u32>,
     src_classes: Vec<Class>,
     dst_classes: Vec<Class>,
     name_classes: Vec<Class>,
     src_v4: V4Table,
-    src_v6: IntervalTable<u128>,
+    src_v6: IntervalTable<u128, Entry>,
     dst_v4: V4Table,
-    dst_v6: IntervalTable<u128>,
+    dst_v6: IntervalTable<u128, Entry>,
     names: crate::trie::NameTrie,
     port_words: usize,
     port_bits: Vec<u64>,
@@ -361,14 +383,14 @@ impl CompiledPolicy {
         bit(&self.watch, i)
     }
 
-    fn src_class(&self, ip: IpAddr) -> u32 {
+    fn src_entry(&self, ip: IpAddr) -> Entry {
         match ip {
             IpAddr::V4(a) => self.src_v4.lookup(u32::from(a)),
             IpAddr::V6(a) => self.src_v6.lookup(u128::from(a)),
         }
     }
 
-    fn dst_class(&self, ip: IpAddr) -> u32 {
+    fn dst_entry(&self, ip: IpAddr) -> Entry {
         match ip {
             IpAddr::V4(a) => self.dst_v4.lookup(u32::from(a)),
             IpAddr::V6(a) => self.dst_v6.lookup(u128::from(a)),
@@ -403,13 +425,13 @@ impl CompiledPolicy {
         }
     }
 
-    /// Folds into `best` the rules of `list` whose bit is set in `side` and in `ports`.
-    fn scan_masked(&self, list: &[u32], side: &[u64], ports: &[u64], best: &mut Best) {
+    /// Folds into `best` the rules of `list` accepted by `ports`.
+    fn scan_list(&self, list: &[u32], ports: &[u64], best: &mut Best) {
         for &r in list {
             if r >= best.eff {
                 return;
             }
-            if bit(side, r) && bit(ports, r) && self.take(r, best) {
+            if bit(ports, r) && self.take(r, best) {
                 return;
             }
         }
@@ -429,68 +451,71 @@ impl CompiledPolicy {
         }
     }
 
-    fn class_rules(&self, class: &Class) -> &[u32] {
-        class.rules.get(&self.arena)
+    fn span(&self, span: Span) -> &[u32] {
+        span.get(&self.arena)
     }
 
     /// The rules that match without a name: (source list ∪ `src = any`) ∩ (address list ∪
     /// `dst = any`), accepted by the port class.
-    fn scan_addresses(&self, ls: &[u32], ld: &[u32], ports: &[u64], best: &mut Best) {
-        self.scan_pair(ls, ld, ports, best);
-        self.scan_masked(ls, &self.dst_any, ports, best);
-        self.scan_masked(ld, &self.src_any, ports, best);
-        self.scan_masked(&self.any_any, &self.src_any, ports, best);
+    fn scan_addresses(&self, s: Entry, d: Entry, ports: &[u64], best: &mut Best) {
+        self.scan_pair(self.span(s.rules), self.span(d.rules), ports, best);
+        self.scan_list(self.span(s.any_rules), ports, best);
+        self.scan_list(self.span(d.any_rules), ports, best);
+        self.scan_list(&self.any_any, ports, best);
     }
 
     /// The verdict for a connection. `q.name` `None` means no name is known or will be known:
     /// rules that match only by name do not match.
     pub fn evaluate(&self, q: &Query<'_>) -> Verdict {
-        let src_class = self.src_class(q.src);
-        let dst_class = self.dst_class(q.dst);
+        let s = self.src_entry(q.src);
+        let d = self.dst_entry(q.dst);
         let ports = self.port_class_bits(q.transport, q.dst_port);
-        let ls = self.class_rules(&self.src_classes[src_class as usize]);
-        let ld = self.class_rules(&self.dst_classes[dst_class as usize]);
         let mut best = Best {
             any: NONE,
             eff: NONE,
         };
-        self.scan_addresses(ls, ld, ports, &mut best);
+        self.scan_addresses(s, d, ports, &mut best);
         let mut name_classes = [NONE; MAX_NAME_CLASSES_REPORTED];
         let mut count = 0usize;
         if let Some(name) = q.name {
+            let ls = self.span(s.rules);
             self.names.walk(name, |class| {
                 if count < MAX_NAME_CLASSES_REPORTED {
                     name_classes[count] = class;
                 }
                 count = count.saturating_add(1);
-                let lt = self.class_rules(&self.name_classes[class as usize]);
-                self.scan_pair(ls, lt, ports, &mut best);
-                self.scan_masked(lt, &self.src_any, ports, &mut best);
+                if let Some(c) = self.name_classes.get(class as usize) {
+                    self.scan_pair(ls, self.span(c.rules), ports, &mut best);
+                    self.scan_list(self.span(c.any_rules), ports, &mut best);
+                }
             });
         }
         let count = u8::try_from(count).unwrap_or(u8::MAX);
-        self.verdict(best, src_class, dst_class, name_classes, count)
+        self.verdict(best, s.class, d.class, name_classes, count)
     }
 
     /// The question asked on a SYN, before a name can be known: `Final` when no rule that could
     /// still match depends on the name (the verdict is then that of `evaluate` with any name or
     /// none), `NeedsName` otherwise. `q.name` is ignored.
     pub fn evaluate_without_name(&self, q: &Query<'_>) -> SynDecision {
-        let src_class = self.src_class(q.src);
-        let dst_class = self.dst_class(q.dst);
+        let s = self.src_entry(q.src);
+        let d = self.dst_entry(q.dst);
         let ports = self.port_class_bits(q.transport, q.dst_port);
-        let class = &self.src_classes[src_class as usize];
-        let ls = self.class_rules(class);
-        let ld = self.class_rules(&self.dst_classes[dst_class as usize]);
+        let ld = self.span(d.rules);
         let mut best = Best {
             any: NONE,
             eff: NONE,
         };
-        self.scan_addresses(ls, ld, ports, &mut best);
+        self.scan_addresses(s, d, ports, &mut best);
         // A rule that matches only by name and comes before the enforced one could change the
         // verdict (reported or enforced) once the name is known. Such a rule names a WebGroup,
         // so its `dst` is not "any"; it matches by address when it is in the address list.
-        let name_rules = [class.name_rules.get(&self.arena), &self.any_src_name_rules];
+        let src_name_rules = self
+            .src_classes
+            .get(s.class as usize)
+            .map(|c| self.span(c.name_rules))
+            .unwrap_or(&[]);
+        let name_rules = [src_name_rules, &self.any_src_name_rules];
         for list in name_rules {
             for &r in list {
                 if r >= best.eff {
@@ -503,8 +528,8 @@ impl CompiledPolicy {
         }
         SynDecision::Final(self.verdict(
             best,
-            src_class,
-            dst_class,
+            s.class,
+            d.class,
             [NONE; MAX_NAME_CLASSES_REPORTED],
             0,
         ))
@@ -835,10 +860,16 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
                 .copied()
                 .filter(|&r| bit(&name_dep, r))
                 .collect();
+            let any_rules: Vec<u32> = rules
+                .iter()
+                .copied()
+                .filter(|&r| bit(&dst_any, r))
+                .collect();
             Class {
                 groups,
                 rules: arena.add(&rules),
                 name_rules: arena.add(&name_rules),
+                any_rules: arena.add(&any_rules),
             }
         })
         .collect();
@@ -867,10 +898,18 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let dst_v6 = address_intervals(v6, u128::MAX, &mut dst_sets);
     let dst_classes: Vec<Class> = class_rule_lists(&dst_sets.sets, &dst_by_addr, &mut arena)
         .into_iter()
-        .map(|(groups, rules)| Class {
-            groups,
-            rules: arena.add(&rules),
-            name_rules: Span::default(),
+        .map(|(groups, rules)| {
+            let any_rules: Vec<u32> = rules
+                .iter()
+                .copied()
+                .filter(|&r| bit(&src_any, r))
+                .collect();
+            Class {
+                groups,
+                rules: arena.add(&rules),
+                name_rules: Span::default(),
+                any_rules: arena.add(&any_rules),
+            }
         })
         .collect();
 
@@ -879,10 +918,18 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let names = crate::trie::NameTrie::build(policy, &mut name_sets_adapter(&mut name_sets));
     let name_classes: Vec<Class> = class_rule_lists(&name_sets.sets, &dst_by_web, &mut arena)
         .into_iter()
-        .map(|(groups, rules)| Class {
-            groups,
-            rules: arena.add(&rules),
-            name_rules: Span::default(),
+        .map(|(groups, rules)| {
+            let any_rules: Vec<u32> = rules
+                .iter()
+                .copied()
+                .filter(|&r| bit(&src_any, r))
+                .collect();
+            Class {
+                groups,
+                rules: arena.add(&rules),
+                name_rules: Span::default(),
+                any_rules: arena.add(&any_rules),
+            }
         })
         .collect();
 
@@ -955,16 +1002,20 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let other_port_class = intern_bits(other, &mut port_bits);
     let port_class_count = port_bits.len() / words;
 
-    let split4 = |v: Vec<(u128, u32)>| {
+    let split4 = |v: Vec<(u128, u32)>, classes: &[Class]| {
         V4Table::new(IntervalTable {
             starts: v.iter().map(|&(s, _)| s as u32).collect(),
-            classes: v.iter().map(|&(_, c)| c).collect(),
+            classes: v.iter().map(|&(_, c)| Entry::of(c, classes)).collect(),
         })
     };
-    let split6 = |v: Vec<(u128, u32)>| IntervalTable {
+    let split6 = |v: Vec<(u128, u32)>, classes: &[Class]| IntervalTable {
         starts: v.iter().map(|&(s, _)| s).collect(),
-        classes: v.iter().map(|&(_, c)| c).collect(),
+        classes: v.iter().map(|&(_, c)| Entry::of(c, classes)).collect(),
     };
+    let src_v4 = split4(src_v4, &src_classes);
+    let src_v6 = split6(src_v6, &src_classes);
+    let dst_v4 = split4(dst_v4, &dst_classes);
+    let dst_v6 = split6(dst_v6, &dst_classes);
     let boxed = |s: &str| -> Box<str> { s.into() };
     let mut arena_data = arena.data;
     arena_data.shrink_to_fit();
@@ -976,8 +1027,6 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         rule_actions: policy.rules.iter().map(|r| r.action).collect(),
         rule_log,
         watch,
-        src_any,
-        dst_any,
         any_any,
         any_src_name_rules,
         smart_names: policy.smartgroups.iter().map(|g| boxed(&g.name)).collect(),
@@ -991,10 +1040,10 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         src_classes,
         dst_classes,
         name_classes,
-        src_v4: split4(src_v4),
-        src_v6: split6(src_v6),
-        dst_v4: split4(dst_v4),
-        dst_v6: split6(dst_v6),
+        src_v4,
+        src_v6,
+        dst_v4,
+        dst_v6,
         names,
         port_words: words,
         port_bits,
@@ -1021,12 +1070,7 @@ impl CompiledPolicy {
             + strs(&self.web_names)
             + strs(&self.addr_names)
             + self.rule_actions.capacity()
-            + (self.rule_log.capacity()
-                + self.watch.capacity()
-                + self.src_any.capacity()
-                + self.dst_any.capacity()
-                + self.port_bits.capacity())
-                * 8
+            + (self.rule_log.capacity() + self.watch.capacity() + self.port_bits.capacity()) * 8
             + (self.any_any.capacity() + self.any_src_name_rules.capacity()) * 4
             + self.arena.capacity() * 4
             + (self.src_classes.capacity()

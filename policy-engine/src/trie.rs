@@ -23,7 +23,7 @@ const NONE: u32 = u32::MAX;
 /// Parent id of the root's children (the root is not stored in the table).
 const ROOT: u32 = u32::MAX - 1;
 /// Names longer than this cannot match any pattern (patterns are valid names).
-const MAX_LABELS: usize = 128;
+const MAX_NAME: usize = 253;
 /// Labels up to this length live inside the slot.
 const INLINE_LABEL: usize = 22;
 
@@ -59,30 +59,79 @@ pub(crate) struct NameTrie {
     nodes: usize,
 }
 
-/// A fast 64-bit hash of (parent, label). The table's contents come from the policy; names from
-/// the wire only look up, and a probe sequence ends at the first empty slot of a table at most
-/// half full, so collisions cannot be forced to grow anything.
-fn edge_hash(parent: u32, label: &[u8]) -> u64 {
+/// A fast 64-bit hash of (parent, label), where the label is `buf[start..end]` (1 byte or more).
+/// The table's contents come from the policy; names from the wire only look up, and a probe
+/// sequence ends at the first empty slot of a table at most 3/4 full, so collisions cannot be
+/// forced to grow anything.
+///
+/// The label is read in little-endian 8-byte words, the last one zero-padded. When at least 8
+/// bytes of `buf` end where the label ends, that last word is loaded in one read from `buf` and
+/// shifted (the bytes before the label drop out), which is what makes hashing a label of a name
+/// cheap; the result depends only on the label's bytes.
+#[inline]
+fn edge_hash(parent: u32, buf: &[u8], start: usize, end: usize) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = u64::from(parent).wrapping_mul(K) ^ (label.len() as u64);
-    let mut chunks = label.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        h = (h.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    let len = end - start;
+    let mut h = u64::from(parent).wrapping_mul(K) ^ (len as u64);
+    let full = start + len / 8 * 8;
+    let mut i = start;
+    while i < full {
+        h = (h.rotate_left(26) ^ word(&buf[i..i + 8])).wrapping_mul(K);
+        i += 8;
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    let rest = end - full;
+    if rest > 0 {
+        let w = if end >= 8 {
+            word(&buf[end - 8..end]) >> (8 * (8 - rest))
+        } else {
+            buf[full..end]
+                .iter()
+                .rev()
+                .fold(0u64, |w, &b| (w << 8) | u64::from(b))
+        };
+        h = (h.rotate_left(26) ^ w).wrapping_mul(K);
     }
-    // Final avalanche (murmur3 fmix64) so that both the bucket bits and the tag bits vary.
+    // Final avalanche (murmur3 fmix64) so that the bucket bits vary.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
+}
+
+/// The little-endian word of an 8-byte slice.
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_le_bytes(w)
+}
+
+/// Bytes that may appear in a normalised name, dots aside.
+const fn name_byte_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+        c += 1;
+    }
+    t
+}
+static NAME_BYTE: [bool; 256] = name_byte_table();
+
+/// Whether a name has the shape of a normalised one as far as the walk cares: 1 to 253 bytes of
+/// `a-z0-9-_` in non-empty labels separated by single dots.
+fn walkable(name: &[u8]) -> bool {
+    if name.is_empty() || name.len() > MAX_NAME || name[0] == b'.' || name[name.len() - 1] == b'.' {
+        return false;
+    }
+    let mut ok = true;
+    let mut prev_dot = false;
+    for &b in name {
+        let dot = b == b'.';
+        ok &= NAME_BYTE[usize::from(b)] | (dot & !prev_dot);
+        prev_dot = dot;
+    }
+    ok
 }
 
 impl NameTrie {
@@ -96,9 +145,10 @@ impl NameTrie {
         for pattern in policy.webgroups.iter().flat_map(|g| g.patterns.iter()) {
             let text = pattern.as_str();
             let fixed = text.strip_prefix("*.").unwrap_or(text);
-            suffixes.insert(edge_hash(0, fixed.as_bytes()));
+            let bytes = fixed.as_bytes();
+            suffixes.insert(edge_hash(0, bytes, 0, bytes.len()));
             for (i, _) in fixed.match_indices('.') {
-                suffixes.insert(edge_hash(0, &fixed.as_bytes()[i + 1..]));
+                suffixes.insert(edge_hash(0, bytes, i + 1, bytes.len()));
             }
         }
         let mut size = (suffixes.len() + suffixes.len() / 2 + 16).next_power_of_two();
@@ -181,7 +231,7 @@ impl NameTrie {
 
     fn child_or_insert(&mut self, parent: u32, label: &str) -> u32 {
         let bytes = label.as_bytes();
-        let mut i = edge_hash(parent, bytes) as usize & self.mask;
+        let mut i = edge_hash(parent, bytes, 0, bytes.len()) as usize & self.mask;
         loop {
             let slot = &self.slots[i];
             if slot.parent == NONE {
@@ -214,9 +264,11 @@ impl NameTrie {
         i as u32
     }
 
+    /// The child of `parent` for the label `name[start..end]`.
     #[inline]
-    fn child(&self, parent: u32, label: &[u8]) -> Option<u32> {
-        let mut i = edge_hash(parent, label) as usize & self.mask;
+    fn child(&self, parent: u32, name: &[u8], start: usize, end: usize) -> Option<u32> {
+        let label = &name[start..end];
+        let mut i = edge_hash(parent, name, start, end) as usize & self.mask;
         loop {
             let slot = &self.slots[i];
             if slot.parent == NONE {
@@ -233,62 +285,46 @@ impl NameTrie {
     /// not normalised (upper case, empty labels, characters outside `a-z0-9-_`, a trailing dot)
     /// reaches nothing.
     pub(crate) fn walk(&self, name: &str, mut found: impl FnMut(u32)) {
-        if self.slots.is_empty() || name.is_empty() || name.len() > 253 {
+        let name = name.as_bytes();
+        if self.slots.is_empty() || !walkable(name) {
             return;
         }
-        let mut bounds = [(0u16, 0u16); MAX_LABELS];
-        let mut n = 0;
-        let mut start = 0usize;
-        for (i, b) in name.bytes().enumerate() {
-            match b {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-                b'.' => {
-                    if n == MAX_LABELS || i == start {
-                        return;
-                    }
-                    bounds[n] = (start as u16, i as u16);
-                    n += 1;
-                    start = i + 1;
-                }
-                // Not a normalised name: it matches no pattern.
-                _ => return,
-            }
-        }
-        if n == MAX_LABELS || start == name.len() {
-            return;
-        }
-        bounds[n] = (start as u16, name.len() as u16);
-        n += 1;
-        // Labels right to left.
-        bounds[..n].reverse();
-        self.walk_from(ROOT, 0, name, &bounds[..n], &mut found);
+        self.walk_from(ROOT, name, &mut found);
     }
 
-    fn walk_from(
-        &self,
-        node: u32,
-        depth: usize,
-        name: &str,
-        labels: &[(u16, u16)],
-        found: &mut impl FnMut(u32),
-    ) {
-        let n = self.node(node);
-        if depth == labels.len() {
-            if n.exact != NONE {
-                found(n.exact);
+    /// Walks from `node` over the labels of `rest` (the part of the name left of the labels
+    /// consumed so far), right to left: the literal child's subtree first, then the `*` child's.
+    fn walk_from(&self, mut node: u32, mut rest: &[u8], found: &mut impl FnMut(u32)) {
+        loop {
+            let n = self.node(node);
+            if rest.is_empty() {
+                if n.exact != NONE {
+                    found(n.exact);
+                }
+                return;
             }
-            return;
-        }
-        if n.below != NONE {
-            found(n.below);
-        }
-        let (s, e) = labels[depth];
-        let label = name.as_bytes().get(s as usize..e as usize).unwrap_or(&[]);
-        if let Some(c) = self.child(node, label) {
-            self.walk_from(c, depth + 1, name, labels, found);
-        }
-        if n.star != NONE && !label.is_empty() {
-            self.walk_from(n.star, depth + 1, name, labels, found);
+            if n.below != NONE {
+                found(n.below);
+            }
+            let end = rest.len();
+            let start = rest
+                .iter()
+                .rposition(|&b| b == b'.')
+                .map_or(0, |dot| dot + 1);
+            let child = self.child(node, rest, start, end);
+            let star = n.star;
+            // Labels are not empty (checked by `walkable`), so `start - 1` is the dot before the
+            // label when `start > 0`.
+            rest = &rest[..start.saturating_sub(1)];
+            match (child, star) {
+                (Some(c), NONE) => node = c,
+                (Some(c), star) => {
+                    self.walk_from(c, rest, found);
+                    node = star;
+                }
+                (None, NONE) => return,
+                (None, star) => node = star,
+            }
         }
     }
 

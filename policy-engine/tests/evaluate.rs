@@ -319,7 +319,19 @@ fn syn_decisions() {
 #[test]
 fn names_that_are_not_normal_never_match() {
     let c = compiled(POLICY);
-    for name in ["API.OPENAI.COM", "api.openai.com.", "", "a..openai.com"] {
+    // Some of these would match `*.openai.com` if only their right-hand labels were looked at.
+    for name in [
+        "API.OPENAI.COM",
+        "api.openai.com.",
+        "",
+        ".",
+        "a..openai.com",
+        ".api.openai.com",
+        "X.api.openai.com",
+        "a b.api.openai.com",
+        "caf\u{e9}.api.openai.com",
+        "api.openai.com..",
+    ] {
         let v = c.evaluate(&q("10.2.0.1", "52.1.1.1", Transport::Tcp, 443, Some(name)));
         assert_eq!(v.rule, RuleRef::Default, "{name:?}");
     }
