@@ -215,55 +215,99 @@ impl<K: Copy + Ord, V: Copy + Default> IntervalTable<K, V> {
     }
 }
 
-/// IPv4 intervals with a direct index on the top 16 bits of the address, so that a lookup
-/// searches only the few interval starts of its /16 instead of the whole table.
+/// IPv4 intervals as `(start, entry)` records, so that the record found by the search also holds
+/// the answer, with a direct index on the top 16 bits of the address; a /16 holding many
+/// intervals has a second index on the next 8 bits. A lookup reads the /16 index, the /24 index
+/// when there is one, and then searches the few records of its /24 (usually one cache line).
 #[derive(Debug, Clone)]
 struct V4Table {
-    table: IntervalTable<u32, Entry>,
-    /// `bucket[h]`: index of the first start `>= h << 16`, for `h` in `0..=65536`.
-    bucket: Vec<u32>,
+    /// Sorted by start; the first start is 0.
+    records: Vec<(u32, Entry)>,
+    /// `bucket[h].0`: index of the first record starting at or after `h << 16`, for `h` in
+    /// `0..=65536`; `bucket[h].1`: where the /24 index of that /16 starts in `fine`, or [`NONE`].
+    bucket: Vec<(u32, u32)>,
+    /// 257 record indices per indexed /16: the first record starting at or after each /24 of
+    /// it, and the first record after it.
+    fine: Vec<u32>,
 }
 
 impl V4Table {
     /// Below this many intervals a plain binary search is as fast and the index not worth its
-    /// 256 KiB.
+    /// 512 KiB.
     const INDEX_FROM: usize = 1024;
+    /// A /16 with more intervals than this gets a /24 index (1 KiB).
+    const FINE_FROM: usize = 8;
 
-    fn new(table: IntervalTable<u32, Entry>) -> V4Table {
-        if table.starts.len() < Self::INDEX_FROM {
+    fn new(records: Vec<(u32, Entry)>) -> V4Table {
+        if records.len() < Self::INDEX_FROM {
             return V4Table {
-                table,
+                records,
                 bucket: Vec::new(),
+                fine: Vec::new(),
             };
         }
+        // First record index with start >= `from`.
+        let first_at = |from: u64, i: &mut usize| {
+            while *i < records.len() && u64::from(records[*i].0) < from {
+                *i += 1;
+            }
+            *i as u32
+        };
         let mut bucket = Vec::with_capacity(65537);
         let mut i = 0usize;
         for h in 0..=65536u64 {
-            while i < table.starts.len() && u64::from(table.starts[i]) < (h << 16) {
-                i += 1;
-            }
-            bucket.push(i as u32);
+            bucket.push((first_at(h << 16, &mut i), NONE));
         }
-        V4Table { table, bucket }
+        let mut fine = Vec::new();
+        for h in 0..65536usize {
+            let (lo, hi) = (bucket[h].0 as usize, bucket[h + 1].0 as usize);
+            if hi - lo <= Self::FINE_FROM {
+                continue;
+            }
+            bucket[h].1 = fine.len() as u32;
+            let mut i = lo;
+            for b in 0..=256u64 {
+                fine.push(first_at(((h as u64) << 16) + (b << 8), &mut i));
+            }
+        }
+        fine.shrink_to_fit();
+        V4Table {
+            records,
+            bucket,
+            fine,
+        }
     }
 
+    #[inline]
     fn lookup(&self, key: u32) -> Entry {
-        if self.bucket.is_empty() {
-            return self.table.lookup(key);
-        }
-        let h = (key >> 16) as usize;
-        let (lo, hi) = (self.bucket[h] as usize, self.bucket[h + 1] as usize);
-        let starts = &self.table.starts[lo..hi];
-        let i = lo + starts.partition_point(|&s| s <= key);
-        // starts[0] == 0, so some start is <= key and i >= 1.
+        let (lo, hi) = if self.bucket.is_empty() {
+            (0, self.records.len())
+        } else {
+            let h = (key >> 16) as usize;
+            let (lo, fine) = self.bucket[h];
+            if fine == NONE {
+                (lo as usize, self.bucket[h + 1].0 as usize)
+            } else {
+                let f = fine as usize + ((key >> 8) & 0xff) as usize;
+                (self.fine[f] as usize, self.fine[f + 1] as usize)
+            }
+        };
+        let i = lo + self.records[lo..hi].partition_point(|r| r.0 <= key);
+        // records[0] starts at 0, so some start is <= key and i >= 1.
         match i.checked_sub(1) {
-            Some(i) => self.table.classes[i],
+            Some(i) => self.records[i].1,
             None => Entry::default(),
         }
     }
 
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
     fn bytes(&self) -> usize {
-        self.table.bytes() + self.bucket.capacity() * 4
+        self.records.capacity() * std::mem::size_of::<(u32, Entry)>()
+            + self.bucket.capacity() * 8
+            + self.fine.capacity() * 4
     }
 }
 
@@ -1003,10 +1047,11 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let port_class_count = port_bits.len() / words;
 
     let split4 = |v: Vec<(u128, u32)>, classes: &[Class]| {
-        V4Table::new(IntervalTable {
-            starts: v.iter().map(|&(s, _)| s as u32).collect(),
-            classes: v.iter().map(|&(_, c)| Entry::of(c, classes)).collect(),
-        })
+        V4Table::new(
+            v.iter()
+                .map(|&(s, c)| (s as u32, Entry::of(c, classes)))
+                .collect(),
+        )
     };
     let split6 = |v: Vec<(u128, u32)>, classes: &[Class]| IntervalTable {
         starts: v.iter().map(|&(s, _)| s).collect(),
@@ -1091,9 +1136,9 @@ impl CompiledPolicy {
             addressgroups: policy.addressgroups.len(),
             patterns: policy.pattern_count(),
             cidrs,
-            address_intervals: self.src_v4.table.starts.len()
+            address_intervals: self.src_v4.len()
                 + self.src_v6.starts.len()
-                + self.dst_v4.table.starts.len()
+                + self.dst_v4.len()
                 + self.dst_v6.starts.len(),
             src_classes: self.src_classes.len(),
             dst_classes: self.dst_classes.len(),
@@ -1101,6 +1146,71 @@ impl CompiledPolicy {
             name_classes: self.name_classes.len(),
             port_classes: self.port_class_count,
             memory_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The indexed IPv4 table gives the record a plain search over all records gives, for /16s
+    /// with few and with many intervals, at interval edges and /16 and /24 edges.
+    #[test]
+    fn indexed_v4_table_agrees_with_plain_search() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut starts = vec![0u32];
+        // Dense around 10.0.0.0/12, sparse elsewhere, and a crowded single /24.
+        for _ in 0..3000 {
+            starts.push(0x0a00_0000 | (next() as u32 & 0x000f_ffff));
+        }
+        for _ in 0..500 {
+            starts.push(next() as u32);
+        }
+        for k in 0..40 {
+            starts.push(0xc000_0200 + k * 3);
+        }
+        starts.push(u32::MAX);
+        starts.sort_unstable();
+        starts.dedup();
+        let records: Vec<(u32, Entry)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let entry = Entry {
+                    class: i as u32,
+                    ..Entry::default()
+                };
+                (s, entry)
+            })
+            .collect();
+        let table = V4Table::new(records.clone());
+        assert!(!table.bucket.is_empty() && !table.fine.is_empty());
+        let plain = |key: u32| records.partition_point(|r| r.0 <= key) as u32 - 1;
+        let mut keys = vec![
+            0,
+            u32::MAX,
+            0x0a00_0000,
+            0x0a0f_ffff,
+            0xc000_0200,
+            0xc000_02ff,
+        ];
+        for &s in &starts {
+            keys.extend([s, s.wrapping_sub(1), s.wrapping_add(1), s & !0xff, s | 0xff]);
+            keys.extend([s & !0xffff, s | 0xffff]);
+        }
+        for _ in 0..20_000 {
+            keys.push(next() as u32);
+            keys.push(0x0a00_0000 | (next() as u32 & 0x000f_ffff));
+        }
+        for key in keys {
+            assert_eq!(table.lookup(key).class, plain(key), "{key:#x}");
         }
     }
 }

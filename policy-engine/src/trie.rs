@@ -105,33 +105,17 @@ fn word(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// Bytes that may appear in a normalised name, dots aside.
-const fn name_byte_table() -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        t[c] = b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
-        c += 1;
-    }
-    t
-}
-static NAME_BYTE: [bool; 256] = name_byte_table();
-
 /// Whether a name has the shape of a normalised one as far as the walk cares: 1 to 253 bytes of
 /// `a-z0-9-_` in non-empty labels separated by single dots.
 fn walkable(name: &[u8]) -> bool {
-    if name.is_empty() || name.len() > MAX_NAME || name[0] == b'.' || name[name.len() - 1] == b'.' {
-        return false;
+    match name {
+        [] | [b'.', ..] | [.., b'.'] => false,
+        _ if name.len() > MAX_NAME => false,
+        _ => {
+            let shape = crate::name::scan_shape(name);
+            !shape.invalid && !shape.empty_label
+        }
     }
-    let mut ok = true;
-    let mut prev_dot = false;
-    for &b in name {
-        let dot = b == b'.';
-        ok &= NAME_BYTE[usize::from(b)] | (dot & !prev_dot);
-        prev_dot = dot;
-    }
-    ok
 }
 
 impl NameTrie {
