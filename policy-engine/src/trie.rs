@@ -3,8 +3,9 @@
 //! The trie's nodes *are* the slots of one open-addressing hash table keyed by (parent node,
 //! label): looking up the child of a node for a label lands, in the common case, on the very slot
 //! that holds the child with everything a walk needs next (its `*` child, its name classes, its
-//! label for verification). A walk therefore touches about one cache line per label. Labels of up
-//! to 22 bytes are stored in the slot, longer ones in an arena.
+//! label for verification). Slots are 32 bytes, aligned so that none straddles two cache lines:
+//! a walk touches one cache line per label. Labels of up to 15 bytes are stored in the slot,
+//! longer ones in an arena.
 //!
 //! A single-label `*` is an edge with the label `*` (no name label can be `*`); its slot is also
 //! remembered in the parent. A node carries two optional name classes: `exact` for patterns that
@@ -25,9 +26,11 @@ const ROOT: u32 = u32::MAX - 1;
 /// Names longer than this cannot match any pattern (patterns are valid names).
 const MAX_NAME: usize = 253;
 /// Labels up to this length live inside the slot.
-const INLINE_LABEL: usize = 22;
+const INLINE_LABEL: usize = 15;
 
+/// A slot of the table: 32 bytes, aligned to 32.
 #[derive(Debug, Clone)]
+#[repr(align(32))]
 struct Node {
     /// Parent node id; `NONE` marks an empty slot.
     parent: u32,
@@ -37,7 +40,7 @@ struct Node {
     label_len: u8,
     /// The label bytes, or (when longer than [`INLINE_LABEL`]) the arena offset in the first
     /// four bytes.
-    label: [u8; INLINE_LABEL + 1],
+    label: [u8; INLINE_LABEL],
 }
 
 const EMPTY: Node = Node {
@@ -46,7 +49,7 @@ const EMPTY: Node = Node {
     exact: NONE,
     below: NONE,
     label_len: 0,
-    label: [0; INLINE_LABEL + 1],
+    label: [0; INLINE_LABEL],
 };
 
 /// The compiled name matcher.
@@ -115,6 +118,25 @@ fn walkable(name: &[u8]) -> bool {
             let shape = crate::name::scan_shape(name);
             !shape.invalid && !shape.empty_label
         }
+    }
+}
+
+/// The lazy validity check of a walk.
+struct Check<'a> {
+    name: &'a [u8],
+    checked: bool,
+}
+
+impl Check<'_> {
+    /// Whether the name is walkable, computed once.
+    fn valid(&mut self) -> bool {
+        if !self.checked {
+            if !walkable(self.name) {
+                return false;
+            }
+            self.checked = true;
+        }
+        true
     }
 }
 
@@ -226,7 +248,7 @@ impl NameTrie {
             }
             i = (i + 1) & self.mask;
         }
-        let mut inline = [0u8; INLINE_LABEL + 1];
+        let mut inline = [0u8; INLINE_LABEL];
         if bytes.len() <= INLINE_LABEL {
             inline[..bytes.len()].copy_from_slice(bytes);
         } else {
@@ -268,26 +290,47 @@ impl NameTrie {
     /// Calls `found` with the name class of every pattern node the name reaches. A name that is
     /// not normalised (upper case, empty labels, characters outside `a-z0-9-_`, a trailing dot)
     /// reaches nothing.
+    ///
+    /// The name is checked lazily, the first time the walk is about to report a `below` class or
+    /// to follow a `*` edge, and the walk stops there if the check fails. Until then it followed
+    /// only literal edges, whose labels are those of valid patterns, and an `exact` class reached
+    /// by literal edges alone means the name is a pattern's text: the name is valid whenever
+    /// `found` is called. Names that leave the trie early (most names matching no pattern) are
+    /// never scanned in full.
     pub(crate) fn walk(&self, name: &str, mut found: impl FnMut(u32)) {
         let name = name.as_bytes();
-        if self.slots.is_empty() || !walkable(name) {
+        if self.slots.is_empty() || name.is_empty() || name.len() > MAX_NAME {
             return;
         }
-        self.walk_from(ROOT, name, &mut found);
+        let mut check = Check {
+            name,
+            checked: false,
+        };
+        self.walk_from(ROOT, name, &mut check, &mut found);
     }
 
     /// Walks from `node` over the labels of `rest` (the part of the name left of the labels
     /// consumed so far), right to left: the literal child's subtree first, then the `*` child's.
-    fn walk_from(&self, mut node: u32, mut rest: &[u8], found: &mut impl FnMut(u32)) {
+    /// False when the walk must stop because the name is not valid.
+    fn walk_from(
+        &self,
+        mut node: u32,
+        mut rest: &[u8],
+        check: &mut Check<'_>,
+        found: &mut impl FnMut(u32),
+    ) -> bool {
         loop {
             let n = self.node(node);
             if rest.is_empty() {
                 if n.exact != NONE {
                     found(n.exact);
                 }
-                return;
+                return true;
             }
             if n.below != NONE {
+                if !check.valid() {
+                    return false;
+                }
                 found(n.below);
             }
             let end = rest.len();
@@ -297,16 +340,21 @@ impl NameTrie {
                 .map_or(0, |dot| dot + 1);
             let child = self.child(node, rest, start, end);
             let star = n.star;
-            // Labels are not empty (checked by `walkable`), so `start - 1` is the dot before the
-            // label when `start > 0`.
+            if star != NONE && !check.valid() {
+                return false;
+            }
+            // An empty label (`start == end`) has no literal child; before a `*` edge is taken the
+            // name was checked and has none. `start - 1` is the dot before the label.
             rest = &rest[..start.saturating_sub(1)];
             match (child, star) {
                 (Some(c), NONE) => node = c,
                 (Some(c), star) => {
-                    self.walk_from(c, rest, found);
+                    if !self.walk_from(c, rest, check, found) {
+                        return false;
+                    }
                     node = star;
                 }
-                (None, NONE) => return,
+                (None, NONE) => return true,
                 (None, star) => node = star,
             }
         }
@@ -320,6 +368,9 @@ impl NameTrie {
         self.slots.capacity() * std::mem::size_of::<Node>() + self.long_labels.capacity()
     }
 }
+
+// A slot is 32 bytes and aligned to 32, so it never straddles two cache lines.
+const _: () = assert!(std::mem::size_of::<Node>() == 32 && std::mem::align_of::<Node>() == 32);
 
 fn label_of<'a>(long_labels: &'a str, n: &'a Node) -> &'a [u8] {
     let len = usize::from(n.label_len);

@@ -71,8 +71,8 @@ fn cidr() -> impl Strategy<Value = IpNet> {
     ]
 }
 
-/// Short labels, and labels of 8, 9, 16 and 30 bytes: names are hashed 8 bytes at a time and the
-/// trie keeps labels of more than 22 bytes out of line.
+/// Short labels, and labels of 8, 9, 15, 16 and 30 bytes: names are hashed 8 bytes at a time and
+/// the trie keeps labels of more than 15 bytes out of line.
 const LABELS: &[&str] = &[
     "a",
     "b",
@@ -80,6 +80,7 @@ const LABELS: &[&str] = &[
     "x",
     "abcdefgh",
     "abcdefghi",
+    "label-of-15byte",
     "label-of-16bytes",
     "a-very-long-label-of-30-bytes0",
 ];

@@ -331,6 +331,11 @@ fn names_that_are_not_normal_never_match() {
         "a b.api.openai.com",
         "caf\u{e9}.api.openai.com",
         "api.openai.com..",
+        // Through the single-label `*` of `bedrock-runtime.*.amazonaws.com`.
+        "bedrock-runtime.US-EAST-1.amazonaws.com",
+        "bedrock-runtime..amazonaws.com",
+        "Bedrock-runtime.us-east-1.amazonaws.com",
+        "x.bedrock-runtime.us-east-1.amazonaws.com.",
     ] {
         let v = c.evaluate(&q("10.2.0.1", "52.1.1.1", Transport::Tcp, 443, Some(name)));
         assert_eq!(v.rule, RuleRef::Default, "{name:?}");
