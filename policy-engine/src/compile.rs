@@ -518,21 +518,40 @@ impl CompiledPolicy {
             any: NONE,
             eff: NONE,
         };
-        self.scan_addresses(s, d, ports, &mut best);
+        // The name walk goes first: its reads do not depend on the address lookups above, so
+        // the processor overlaps their cache misses instead of waiting for one after the other.
         let mut name_classes = [NONE; MAX_NAME_CLASSES_REPORTED];
         let mut count = 0usize;
         if let Some(name) = q.name {
-            let ls = self.span(s.rules);
             self.names.walk(name, |class| {
                 if count < MAX_NAME_CLASSES_REPORTED {
                     name_classes[count] = class;
                 }
                 count = count.saturating_add(1);
-                if let Some(c) = self.name_classes.get(class as usize) {
-                    self.scan_pair(ls, self.span(c.rules), ports, &mut best);
-                    self.scan_list(self.span(c.any_rules), ports, &mut best);
-                }
             });
+        }
+        self.scan_addresses(s, d, ports, &mut best);
+        let ls = self.span(s.rules);
+        let scan_name_class = |class: u32, best: &mut Best| {
+            if let Some(c) = self.name_classes.get(class as usize) {
+                self.scan_pair(ls, self.span(c.rules), ports, best);
+                self.scan_list(self.span(c.any_rules), ports, best);
+            }
+        };
+        for &class in &name_classes[..count.min(MAX_NAME_CLASSES_REPORTED)] {
+            scan_name_class(class, &mut best);
+        }
+        if count > MAX_NAME_CLASSES_REPORTED {
+            // Rare: more classes than the verdict keeps. Walk again for the rest.
+            if let Some(name) = q.name {
+                let mut seen = 0usize;
+                self.names.walk(name, |class| {
+                    seen += 1;
+                    if seen > MAX_NAME_CLASSES_REPORTED {
+                        scan_name_class(class, &mut best);
+                    }
+                });
+            }
         }
         let count = u8::try_from(count).unwrap_or(u8::MAX);
         self.verdict(best, s.class, d.class, name_classes, count)
