@@ -6,21 +6,22 @@
 //! 1. **Addresses.** The CIDRs of all groups are cut into disjoint intervals (separately for IPv4
 //!    and IPv6, for sources and for destinations). Every interval maps to an *address class*: the
 //!    set of groups containing it. A lookup is a binary search over interval starts; large IPv4
-//!    tables have a direct index on the top 16 bits so that the search covers one /16.
+//!    tables have a direct index on the top 16 bits, and a /16 with many intervals a second one
+//!    on the next 8 bits, so that the search covers a handful of records. A record holds the
+//!    class id and the class's rule lists, so the lookup reads nothing else.
 //! 2. **Names.** Patterns live in a trie over labels read right to left whose nodes are the
 //!    slots of one open-addressing hash table keyed by (parent, label); `*` labels are edges of
-//!    their own (see `trie.rs`). A name walks the trie once, touching about one cache line per
-//!    label. Each node carries up to two *name classes*: the WebGroups whose patterns end exactly
+//!    their own (see `trie.rs`). A name walks the trie once, touching one cache line per label. Each node carries up to two *name classes*: the WebGroups whose patterns end exactly
 //!    there, and those whose `*.` patterns cover names below it.
 //! 3. **Ports.** Per transport, port intervals map to a bitset of the rules whose protocol and
 //!    ports accept them (a *port class*).
 //! 4. **First match.** Every address and name class carries the sorted list of the rules that
-//!    name one of its groups; rules with `src = "any"` or `dst = "any"` are kept in two bitsets
-//!    instead of being copied into every list. The first matching rule is the smallest rule
-//!    index found in: the source list ∩ a destination list (address, or each name class the
-//!    name reached), by a galloping intersection; the source list filtered by the `dst = any`
-//!    bitset; each destination list filtered by the `src = any` bitset; and the short list of
-//!    rules with both "any". Every candidate must also be set in the port class. Each scan stops
+//!    name one of its groups (rules with `src = "any"` or `dst = "any"` are not copied into every
+//!    list), and apart the rules of that list whose other side is "any". The first matching rule
+//!    is the smallest rule index found in: the source list ∩ a destination list (address, or
+//!    each name class the name reached), by a galloping intersection; the source class's rules
+//!    with `dst = "any"`; each destination class's rules with `src = "any"`; and the short list
+//!    of rules with both "any". Every candidate must also be set in the port class. Each scan stops
 //!    at its first enforced (non-watch) hit and at the best hit so far. Lists and bitsets are
 //!    deduplicated between classes.
 //!
