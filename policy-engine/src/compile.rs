@@ -6,21 +6,22 @@
 //! 1. **Addresses.** The CIDRs of all groups are cut into disjoint intervals (separately for IPv4
 //!    and IPv6, for sources and for destinations). Every interval maps to an *address class*: the
 //!    set of groups containing it. A lookup is a binary search over interval starts; large IPv4
-//!    tables have a direct index on the top 16 bits so that the search covers one /16.
+//!    tables have a direct index on the top 16 bits, and a /16 with many intervals a second one
+//!    on the next 8 bits, so that the search covers a handful of records. A record holds the
+//!    class id and the class's rule lists, so the lookup reads nothing else.
 //! 2. **Names.** Patterns live in a trie over labels read right to left whose nodes are the
 //!    slots of one open-addressing hash table keyed by (parent, label); `*` labels are edges of
-//!    their own (see `trie.rs`). A name walks the trie once, touching about one cache line per
-//!    label. Each node carries up to two *name classes*: the WebGroups whose patterns end exactly
+//!    their own (see `trie.rs`). A name walks the trie once, touching one cache line per label. Each node carries up to two *name classes*: the WebGroups whose patterns end exactly
 //!    there, and those whose `*.` patterns cover names below it.
 //! 3. **Ports.** Per transport, port intervals map to a bitset of the rules whose protocol and
 //!    ports accept them (a *port class*).
 //! 4. **First match.** Every address and name class carries the sorted list of the rules that
-//!    name one of its groups; rules with `src = "any"` or `dst = "any"` are kept in two bitsets
-//!    instead of being copied into every list. The first matching rule is the smallest rule
-//!    index found in: the source list ∩ a destination list (address, or each name class the
-//!    name reached), by a galloping intersection; the source list filtered by the `dst = any`
-//!    bitset; each destination list filtered by the `src = any` bitset; and the short list of
-//!    rules with both "any". Every candidate must also be set in the port class. Each scan stops
+//!    name one of its groups (rules with `src = "any"` or `dst = "any"` are not copied into every
+//!    list), and apart the rules of that list whose other side is "any". The first matching rule
+//!    is the smallest rule index found in: the source list ∩ a destination list (address, or
+//!    each name class the name reached), by a galloping intersection; the source class's rules
+//!    with `dst = "any"`; each destination class's rules with `src = "any"`; and the short list
+//!    of rules with both "any". Every candidate must also be set in the port class. Each scan stops
 //!    at its first enforced (non-watch) hit and at the best hit so far. Lists and bitsets are
 //!    deduplicated between classes.
 //!
@@ -154,6 +155,29 @@ struct Class {
     rules: Span,
     /// For source classes: the rules of `rules` whose destination includes a WebGroup.
     name_rules: Span,
+    /// The rules of `rules` whose other side is "any": `dst = "any"` for source classes,
+    /// `src = "any"` for destination and name classes. They match whatever the other side is.
+    any_rules: Span,
+}
+
+/// What an address interval leads to: its class and, inline so that a lookup reads one entry
+/// instead of three dependent ones, the class's rule lists.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    class: u32,
+    rules: Span,
+    any_rules: Span,
+}
+
+impl Entry {
+    fn of(class: u32, classes: &[Class]) -> Entry {
+        let c = classes.get(class as usize);
+        Entry {
+            class,
+            rules: c.map(|c| c.rules).unwrap_or_default(),
+            any_rules: c.map(|c| c.any_rules).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -168,77 +192,123 @@ impl Span {
     }
 }
 
-/// Sorted interval starts mapped to class ids; the first start is always 0.
+/// Sorted interval starts mapped to values (class ids, or address [`Entry`]s); the first start
+/// is always 0.
 #[derive(Debug, Clone)]
-struct IntervalTable<K> {
+struct IntervalTable<K, V = u32> {
     starts: Vec<K>,
-    classes: Vec<u32>,
+    classes: Vec<V>,
 }
 
-impl<K: Copy + Ord> IntervalTable<K> {
-    fn lookup(&self, key: K) -> u32 {
+impl<K: Copy + Ord, V: Copy + Default> IntervalTable<K, V> {
+    fn lookup(&self, key: K) -> V {
         let i = self.starts.partition_point(|&s| s <= key);
         // starts[0] is the smallest key, so i >= 1 for a well-built table.
         match i.checked_sub(1) {
             Some(i) => self.classes[i],
-            None => 0,
+            None => V::default(),
         }
     }
 
     fn bytes(&self) -> usize {
-        self.starts.capacity() * std::mem::size_of::<K>() + self.classes.capacity() * 4
+        self.starts.capacity() * std::mem::size_of::<K>()
+            + self.classes.capacity() * std::mem::size_of::<V>()
     }
 }
 
-/// IPv4 intervals with a direct index on the top 16 bits of the address, so that a lookup
-/// searches only the few interval starts of its /16 instead of the whole table.
+/// IPv4 intervals as `(start, entry)` records, so that the record found by the search also holds
+/// the answer, with a direct index on the top 16 bits of the address; a /16 holding many
+/// intervals has a second index on the next 8 bits. A lookup reads the /16 index, the /24 index
+/// when there is one, and then searches the few records of its /24 (usually one cache line).
 #[derive(Debug, Clone)]
 struct V4Table {
-    table: IntervalTable<u32>,
-    /// `bucket[h]`: index of the first start `>= h << 16`, for `h` in `0..=65536`.
-    bucket: Vec<u32>,
+    /// Sorted by start; the first start is 0.
+    records: Vec<(u32, Entry)>,
+    /// `bucket[h].0`: index of the first record starting at or after `h << 16`, for `h` in
+    /// `0..=65536`; `bucket[h].1`: where the /24 index of that /16 starts in `fine`, or [`NONE`].
+    bucket: Vec<(u32, u32)>,
+    /// 257 record indices per indexed /16: the first record starting at or after each /24 of
+    /// it, and the first record after it.
+    fine: Vec<u32>,
 }
 
 impl V4Table {
     /// Below this many intervals a plain binary search is as fast and the index not worth its
-    /// 256 KiB.
+    /// 512 KiB.
     const INDEX_FROM: usize = 1024;
+    /// A /16 with more intervals than this gets a /24 index (1 KiB).
+    const FINE_FROM: usize = 8;
 
-    fn new(table: IntervalTable<u32>) -> V4Table {
-        if table.starts.len() < Self::INDEX_FROM {
+    fn new(records: Vec<(u32, Entry)>) -> V4Table {
+        if records.len() < Self::INDEX_FROM {
             return V4Table {
-                table,
+                records,
                 bucket: Vec::new(),
+                fine: Vec::new(),
             };
         }
+        // First record index with start >= `from`.
+        let first_at = |from: u64, i: &mut usize| {
+            while *i < records.len() && u64::from(records[*i].0) < from {
+                *i += 1;
+            }
+            *i as u32
+        };
         let mut bucket = Vec::with_capacity(65537);
         let mut i = 0usize;
         for h in 0..=65536u64 {
-            while i < table.starts.len() && u64::from(table.starts[i]) < (h << 16) {
-                i += 1;
-            }
-            bucket.push(i as u32);
+            bucket.push((first_at(h << 16, &mut i), NONE));
         }
-        V4Table { table, bucket }
+        let mut fine = Vec::new();
+        for h in 0..65536usize {
+            let (lo, hi) = (bucket[h].0 as usize, bucket[h + 1].0 as usize);
+            if hi - lo <= Self::FINE_FROM {
+                continue;
+            }
+            bucket[h].1 = fine.len() as u32;
+            let mut i = lo;
+            for b in 0..=256u64 {
+                fine.push(first_at(((h as u64) << 16) + (b << 8), &mut i));
+            }
+        }
+        fine.shrink_to_fit();
+        V4Table {
+            records,
+            bucket,
+            fine,
+        }
     }
 
-    fn lookup(&self, key: u32) -> u32 {
-        if self.bucket.is_empty() {
-            return self.table.lookup(key);
-        }
-        let h = (key >> 16) as usize;
-        let (lo, hi) = (self.bucket[h] as usize, self.bucket[h + 1] as usize);
-        let starts = &self.table.starts[lo..hi];
-        let i = lo + starts.partition_point(|&s| s <= key);
-        // starts[0] == 0, so some start is <= key and i >= 1.
+    #[inline]
+    fn lookup(&self, key: u32) -> Entry {
+        let (lo, hi) = if self.bucket.is_empty() {
+            (0, self.records.len())
+        } else {
+            let h = (key >> 16) as usize;
+            let (lo, fine) = self.bucket[h];
+            if fine == NONE {
+                (lo as usize, self.bucket[h + 1].0 as usize)
+            } else {
+                let f = fine as usize + ((key >> 8) & 0xff) as usize;
+                (self.fine[f] as usize, self.fine[f + 1] as usize)
+            }
+        };
+        let i = lo + self.records[lo..hi].partition_point(|r| r.0 <= key);
+        // records[0] starts at 0, so some start is <= key and i >= 1.
         match i.checked_sub(1) {
-            Some(i) => self.table.classes[i],
-            None => 0,
+            Some(i) => self.records[i].1,
+            None => Entry::default(),
         }
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
     }
 
     fn bytes(&self) -> usize {
-        self.table.bytes() + self.bucket.capacity() * 4
+        self.records.capacity() * std::mem::size_of::<(u32, Entry)>()
+            + self.bucket.capacity() * 8
+            + self.fine.capacity() * 4
     }
 }
 
@@ -252,10 +322,7 @@ pub struct CompiledPolicy {
     rule_actions: Vec<Action>,
     rule_log: Vec<u64>,
     watch: Vec<u64>,
-    /// Rules with `src = "any"`; rules with `dst = "any"`.
-    src_any: Vec<u64>,
-    dst_any: Vec<u64>,
-    /// Rules with both `src` and `dst` "any" (the mask check on `src_any` always passes).
+    /// Rules with both `src` and `dst` "any".
     any_any: Vec<u32>,
     /// Rules with `src = "any"` whose `dst` names a WebGroup.
     any_src_name_rules: Vec<u32>,
@@ -264,15 +331,15 @@ pub struct CompiledPolicy {
     addr_names: Vec<Box<str>>,
     /// Group ids (smartgroups for sources; addressgroups then smartgroups for destinations;
     /// webgroups for names) and rule lists. A class's rule list holds the rules that name one of
-    /// its groups; rules with `src` or `dst` "any" are found through `src_any` / `dst_any`.
+    /// its groups; those of them whose other side is "any" are also listed on their own.
     arena: Vec<u32>,
     src_classes: Vec<Class>,
     dst_classes: Vec<Class>,
     name_classes: Vec<Class>,
     src_v4: V4Table,
-    src_v6: IntervalTable<u128>,
+    src_v6: IntervalTable<u128, Entry>,
     dst_v4: V4Table,
-    dst_v6: IntervalTable<u128>,
+    dst_v6: IntervalTable<u128, Entry>,
     names: crate::trie::NameTrie,
     port_words: usize,
     port_bits: Vec<u64>,
@@ -361,14 +428,14 @@ impl CompiledPolicy {
         bit(&self.watch, i)
     }
 
-    fn src_class(&self, ip: IpAddr) -> u32 {
+    fn src_entry(&self, ip: IpAddr) -> Entry {
         match ip {
             IpAddr::V4(a) => self.src_v4.lookup(u32::from(a)),
             IpAddr::V6(a) => self.src_v6.lookup(u128::from(a)),
         }
     }
 
-    fn dst_class(&self, ip: IpAddr) -> u32 {
+    fn dst_entry(&self, ip: IpAddr) -> Entry {
         match ip {
             IpAddr::V4(a) => self.dst_v4.lookup(u32::from(a)),
             IpAddr::V6(a) => self.dst_v6.lookup(u128::from(a)),
@@ -403,13 +470,13 @@ impl CompiledPolicy {
         }
     }
 
-    /// Folds into `best` the rules of `list` whose bit is set in `side` and in `ports`.
-    fn scan_masked(&self, list: &[u32], side: &[u64], ports: &[u64], best: &mut Best) {
+    /// Folds into `best` the rules of `list` accepted by `ports`.
+    fn scan_list(&self, list: &[u32], ports: &[u64], best: &mut Best) {
         for &r in list {
             if r >= best.eff {
                 return;
             }
-            if bit(side, r) && bit(ports, r) && self.take(r, best) {
+            if bit(ports, r) && self.take(r, best) {
                 return;
             }
         }
@@ -429,32 +496,31 @@ impl CompiledPolicy {
         }
     }
 
-    fn class_rules(&self, class: &Class) -> &[u32] {
-        class.rules.get(&self.arena)
+    fn span(&self, span: Span) -> &[u32] {
+        span.get(&self.arena)
     }
 
     /// The rules that match without a name: (source list ∪ `src = any`) ∩ (address list ∪
     /// `dst = any`), accepted by the port class.
-    fn scan_addresses(&self, ls: &[u32], ld: &[u32], ports: &[u64], best: &mut Best) {
-        self.scan_pair(ls, ld, ports, best);
-        self.scan_masked(ls, &self.dst_any, ports, best);
-        self.scan_masked(ld, &self.src_any, ports, best);
-        self.scan_masked(&self.any_any, &self.src_any, ports, best);
+    fn scan_addresses(&self, s: Entry, d: Entry, ports: &[u64], best: &mut Best) {
+        self.scan_pair(self.span(s.rules), self.span(d.rules), ports, best);
+        self.scan_list(self.span(s.any_rules), ports, best);
+        self.scan_list(self.span(d.any_rules), ports, best);
+        self.scan_list(&self.any_any, ports, best);
     }
 
     /// The verdict for a connection. `q.name` `None` means no name is known or will be known:
     /// rules that match only by name do not match.
     pub fn evaluate(&self, q: &Query<'_>) -> Verdict {
-        let src_class = self.src_class(q.src);
-        let dst_class = self.dst_class(q.dst);
+        let s = self.src_entry(q.src);
+        let d = self.dst_entry(q.dst);
         let ports = self.port_class_bits(q.transport, q.dst_port);
-        let ls = self.class_rules(&self.src_classes[src_class as usize]);
-        let ld = self.class_rules(&self.dst_classes[dst_class as usize]);
         let mut best = Best {
             any: NONE,
             eff: NONE,
         };
-        self.scan_addresses(ls, ld, ports, &mut best);
+        // The name walk goes first: its reads do not depend on the address lookups above, so
+        // the processor overlaps their cache misses instead of waiting for one after the other.
         let mut name_classes = [NONE; MAX_NAME_CLASSES_REPORTED];
         let mut count = 0usize;
         if let Some(name) = q.name {
@@ -463,34 +529,57 @@ impl CompiledPolicy {
                     name_classes[count] = class;
                 }
                 count = count.saturating_add(1);
-                let lt = self.class_rules(&self.name_classes[class as usize]);
-                self.scan_pair(ls, lt, ports, &mut best);
-                self.scan_masked(lt, &self.src_any, ports, &mut best);
             });
         }
+        self.scan_addresses(s, d, ports, &mut best);
+        let ls = self.span(s.rules);
+        let scan_name_class = |class: u32, best: &mut Best| {
+            if let Some(c) = self.name_classes.get(class as usize) {
+                self.scan_pair(ls, self.span(c.rules), ports, best);
+                self.scan_list(self.span(c.any_rules), ports, best);
+            }
+        };
+        for &class in &name_classes[..count.min(MAX_NAME_CLASSES_REPORTED)] {
+            scan_name_class(class, &mut best);
+        }
+        if count > MAX_NAME_CLASSES_REPORTED {
+            // Rare: more classes than the verdict keeps. Walk again for the rest.
+            if let Some(name) = q.name {
+                let mut seen = 0usize;
+                self.names.walk(name, |class| {
+                    seen += 1;
+                    if seen > MAX_NAME_CLASSES_REPORTED {
+                        scan_name_class(class, &mut best);
+                    }
+                });
+            }
+        }
         let count = u8::try_from(count).unwrap_or(u8::MAX);
-        self.verdict(best, src_class, dst_class, name_classes, count)
+        self.verdict(best, s.class, d.class, name_classes, count)
     }
 
     /// The question asked on a SYN, before a name can be known: `Final` when no rule that could
     /// still match depends on the name (the verdict is then that of `evaluate` with any name or
     /// none), `NeedsName` otherwise. `q.name` is ignored.
     pub fn evaluate_without_name(&self, q: &Query<'_>) -> SynDecision {
-        let src_class = self.src_class(q.src);
-        let dst_class = self.dst_class(q.dst);
+        let s = self.src_entry(q.src);
+        let d = self.dst_entry(q.dst);
         let ports = self.port_class_bits(q.transport, q.dst_port);
-        let class = &self.src_classes[src_class as usize];
-        let ls = self.class_rules(class);
-        let ld = self.class_rules(&self.dst_classes[dst_class as usize]);
+        let ld = self.span(d.rules);
         let mut best = Best {
             any: NONE,
             eff: NONE,
         };
-        self.scan_addresses(ls, ld, ports, &mut best);
+        self.scan_addresses(s, d, ports, &mut best);
         // A rule that matches only by name and comes before the enforced one could change the
         // verdict (reported or enforced) once the name is known. Such a rule names a WebGroup,
         // so its `dst` is not "any"; it matches by address when it is in the address list.
-        let name_rules = [class.name_rules.get(&self.arena), &self.any_src_name_rules];
+        let src_name_rules = self
+            .src_classes
+            .get(s.class as usize)
+            .map(|c| self.span(c.name_rules))
+            .unwrap_or(&[]);
+        let name_rules = [src_name_rules, &self.any_src_name_rules];
         for list in name_rules {
             for &r in list {
                 if r >= best.eff {
@@ -503,8 +592,8 @@ impl CompiledPolicy {
         }
         SynDecision::Final(self.verdict(
             best,
-            src_class,
-            dst_class,
+            s.class,
+            d.class,
             [NONE; MAX_NAME_CLASSES_REPORTED],
             0,
         ))
@@ -835,10 +924,16 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
                 .copied()
                 .filter(|&r| bit(&name_dep, r))
                 .collect();
+            let any_rules: Vec<u32> = rules
+                .iter()
+                .copied()
+                .filter(|&r| bit(&dst_any, r))
+                .collect();
             Class {
                 groups,
                 rules: arena.add(&rules),
                 name_rules: arena.add(&name_rules),
+                any_rules: arena.add(&any_rules),
             }
         })
         .collect();
@@ -867,10 +962,18 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let dst_v6 = address_intervals(v6, u128::MAX, &mut dst_sets);
     let dst_classes: Vec<Class> = class_rule_lists(&dst_sets.sets, &dst_by_addr, &mut arena)
         .into_iter()
-        .map(|(groups, rules)| Class {
-            groups,
-            rules: arena.add(&rules),
-            name_rules: Span::default(),
+        .map(|(groups, rules)| {
+            let any_rules: Vec<u32> = rules
+                .iter()
+                .copied()
+                .filter(|&r| bit(&src_any, r))
+                .collect();
+            Class {
+                groups,
+                rules: arena.add(&rules),
+                name_rules: Span::default(),
+                any_rules: arena.add(&any_rules),
+            }
         })
         .collect();
 
@@ -879,10 +982,18 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let names = crate::trie::NameTrie::build(policy, &mut name_sets_adapter(&mut name_sets));
     let name_classes: Vec<Class> = class_rule_lists(&name_sets.sets, &dst_by_web, &mut arena)
         .into_iter()
-        .map(|(groups, rules)| Class {
-            groups,
-            rules: arena.add(&rules),
-            name_rules: Span::default(),
+        .map(|(groups, rules)| {
+            let any_rules: Vec<u32> = rules
+                .iter()
+                .copied()
+                .filter(|&r| bit(&src_any, r))
+                .collect();
+            Class {
+                groups,
+                rules: arena.add(&rules),
+                name_rules: Span::default(),
+                any_rules: arena.add(&any_rules),
+            }
         })
         .collect();
 
@@ -955,16 +1066,21 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let other_port_class = intern_bits(other, &mut port_bits);
     let port_class_count = port_bits.len() / words;
 
-    let split4 = |v: Vec<(u128, u32)>| {
-        V4Table::new(IntervalTable {
-            starts: v.iter().map(|&(s, _)| s as u32).collect(),
-            classes: v.iter().map(|&(_, c)| c).collect(),
-        })
+    let split4 = |v: Vec<(u128, u32)>, classes: &[Class]| {
+        V4Table::new(
+            v.iter()
+                .map(|&(s, c)| (s as u32, Entry::of(c, classes)))
+                .collect(),
+        )
     };
-    let split6 = |v: Vec<(u128, u32)>| IntervalTable {
+    let split6 = |v: Vec<(u128, u32)>, classes: &[Class]| IntervalTable {
         starts: v.iter().map(|&(s, _)| s).collect(),
-        classes: v.iter().map(|&(_, c)| c).collect(),
+        classes: v.iter().map(|&(_, c)| Entry::of(c, classes)).collect(),
     };
+    let src_v4 = split4(src_v4, &src_classes);
+    let src_v6 = split6(src_v6, &src_classes);
+    let dst_v4 = split4(dst_v4, &dst_classes);
+    let dst_v6 = split6(dst_v6, &dst_classes);
     let boxed = |s: &str| -> Box<str> { s.into() };
     let mut arena_data = arena.data;
     arena_data.shrink_to_fit();
@@ -976,8 +1092,6 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         rule_actions: policy.rules.iter().map(|r| r.action).collect(),
         rule_log,
         watch,
-        src_any,
-        dst_any,
         any_any,
         any_src_name_rules,
         smart_names: policy.smartgroups.iter().map(|g| boxed(&g.name)).collect(),
@@ -991,10 +1105,10 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         src_classes,
         dst_classes,
         name_classes,
-        src_v4: split4(src_v4),
-        src_v6: split6(src_v6),
-        dst_v4: split4(dst_v4),
-        dst_v6: split6(dst_v6),
+        src_v4,
+        src_v6,
+        dst_v4,
+        dst_v6,
         names,
         port_words: words,
         port_bits,
@@ -1021,12 +1135,7 @@ impl CompiledPolicy {
             + strs(&self.web_names)
             + strs(&self.addr_names)
             + self.rule_actions.capacity()
-            + (self.rule_log.capacity()
-                + self.watch.capacity()
-                + self.src_any.capacity()
-                + self.dst_any.capacity()
-                + self.port_bits.capacity())
-                * 8
+            + (self.rule_log.capacity() + self.watch.capacity() + self.port_bits.capacity()) * 8
             + (self.any_any.capacity() + self.any_src_name_rules.capacity()) * 4
             + self.arena.capacity() * 4
             + (self.src_classes.capacity()
@@ -1047,9 +1156,9 @@ impl CompiledPolicy {
             addressgroups: policy.addressgroups.len(),
             patterns: policy.pattern_count(),
             cidrs,
-            address_intervals: self.src_v4.table.starts.len()
+            address_intervals: self.src_v4.len()
                 + self.src_v6.starts.len()
-                + self.dst_v4.table.starts.len()
+                + self.dst_v4.len()
                 + self.dst_v6.starts.len(),
             src_classes: self.src_classes.len(),
             dst_classes: self.dst_classes.len(),
@@ -1057,6 +1166,71 @@ impl CompiledPolicy {
             name_classes: self.name_classes.len(),
             port_classes: self.port_class_count,
             memory_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The indexed IPv4 table gives the record a plain search over all records gives, for /16s
+    /// with few and with many intervals, at interval edges and /16 and /24 edges.
+    #[test]
+    fn indexed_v4_table_agrees_with_plain_search() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut starts = vec![0u32];
+        // Dense around 10.0.0.0/12, sparse elsewhere, and a crowded single /24.
+        for _ in 0..3000 {
+            starts.push(0x0a00_0000 | (next() as u32 & 0x000f_ffff));
+        }
+        for _ in 0..500 {
+            starts.push(next() as u32);
+        }
+        for k in 0..40 {
+            starts.push(0xc000_0200 + k * 3);
+        }
+        starts.push(u32::MAX);
+        starts.sort_unstable();
+        starts.dedup();
+        let records: Vec<(u32, Entry)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let entry = Entry {
+                    class: i as u32,
+                    ..Entry::default()
+                };
+                (s, entry)
+            })
+            .collect();
+        let table = V4Table::new(records.clone());
+        assert!(!table.bucket.is_empty() && !table.fine.is_empty());
+        let plain = |key: u32| records.partition_point(|r| r.0 <= key) as u32 - 1;
+        let mut keys = vec![
+            0,
+            u32::MAX,
+            0x0a00_0000,
+            0x0a0f_ffff,
+            0xc000_0200,
+            0xc000_02ff,
+        ];
+        for &s in &starts {
+            keys.extend([s, s.wrapping_sub(1), s.wrapping_add(1), s & !0xff, s | 0xff]);
+            keys.extend([s & !0xffff, s | 0xffff]);
+        }
+        for _ in 0..20_000 {
+            keys.push(next() as u32);
+            keys.push(0x0a00_0000 | (next() as u32 & 0x000f_ffff));
+        }
+        for key in keys {
+            assert_eq!(table.lookup(key).class, plain(key), "{key:#x}");
         }
     }
 }

@@ -3,8 +3,9 @@
 //! The trie's nodes *are* the slots of one open-addressing hash table keyed by (parent node,
 //! label): looking up the child of a node for a label lands, in the common case, on the very slot
 //! that holds the child with everything a walk needs next (its `*` child, its name classes, its
-//! label for verification). A walk therefore touches about one cache line per label. Labels of up
-//! to 22 bytes are stored in the slot, longer ones in an arena.
+//! label for verification). Slots are 32 bytes, aligned so that none straddles two cache lines:
+//! a walk touches one cache line per label. Labels of up to 15 bytes are stored in the slot,
+//! longer ones in an arena.
 //!
 //! A single-label `*` is an edge with the label `*` (no name label can be `*`); its slot is also
 //! remembered in the parent. A node carries two optional name classes: `exact` for patterns that
@@ -23,11 +24,13 @@ const NONE: u32 = u32::MAX;
 /// Parent id of the root's children (the root is not stored in the table).
 const ROOT: u32 = u32::MAX - 1;
 /// Names longer than this cannot match any pattern (patterns are valid names).
-const MAX_LABELS: usize = 128;
+const MAX_NAME: usize = 253;
 /// Labels up to this length live inside the slot.
-const INLINE_LABEL: usize = 22;
+const INLINE_LABEL: usize = 15;
 
+/// A slot of the table: 32 bytes, aligned to 32.
 #[derive(Debug, Clone)]
+#[repr(align(32))]
 struct Node {
     /// Parent node id; `NONE` marks an empty slot.
     parent: u32,
@@ -37,7 +40,7 @@ struct Node {
     label_len: u8,
     /// The label bytes, or (when longer than [`INLINE_LABEL`]) the arena offset in the first
     /// four bytes.
-    label: [u8; INLINE_LABEL + 1],
+    label: [u8; INLINE_LABEL],
 }
 
 const EMPTY: Node = Node {
@@ -46,7 +49,7 @@ const EMPTY: Node = Node {
     exact: NONE,
     below: NONE,
     label_len: 0,
-    label: [0; INLINE_LABEL + 1],
+    label: [0; INLINE_LABEL],
 };
 
 /// The compiled name matcher.
@@ -59,30 +62,82 @@ pub(crate) struct NameTrie {
     nodes: usize,
 }
 
-/// A fast 64-bit hash of (parent, label). The table's contents come from the policy; names from
-/// the wire only look up, and a probe sequence ends at the first empty slot of a table at most
-/// half full, so collisions cannot be forced to grow anything.
-fn edge_hash(parent: u32, label: &[u8]) -> u64 {
+/// A fast 64-bit hash of (parent, label), where the label is `buf[start..end]` (1 byte or more).
+/// The table's contents come from the policy; names from the wire only look up, and a probe
+/// sequence ends at the first empty slot of a table at most 3/4 full, so collisions cannot be
+/// forced to grow anything.
+///
+/// The label is read in little-endian 8-byte words, the last one zero-padded. When at least 8
+/// bytes of `buf` end where the label ends, that last word is loaded in one read from `buf` and
+/// shifted (the bytes before the label drop out), which is what makes hashing a label of a name
+/// cheap; the result depends only on the label's bytes.
+#[inline]
+fn edge_hash(parent: u32, buf: &[u8], start: usize, end: usize) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = u64::from(parent).wrapping_mul(K) ^ (label.len() as u64);
-    let mut chunks = label.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        h = (h.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    let len = end - start;
+    let mut h = u64::from(parent).wrapping_mul(K) ^ (len as u64);
+    let full = start + len / 8 * 8;
+    let mut i = start;
+    while i < full {
+        h = (h.rotate_left(26) ^ word(&buf[i..i + 8])).wrapping_mul(K);
+        i += 8;
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    let rest = end - full;
+    if rest > 0 {
+        let w = if end >= 8 {
+            word(&buf[end - 8..end]) >> (8 * (8 - rest))
+        } else {
+            buf[full..end]
+                .iter()
+                .rev()
+                .fold(0u64, |w, &b| (w << 8) | u64::from(b))
+        };
+        h = (h.rotate_left(26) ^ w).wrapping_mul(K);
     }
-    // Final avalanche (murmur3 fmix64) so that both the bucket bits and the tag bits vary.
+    // Final avalanche (murmur3 fmix64) so that the bucket bits vary.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
+}
+
+/// The little-endian word of an 8-byte slice.
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_le_bytes(w)
+}
+
+/// Whether a name has the shape of a normalised one as far as the walk cares: 1 to 253 bytes of
+/// `a-z0-9-_` in non-empty labels separated by single dots.
+fn walkable(name: &[u8]) -> bool {
+    match name {
+        [] | [b'.', ..] | [.., b'.'] => false,
+        _ if name.len() > MAX_NAME => false,
+        _ => {
+            let shape = crate::name::scan_shape(name);
+            !shape.invalid && !shape.empty_label
+        }
+    }
+}
+
+/// The lazy validity check of a walk.
+struct Check<'a> {
+    name: &'a [u8],
+    checked: bool,
+}
+
+impl Check<'_> {
+    /// Whether the name is walkable, computed once.
+    fn valid(&mut self) -> bool {
+        if !self.checked {
+            if !walkable(self.name) {
+                return false;
+            }
+            self.checked = true;
+        }
+        true
+    }
 }
 
 impl NameTrie {
@@ -96,9 +151,10 @@ impl NameTrie {
         for pattern in policy.webgroups.iter().flat_map(|g| g.patterns.iter()) {
             let text = pattern.as_str();
             let fixed = text.strip_prefix("*.").unwrap_or(text);
-            suffixes.insert(edge_hash(0, fixed.as_bytes()));
+            let bytes = fixed.as_bytes();
+            suffixes.insert(edge_hash(0, bytes, 0, bytes.len()));
             for (i, _) in fixed.match_indices('.') {
-                suffixes.insert(edge_hash(0, &fixed.as_bytes()[i + 1..]));
+                suffixes.insert(edge_hash(0, bytes, i + 1, bytes.len()));
             }
         }
         let mut size = (suffixes.len() + suffixes.len() / 2 + 16).next_power_of_two();
@@ -181,7 +237,7 @@ impl NameTrie {
 
     fn child_or_insert(&mut self, parent: u32, label: &str) -> u32 {
         let bytes = label.as_bytes();
-        let mut i = edge_hash(parent, bytes) as usize & self.mask;
+        let mut i = edge_hash(parent, bytes, 0, bytes.len()) as usize & self.mask;
         loop {
             let slot = &self.slots[i];
             if slot.parent == NONE {
@@ -192,7 +248,7 @@ impl NameTrie {
             }
             i = (i + 1) & self.mask;
         }
-        let mut inline = [0u8; INLINE_LABEL + 1];
+        let mut inline = [0u8; INLINE_LABEL];
         if bytes.len() <= INLINE_LABEL {
             inline[..bytes.len()].copy_from_slice(bytes);
         } else {
@@ -214,9 +270,11 @@ impl NameTrie {
         i as u32
     }
 
+    /// The child of `parent` for the label `name[start..end]`.
     #[inline]
-    fn child(&self, parent: u32, label: &[u8]) -> Option<u32> {
-        let mut i = edge_hash(parent, label) as usize & self.mask;
+    fn child(&self, parent: u32, name: &[u8], start: usize, end: usize) -> Option<u32> {
+        let label = &name[start..end];
+        let mut i = edge_hash(parent, name, start, end) as usize & self.mask;
         loop {
             let slot = &self.slots[i];
             if slot.parent == NONE {
@@ -232,63 +290,73 @@ impl NameTrie {
     /// Calls `found` with the name class of every pattern node the name reaches. A name that is
     /// not normalised (upper case, empty labels, characters outside `a-z0-9-_`, a trailing dot)
     /// reaches nothing.
+    ///
+    /// The name is checked lazily, the first time the walk is about to report a `below` class or
+    /// to follow a `*` edge, and the walk stops there if the check fails. Until then it followed
+    /// only literal edges, whose labels are those of valid patterns, and an `exact` class reached
+    /// by literal edges alone means the name is a pattern's text: the name is valid whenever
+    /// `found` is called. Names that leave the trie early (most names matching no pattern) are
+    /// never scanned in full.
     pub(crate) fn walk(&self, name: &str, mut found: impl FnMut(u32)) {
-        if self.slots.is_empty() || name.is_empty() || name.len() > 253 {
+        let name = name.as_bytes();
+        if self.slots.is_empty() || name.is_empty() || name.len() > MAX_NAME {
             return;
         }
-        let mut bounds = [(0u16, 0u16); MAX_LABELS];
-        let mut n = 0;
-        let mut start = 0usize;
-        for (i, b) in name.bytes().enumerate() {
-            match b {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-                b'.' => {
-                    if n == MAX_LABELS || i == start {
-                        return;
-                    }
-                    bounds[n] = (start as u16, i as u16);
-                    n += 1;
-                    start = i + 1;
-                }
-                // Not a normalised name: it matches no pattern.
-                _ => return,
-            }
-        }
-        if n == MAX_LABELS || start == name.len() {
-            return;
-        }
-        bounds[n] = (start as u16, name.len() as u16);
-        n += 1;
-        // Labels right to left.
-        bounds[..n].reverse();
-        self.walk_from(ROOT, 0, name, &bounds[..n], &mut found);
+        let mut check = Check {
+            name,
+            checked: false,
+        };
+        self.walk_from(ROOT, name, &mut check, &mut found);
     }
 
+    /// Walks from `node` over the labels of `rest` (the part of the name left of the labels
+    /// consumed so far), right to left: the literal child's subtree first, then the `*` child's.
+    /// False when the walk must stop because the name is not valid.
     fn walk_from(
         &self,
-        node: u32,
-        depth: usize,
-        name: &str,
-        labels: &[(u16, u16)],
+        mut node: u32,
+        mut rest: &[u8],
+        check: &mut Check<'_>,
         found: &mut impl FnMut(u32),
-    ) {
-        let n = self.node(node);
-        if depth == labels.len() {
-            if n.exact != NONE {
-                found(n.exact);
+    ) -> bool {
+        loop {
+            let n = self.node(node);
+            if rest.is_empty() {
+                if n.exact != NONE {
+                    found(n.exact);
+                }
+                return true;
             }
-            return;
-        }
-        if n.below != NONE {
-            found(n.below);
-        }
-        let (s, e) = labels[depth];
-        let label = name.as_bytes().get(s as usize..e as usize).unwrap_or(&[]);
-        if let Some(c) = self.child(node, label) {
-            self.walk_from(c, depth + 1, name, labels, found);
-        }
-        if n.star != NONE && !label.is_empty() {
-            self.walk_from(n.star, depth + 1, name, labels, found);
+            if n.below != NONE {
+                if !check.valid() {
+                    return false;
+                }
+                found(n.below);
+            }
+            let end = rest.len();
+            let start = rest
+                .iter()
+                .rposition(|&b| b == b'.')
+                .map_or(0, |dot| dot + 1);
+            let child = self.child(node, rest, start, end);
+            let star = n.star;
+            if star != NONE && !check.valid() {
+                return false;
+            }
+            // An empty label (`start == end`) has no literal child; before a `*` edge is taken the
+            // name was checked and has none. `start - 1` is the dot before the label.
+            rest = &rest[..start.saturating_sub(1)];
+            match (child, star) {
+                (Some(c), NONE) => node = c,
+                (Some(c), star) => {
+                    if !self.walk_from(c, rest, check, found) {
+                        return false;
+                    }
+                    node = star;
+                }
+                (None, NONE) => return true,
+                (None, star) => node = star,
+            }
         }
     }
 
@@ -300,6 +368,9 @@ impl NameTrie {
         self.slots.capacity() * std::mem::size_of::<Node>() + self.long_labels.capacity()
     }
 }
+
+// A slot is 32 bytes and aligned to 32, so it never straddles two cache lines.
+const _: () = assert!(std::mem::size_of::<Node>() == 32 && std::mem::align_of::<Node>() == 32);
 
 fn label_of<'a>(long_labels: &'a str, n: &'a Node) -> &'a [u8] {
     let len = usize::from(n.label_len);

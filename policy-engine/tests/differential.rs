@@ -71,7 +71,19 @@ fn cidr() -> impl Strategy<Value = IpNet> {
     ]
 }
 
-const LABELS: &[&str] = &["a", "b", "api", "x"];
+/// Short labels, and labels of 8, 9, 15, 16 and 30 bytes: names are hashed 8 bytes at a time and
+/// the trie keeps labels of more than 15 bytes out of line.
+const LABELS: &[&str] = &[
+    "a",
+    "b",
+    "api",
+    "x",
+    "abcdefgh",
+    "abcdefghi",
+    "label-of-15byte",
+    "label-of-16bytes",
+    "a-very-long-label-of-30-bytes0",
+];
 const BASES: &[&str] = &["example.com", "example.org", "b.example.com"];
 
 fn label() -> impl Strategy<Value = &'static str> {

@@ -319,7 +319,24 @@ fn syn_decisions() {
 #[test]
 fn names_that_are_not_normal_never_match() {
     let c = compiled(POLICY);
-    for name in ["API.OPENAI.COM", "api.openai.com.", "", "a..openai.com"] {
+    // Some of these would match `*.openai.com` if only their right-hand labels were looked at.
+    for name in [
+        "API.OPENAI.COM",
+        "api.openai.com.",
+        "",
+        ".",
+        "a..openai.com",
+        ".api.openai.com",
+        "X.api.openai.com",
+        "a b.api.openai.com",
+        "caf\u{e9}.api.openai.com",
+        "api.openai.com..",
+        // Through the single-label `*` of `bedrock-runtime.*.amazonaws.com`.
+        "bedrock-runtime.US-EAST-1.amazonaws.com",
+        "bedrock-runtime..amazonaws.com",
+        "Bedrock-runtime.us-east-1.amazonaws.com",
+        "x.bedrock-runtime.us-east-1.amazonaws.com.",
+    ] {
         let v = c.evaluate(&q("10.2.0.1", "52.1.1.1", Transport::Tcp, 443, Some(name)));
         assert_eq!(v.rule, RuleRef::Default, "{name:?}");
     }
@@ -382,4 +399,39 @@ action = "permit"
         ));
         assert_eq!(v.rule == RuleRef::Rule(0), hit, "{name}");
     }
+}
+
+/// A name that reaches more pattern nodes than a verdict reports is still decided on all of
+/// them: here the first rule matches only through the last node the walk reaches.
+#[test]
+fn names_reaching_many_pattern_nodes_are_decided_on_all() {
+    let labels = ["b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
+    let mut text = String::from("[smartgroups.all]\ncidrs = [\"10.0.0.0/8\"]\n\n");
+    // Group i holds `*.<labels[i..]>.example.com`: node i + 1 of the walk below example.com.
+    for i in 0..labels.len() {
+        let suffix = labels[i..].join(".");
+        text.push_str(&format!(
+            "[webgroups.w{i}]\ndomains = [\"*.{suffix}.example.com\"]\n\n"
+        ));
+    }
+    // Rule order: the deepest pattern's group first (reached last); the others deny after it.
+    for i in 0..labels.len() {
+        let action = if i == 0 { "permit" } else { "deny" };
+        text.push_str(&format!(
+            "[[rules]]\nname = \"r{i}\"\npriority = {}\nsrc = [\"all\"]\ndst = [\"w{i}\"]\naction = \"{action}\"\n\n",
+            i + 1
+        ));
+    }
+    let c = compiled(&text);
+    let name = format!("a.{}.example.com", labels.join("."));
+    let v = c.evaluate(&q(
+        "10.1.2.3",
+        "192.0.2.1",
+        Transport::Tcp,
+        443,
+        Some(&name),
+    ));
+    assert_eq!(c.rule_name(v.rule), "r0");
+    assert_eq!(v.action, Action::Permit);
+    assert!(!v.dst_groups_complete());
 }
