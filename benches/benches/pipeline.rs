@@ -12,6 +12,12 @@
 //! `BULKHEAD_CORPUS`); without the corpus a synthetic hello of the same size is used, and the
 //! bench says so.
 
+/// The allocator of the `bulkhead` binary, so the tables are laid out on the pages the daemon
+/// gives them (large allocations on transparent huge pages; see `bulkhead_gateway::sys::alloc`).
+#[global_allocator]
+static GLOBAL: bulkhead_gateway::sys::alloc::HugePageAlloc =
+    bulkhead_gateway::sys::alloc::HugePageAlloc;
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -8,6 +8,12 @@
 //!
 //! `cargo bench -p bulkhead-benches --bench policy -- --warm-up-time 1 --measurement-time 3`
 
+/// The allocator of the `bulkhead` binary, so the tables are laid out on the pages the daemon
+/// gives them (large allocations on transparent huge pages; see `bulkhead_gateway::sys::alloc`).
+#[global_allocator]
+static GLOBAL: bulkhead_gateway::sys::alloc::HugePageAlloc =
+    bulkhead_gateway::sys::alloc::HugePageAlloc;
+
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -152,11 +152,16 @@ pub struct FlowTable<T> {
 impl<T> FlowTable<T> {
     /// An empty table that holds at most `capacity` flows.
     pub fn new(capacity: usize) -> FlowTable<T> {
+        /// 1M slots: a few hundred MiB of address space at most, whatever the capacity.
+        const MAX_RESERVED_SLOTS: usize = 1 << 20;
         let capacity = capacity.clamp(1, u32::MAX as usize);
         FlowTable {
             // Reserve a bounded part up front; the map grows to `capacity` at most.
             index: HashMap::with_capacity_and_hasher(capacity.min(1 << 16), FlowHasher::random()),
-            slots: Vec::new(),
+            // The slots are reserved for the whole capacity (up to a bound): address space
+            // only, backed by memory as flows fill them, and the slab never moves (no copy of
+            // every flow on the packet path when it would otherwise grow).
+            slots: Vec::with_capacity(capacity.min(MAX_RESERVED_SLOTS)),
             free: Vec::new(),
             capacity,
         }

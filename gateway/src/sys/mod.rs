@@ -2,6 +2,7 @@
 //! system calls the runtime needs. Every unsafe block carries a `// SAFETY:` note.
 #![allow(unsafe_code)]
 
+pub mod alloc;
 pub mod netns;
 pub mod tun;
 
