@@ -238,6 +238,8 @@ impl V4Table {
     const INDEX_FROM: usize = 1024;
     /// A /16 with more intervals than this gets a /24 index (1 KiB).
     const FINE_FROM: usize = 8;
+    /// Ranges up to this many records are counted, longer ones binary-searched.
+    const COUNT_UP_TO: usize = 8;
 
     fn new(records: Vec<(u32, Entry)>) -> V4Table {
         if records.len() < Self::INDEX_FROM {
@@ -281,19 +283,44 @@ impl V4Table {
 
     #[inline]
     fn lookup(&self, key: u32) -> Entry {
-        let (lo, hi) = if self.bucket.is_empty() {
-            (0, self.records.len())
+        self.search(key, self.range(key, self.bucket(key)))
+    }
+
+    /// The first step of a lookup, which reads only the /16 index: the first record of the /16,
+    /// its /24 index (or [`NONE`]) and the first record after it.
+    #[inline]
+    fn bucket(&self, key: u32) -> (u32, u32, u32) {
+        if self.bucket.is_empty() {
+            return (0, NONE, self.records.len() as u32);
+        }
+        let h = (key >> 16) as usize;
+        let (lo, fine) = self.bucket[h];
+        (lo, fine, self.bucket[h + 1].0)
+    }
+
+    /// The second step: the records to search, through the /24 index when the /16 has one.
+    #[inline]
+    fn range(&self, key: u32, (lo, fine, hi): (u32, u32, u32)) -> (usize, usize) {
+        if fine == NONE {
+            (lo as usize, hi as usize)
         } else {
-            let h = (key >> 16) as usize;
-            let (lo, fine) = self.bucket[h];
-            if fine == NONE {
-                (lo as usize, self.bucket[h + 1].0 as usize)
+            let f = fine as usize + ((key >> 8) & 0xff) as usize;
+            (self.fine[f] as usize, self.fine[f + 1] as usize)
+        }
+    }
+
+    /// The last step: the entry of the interval holding `key` among `records[lo..hi]`.
+    #[inline]
+    fn search(&self, key: u32, (lo, hi): (usize, usize)) -> Entry {
+        let range = &self.records[lo..hi];
+        // A short range is counted rather than searched: its loads do not depend on one another,
+        // so they overlap, and there is no branch to mispredict.
+        let i = lo
+            + if range.len() <= Self::COUNT_UP_TO {
+                range.iter().filter(|r| r.0 <= key).count()
             } else {
-                let f = fine as usize + ((key >> 8) & 0xff) as usize;
-                (self.fine[f] as usize, self.fine[f + 1] as usize)
-            }
-        };
-        let i = lo + self.records[lo..hi].partition_point(|r| r.0 <= key);
+                range.partition_point(|r| r.0 <= key)
+            };
         // records[0] starts at 0, so some start is <= key and i >= 1.
         match i.checked_sub(1) {
             Some(i) => self.records[i].1,
@@ -428,6 +455,22 @@ impl CompiledPolicy {
         bit(&self.watch, i)
     }
 
+    /// The entries of the source and the destination address. Two IPv4 lookups go step by step
+    /// side by side, so that the cache misses of one overlap those of the other instead of
+    /// waiting for them.
+    #[inline]
+    fn address_entries(&self, src: IpAddr, dst: IpAddr) -> (Entry, Entry) {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let (s, d) = (u32::from(s), u32::from(d));
+                let (bs, bd) = (self.src_v4.bucket(s), self.dst_v4.bucket(d));
+                let (rs, rd) = (self.src_v4.range(s, bs), self.dst_v4.range(d, bd));
+                (self.src_v4.search(s, rs), self.dst_v4.search(d, rd))
+            }
+            _ => (self.src_entry(src), self.dst_entry(dst)),
+        }
+    }
+
     fn src_entry(&self, ip: IpAddr) -> Entry {
         match ip {
             IpAddr::V4(a) => self.src_v4.lookup(u32::from(a)),
@@ -512,8 +555,7 @@ impl CompiledPolicy {
     /// The verdict for a connection. `q.name` `None` means no name is known or will be known:
     /// rules that match only by name do not match.
     pub fn evaluate(&self, q: &Query<'_>) -> Verdict {
-        let s = self.src_entry(q.src);
-        let d = self.dst_entry(q.dst);
+        let (s, d) = self.address_entries(q.src, q.dst);
         let ports = self.port_class_bits(q.transport, q.dst_port);
         let mut best = Best {
             any: NONE,
@@ -562,8 +604,7 @@ impl CompiledPolicy {
     /// still match depends on the name (the verdict is then that of `evaluate` with any name or
     /// none), `NeedsName` otherwise. `q.name` is ignored.
     pub fn evaluate_without_name(&self, q: &Query<'_>) -> SynDecision {
-        let s = self.src_entry(q.src);
-        let d = self.dst_entry(q.dst);
+        let (s, d) = self.address_entries(q.src, q.dst);
         let ports = self.port_class_bits(q.transport, q.dst_port);
         let ld = self.span(d.rules);
         let mut best = Best {
