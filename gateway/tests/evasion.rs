@@ -1277,3 +1277,117 @@ fn an_ambiguous_later_request_fails_closed() {
     );
     assert_resets_both(&c, &h.wire);
 }
+
+/// A POST with a chunked body, its chunk data holding what looks like a request.
+fn chunked_post(host: &str) -> Vec<u8> {
+    let inner = get("exfil.attacker.test");
+    let mut req = format!(
+        "POST /v1/x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n",
+        inner.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&inner);
+    req.extend_from_slice(b"\r\n4\r\nabcd\r\n0\r\nDigest: x\r\n\r\n");
+    req
+}
+
+#[test]
+fn chunked_bodies_are_followed_to_the_next_request() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55004).to_port(80);
+    handshake(&mut h, &c);
+    // The chunk data is data: the request inside it is not looked at.
+    let first = chunked_post("api.openai.com");
+    assert_eq!(h.send(&c.data(0, &first)), Disposition::Held);
+    assert_eq!(client_stream(&c, &h.wire), first, "released");
+    assert!(rsts(&h.wire).is_empty());
+    h.send(&c.server_data(0, first.len() as u32, b"HTTP/1.1 200 OK\r\n\r\n"));
+    // The request after the body is checked: a denied host cuts the flow.
+    let before = h.wire.len();
+    let d = h.send(&c.data(first.len() as u32, &get("exfil.attacker.test")));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+    assert_resets_both(&c, &h.wire.split_off(before));
+    assert_eq!(
+        h.names(),
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_chunked_body_split_into_small_segments_is_followed() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55005).to_port(80);
+    handshake(&mut h, &c);
+    let mut stream = chunked_post("api.openai.com");
+    let first_len = stream.len();
+    stream.extend_from_slice(&get("exfil.attacker.test"));
+    // The head arrives whole (it decides the flow); the rest in 3-byte segments, which end
+    // inside size lines, CRLFs and trailers.
+    let head_len = stream
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert_eq!(h.send(&c.data(0, &stream[..head_len])), Disposition::Held);
+    let mut off = head_len;
+    let mut last = Disposition::Forward;
+    while off < stream.len() {
+        let end = (off + 3).min(stream.len());
+        last = h.send(&c.data(off as u32, &stream[off..end]));
+        if off < first_len {
+            assert_eq!(last, Disposition::Forward, "at {off}");
+        }
+        off = end;
+    }
+    assert_eq!(
+        last,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+}
+
+#[test]
+fn ambiguous_body_framing_fails_closed() {
+    // Both framings at once (request smuggling), a coding list not ending in chunked: the first
+    // request of a flow is refused.
+    for (port, head) in [
+        (
+            55006,
+            "POST / HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ),
+        (
+            55007,
+            "POST / HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        ),
+    ] {
+        let mut h = Harness::new(POLICY_OPENAI);
+        let c = Conn::v4(port).to_port(80);
+        handshake(&mut h, &c);
+        assert_eq!(h.send(&c.data(0, head.as_bytes())), Disposition::Held);
+        assert!(client_stream(&c, &h.wire).is_empty(), "nothing released");
+        let last = h.decisions().last().copied().expect("record");
+        assert_eq!(last.reason, Reason::ParseError, "{head:?}");
+        assert_eq!(last.action, RecordAction::Denied, "{head:?}");
+        assert!(!rsts(&h.wire).is_empty(), "{head:?}: the flow is reset");
+    }
+    // A malformed chunk after a permitted head: the flow is cut.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55008).to_port(80);
+    handshake(&mut h, &c);
+    let head = b"POST / HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(h.send(&c.data(0, head)), Disposition::Held);
+    let d = h.send(&c.data(head.len() as u32, b"5\nhello\r\n0\r\n\r\n"));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::ParseError))
+    );
+    assert_resets_both(&c, &h.wire);
+    let last = h.decisions().last().copied().expect("record");
+    assert_eq!(last.reason, Reason::ParseError);
+    assert_eq!(last.action, RecordAction::Denied);
+}

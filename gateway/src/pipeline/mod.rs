@@ -68,13 +68,17 @@
 //! first ChangeCipherSpec or application-data record: a second ClientHello (after a
 //! HelloRetryRequest, or a duplicate) is parsed; its name is recorded, and when the policy denies
 //! that name the flow is cut (`second_hello`). On plain-HTTP flows every later request head is
-//! parsed the same way (keep-alive, pipelining; a body is skipped by its `Content-Length`): a
-//! Host other than the one the flow was decided on is re-evaluated and recorded, and when the
-//! policy does not permit it the flow is cut (`host_changed`); an ambiguous later head fails
-//! closed (`parse_error`). Requests pipelined with the first are checked before the held
-//! segments are released. The watch stops (and later requests pass unchecked) past the first
-//! [`PipelineConfig::max_held_bytes_per_flow`] bytes of the client stream, after a body framed
-//! by `Transfer-Encoding`, and when the bytes stop being HTTP (a protocol upgrade). Flows whose
+//! parsed the same way (keep-alive, pipelining; a body is skipped by its `Content-Length`, or
+//! followed chunk by chunk when it is `chunked`, without reading the chunk data): a Host other
+//! than the one the flow was decided on is re-evaluated and recorded, and when the policy does
+//! not permit it the flow is cut (`host_changed`). An ambiguous head fails closed
+//! (`parse_error`), and so does a body whose end is ambiguous (`Content-Length` together with
+//! `Transfer-Encoding`, codings that do not end in `chunked`, a malformed chunk), because the
+//! gateway and the server could then disagree on where the next request starts. Requests
+//! pipelined with the first are checked before the held segments are released. The watch stops
+//! (and later requests pass unchecked) past the first
+//! [`PipelineConfig::max_held_bytes_per_flow`] bytes of the client stream, and when the bytes
+//! stop being HTTP (a protocol upgrade). Flows whose
 //! verdict was final on the SYN are watched the same way without holding anything, so that
 //! their records and policy re-evaluation know the name.
 //!
@@ -120,7 +124,7 @@ use crate::record::{
 use crate::wire::{self, ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment, L4};
 
 use flow::{FlowId, FlowKey, FlowTable, Side};
-use name::Found;
+use name::{ChunkStep, Found, Watch};
 use reasm::{Insert, Reassembly};
 use timer::DeadlineQueue;
 
@@ -436,12 +440,10 @@ struct Inspect {
     held_packet_bytes: usize,
     /// First held byte: the inspection deadline counts from here.
     started: Option<Instant>,
-    /// After the verdict: next TLS record boundary to look at for another ClientHello, while
-    /// `watching`.
-    scan: usize,
+    /// After the verdict, while `watching`: what to look for next (another ClientHello, the
+    /// next HTTP request head, the next piece of a chunked body) and at which stream offset.
+    watch: name::Watch,
     watching: bool,
-    /// `scan` points at the next HTTP request head rather than at a TLS record.
-    http: bool,
     /// After the verdict: stream offset the server must acknowledge before the bytes are freed.
     guard_end: u32,
 }
@@ -453,9 +455,8 @@ impl Inspect {
             held: Vec::new(),
             held_packet_bytes: 0,
             started: None,
-            scan: 0,
+            watch: name::Watch::Tls(0),
             watching: false,
-            http: false,
             guard_end: 0,
         }
     }
@@ -1409,13 +1410,6 @@ fn is_half_open(flow: &Flow) -> bool {
         && flow.inspect.as_ref().is_none_or(|i| i.bytes() == 0)
 }
 
-fn watch_target(w: name::Watch) -> (usize, bool) {
-    match w {
-        name::Watch::Tls(at) => (at, false),
-        name::Watch::Http(at) => (at, true),
-    }
-}
-
 fn rule_reason(v: &Verdict) -> Reason {
     match v.effective_rule {
         RuleRef::Default => Reason::Default,
@@ -1964,7 +1958,7 @@ impl Ctx {
         insp.guard_end = insp.buf.contiguous().len() as u32;
         match name::watch_from(found) {
             Some(w) => {
-                (insp.scan, insp.http) = watch_target(w);
+                insp.watch = w;
                 insp.watching = true;
             }
             None => insp.watching = false,
@@ -2119,13 +2113,13 @@ impl Ctx {
                 return;
             }
             let bytes = insp.buf.contiguous();
-            if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && insp.scan == 0 {
+            if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && insp.watch.at() == 0 {
                 // Decided on the SYN: the first hello is at offset 0.
                 match name::classify(bytes) {
                     Found::Incomplete => return,
                     found => {
                         match name::watch_from(&found) {
-                            Some(w) => (insp.scan, insp.http) = watch_target(w),
+                            Some(w) => insp.watch = w,
                             None => insp.watching = false,
                         }
                         self.first_name_observed(now, flow, &found, policy, out);
@@ -2133,42 +2127,60 @@ impl Ctx {
                     }
                 }
             }
-            let rest = &bytes[insp.scan.min(bytes.len())..];
-            if insp.http {
-                if insp.scan >= bytes.len() {
-                    return;
-                }
-                match name::classify_request(rest) {
-                    Found::Incomplete => return,
-                    found @ Found::Http { .. } => {
-                        match name::watch_from(&found) {
-                            Some(w) => {
-                                let (next, http) = watch_target(w);
-                                insp.scan = insp.scan.saturating_add(next);
-                                insp.http = http;
+            let at = insp.watch.at();
+            let rest = &bytes[at.min(bytes.len())..];
+            match insp.watch {
+                Watch::Tls(_) => {}
+                Watch::Http(_) => {
+                    if at >= bytes.len() {
+                        return;
+                    }
+                    match name::classify_request(rest) {
+                        Found::Incomplete => return,
+                        found @ Found::Http { .. } => {
+                            match name::watch_from(&found) {
+                                Some(w) => insp.watch = w.moved_to(at.saturating_add(w.at())),
+                                None => insp.watching = false,
                             }
-                            None => insp.watching = false,
+                            self.later_request(now, flow, &found, policy, out);
+                            if flow.state != State::Forwarding {
+                                return;
+                            }
                         }
-                        self.later_request(now, flow, &found, policy, out);
-                        if flow.state != State::Forwarding {
+                        Found::Malformed => {
+                            // An ambiguous head (conflicting Host fields, a Host that contradicts
+                            // the target, line folding, a body of uncertain length) after the
+                            // first: fail closed as on the first request.
+                            insp.watching = false;
+                            self.fail_closed(now, flow, Reason::ParseError, out);
+                            return;
+                        }
+                        _ => {
+                            // Not HTTP any more (a protocol upgrade): nothing more to watch.
+                            insp.watching = false;
                             return;
                         }
                     }
-                    Found::Malformed => {
-                        // An ambiguous head (conflicting Host fields, a Host that contradicts
-                        // the target, line folding) after the first: fail closed as on the
-                        // first request.
-                        insp.watching = false;
-                        self.fail_closed(now, flow, Reason::ParseError, out);
-                        return;
-                    }
-                    _ => {
-                        // Not HTTP any more (a protocol upgrade): nothing more to watch.
-                        insp.watching = false;
-                        return;
-                    }
+                    continue;
                 }
-                continue;
+                Watch::ChunkSize(_) | Watch::ChunkEnd(_) | Watch::Trailers(_) => {
+                    // A chunked request body, followed piece by piece to the next request.
+                    if at >= bytes.len() {
+                        return;
+                    }
+                    match name::chunk_step(insp.watch, rest) {
+                        ChunkStep::Incomplete => return,
+                        ChunkStep::Next(n, next) => {
+                            insp.watch = next.moved_to(at.saturating_add(n));
+                        }
+                        ChunkStep::Malformed => {
+                            insp.watching = false;
+                            self.fail_closed(now, flow, Reason::ParseError, out);
+                            return;
+                        }
+                    }
+                    continue;
+                }
             }
             if rest.len() < 5 {
                 return;
@@ -2178,7 +2190,7 @@ impl Ctx {
                 22 => match name::classify(rest) {
                     Found::Incomplete => return,
                     found @ Found::Tls { end, .. } => {
-                        insp.scan += end;
+                        insp.watch = Watch::Tls(at + end);
                         self.second_hello(now, flow, &found, policy, out);
                         if flow.state != State::Forwarding {
                             return;
@@ -2189,7 +2201,7 @@ impl Ctx {
                         if rest.len() < rlen {
                             return;
                         }
-                        insp.scan += rlen;
+                        insp.watch = Watch::Tls(at + rlen);
                     }
                 },
                 // ChangeCipherSpec: TLS 1.3 clients in middlebox-compatibility mode send one
@@ -2198,7 +2210,7 @@ impl Ctx {
                     if rest.len() < rlen {
                         return;
                     }
-                    insp.scan += rlen;
+                    insp.watch = Watch::Tls(at + rlen);
                 }
                 // Alert, application data, anything else: the plaintext handshake is over.
                 _ => {
