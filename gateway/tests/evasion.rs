@@ -1391,3 +1391,30 @@ fn ambiguous_body_framing_fails_closed() {
     assert_eq!(last.reason, Reason::ParseError);
     assert_eq!(last.action, RecordAction::Denied);
 }
+
+#[test]
+fn the_client_hello_inside_a_connect_tunnel_is_checked() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55009).to_port(80);
+    handshake(&mut h, &c);
+    let connect = b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n";
+    assert_eq!(h.send(&c.data(0, connect)), Disposition::Held);
+    assert_eq!(client_stream(&c, &h.wire), connect.to_vec(), "released");
+    h.send(&c.server_data(0, connect.len() as u32, b"HTTP/1.1 200 OK\r\n\r\n"));
+    // The tunnel's ClientHello names a host the policy denies: the flow is cut.
+    let hello = client_hello(Some("exfil.attacker.test"), 0);
+    let before = h.wire.len();
+    let d = h.send(&c.data(connect.len() as u32, &hello));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::SecondHello))
+    );
+    assert_resets_both(&c, &h.wire.split_off(before));
+    assert_eq!(
+        h.names(),
+        vec![
+            Some("api.openai.com".to_owned()),
+            Some("exfil.attacker.test".to_owned())
+        ]
+    );
+}
