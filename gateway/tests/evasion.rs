@@ -1418,3 +1418,109 @@ fn the_client_hello_inside_a_connect_tunnel_is_checked() {
         ]
     );
 }
+
+#[test]
+fn keep_alive_requests_are_checked_past_the_first_window() {
+    // 60 requests of about 1 KiB (four times the 16 KiB window), each acknowledged by the
+    // server, then one to a denied host: the window follows the connection.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55010).to_port(80);
+    handshake(&mut h, &c);
+    let request = |host: &str| {
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: {host}\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(1000)
+        )
+        .into_bytes()
+    };
+    let mut off = 0u32;
+    let mut server_off = 0u32;
+    for i in 0..60 {
+        let r = request("api.openai.com");
+        let d = h.send(&c.data(off, &r));
+        assert!(
+            matches!(d, Disposition::Forward | Disposition::Held),
+            "request {i}: {d:?}"
+        );
+        off += r.len() as u32;
+        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        h.send(&c.server_data(server_off, off, reply));
+        server_off += reply.len() as u32;
+    }
+    assert!(rsts(&h.wire).is_empty());
+    // A request with a chunked body in between, then the denied host.
+    let body = chunked_post("api.openai.com");
+    assert_eq!(h.send(&c.data(off, &body)), Disposition::Forward);
+    off += body.len() as u32;
+    h.send(&c.server_data(server_off, off, b"HTTP/1.1 200 OK\r\n\r\n"));
+    let d = h.send(&c.data(off, &request("exfil.attacker.test")));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+    assert_resets_both(&c, &h.wire);
+    // Nothing is held beyond what the server has not acknowledged.
+    assert!(h.pipe.stats().held_bytes_now < 16 * 1024);
+}
+
+#[test]
+fn a_large_body_is_skipped_and_the_request_after_it_is_checked() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55011).to_port(80);
+    handshake(&mut h, &c);
+    let body_len = 200 * 1024;
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {body_len}\r\n\r\n"
+    )
+    .into_bytes();
+    assert_eq!(h.send(&c.data(0, &head)), Disposition::Held);
+    let mut off = head.len() as u32;
+    // The body in 1400-byte segments, the server acknowledging as it goes.
+    let chunk = vec![b'x'; 1400];
+    let end = off + body_len as u32;
+    while off < end {
+        let n = chunk.len().min((end - off) as usize);
+        assert_eq!(h.send(&c.data(off, &chunk[..n])), Disposition::Forward);
+        off += n as u32;
+        h.send(&c.server_data(0, off, b""));
+    }
+    let d = h.send(&c.data(off, &get("exfil.attacker.test")));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+}
+
+#[test]
+fn a_retransmitted_later_request_must_carry_the_same_bytes() {
+    // Past the first window, a later request the gateway inspected and the server has not yet
+    // acknowledged: a retransmission that names another host is an evasion attempt.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55012).to_port(80);
+    handshake(&mut h, &c);
+    let mut off = 0u32;
+    for _ in 0..20 {
+        let r = get("api.openai.com");
+        h.send(&c.data(off, &r));
+        off += r.len() as u32;
+        h.send(&c.server_data(0, off, b""));
+    }
+    // A request with a 17,000-byte body moves the stream past 16 KiB; acknowledged as it goes.
+    let mut post =
+        b"POST / HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 17000\r\n\r\n".to_vec();
+    post.resize(post.len() + 17000, b'x');
+    for piece in post.chunks(1400) {
+        h.send(&c.data(off, piece));
+        off += piece.len() as u32;
+        h.send(&c.server_data(0, off, b""));
+    }
+    let first = get("api.anthropic.com");
+    assert_eq!(h.send(&c.data(off, &first)), Disposition::Forward);
+    let forged = get("api.anthropic.xyz");
+    assert_eq!(first.len(), forged.len());
+    let d = h.send(&c.data(off, &forged));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap))
+    );
+}

@@ -75,10 +75,16 @@
 //! (`parse_error`), and so does a body whose end is ambiguous (`Content-Length` together with
 //! `Transfer-Encoding`, codings that do not end in `chunked`, a malformed chunk), because the
 //! gateway and the server could then disagree on where the next request starts. Requests
-//! pipelined with the first are checked before the held segments are released. The watch stops
-//! (and later requests pass unchecked) past the first
-//! [`PipelineConfig::max_held_bytes_per_flow`] bytes of the client stream, and when the bytes
-//! stop being HTTP (a protocol upgrade). Flows whose
+//! pipelined with the first are checked before the held segments are released. The watch of
+//! requests follows the connection with a window of [`PipelineConfig::max_held_bytes_per_flow`]
+//! bytes: bytes the server has acknowledged and the watch has passed are let go, and the bytes
+//! the server has not acknowledged stay, so that a retransmission of an inspected request must
+//! carry the same bytes (`ambiguous_overlap`). The watch stops (and later requests pass
+//! unchecked) when the bytes not yet acknowledged outgrow the window (a large upload faster than
+//! the server acknowledges it, or a single head larger than the window), when the held-bytes
+//! total is reached, past the first GiB of the stream, and when the bytes stop being HTTP (a
+//! protocol upgrade). The TLS watch uses the first window only: the plaintext handshake ends
+//! within it. Flows whose
 //! verdict was final on the SYN are watched the same way without holding anything, so that
 //! their records and policy re-evaluation know the name.
 //!
@@ -1467,6 +1473,10 @@ fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
 
 /// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
 /// sequence number).
+/// How far into a client stream (bytes) the watch of later HTTP requests goes: past it, the
+/// sequence offsets of the stream would come close to wrapping.
+const WATCH_HORIZON: usize = 1 << 30;
+
 fn data_offset(flow: &Flow, seg: &TcpSegment<'_>) -> i64 {
     let first = seg.seq.wrapping_add(u32::from(seg.flags.syn()));
     i64::from(first.wrapping_sub(flow.tcp.base) as i32)
@@ -1955,7 +1965,7 @@ impl Ctx {
     /// Sets up the watch of a permitted flow's later bytes.
     fn start_watch(&mut self, insp: &mut Inspect, found: &Found) {
         insp.started = None;
-        insp.guard_end = insp.buf.contiguous().len() as u32;
+        insp.guard_end = insp.buf.contiguous_end();
         match name::watch_from(found) {
             Some(w) => {
                 insp.watch = w;
@@ -2053,9 +2063,26 @@ impl Ctx {
         let offset = data_offset(flow, seg);
         let total_ok =
             self.stats.held_bytes_now + seg.payload.len() <= self.config.max_held_bytes_total;
+        let acked = flow
+            .tcp
+            .server_ack
+            .map_or(0, |a| (a.wrapping_sub(flow.tcp.base) as i32).max(0) as u32);
         let Some(insp) = flow.inspect.as_mut() else {
             return Disposition::Forward;
         };
+        if insp.watching && insp.watch.follows_requests() {
+            if insp.watch.at() > WATCH_HORIZON {
+                // Far into a long connection: sequence offsets would soon wrap.
+                insp.watching = false;
+            } else {
+                // Keep-alive HTTP: let go of what the server acknowledged and the watch has
+                // passed, so the window follows the connection from request to request. Bytes
+                // the server has not acknowledged stay, to be compared with retransmissions.
+                let to = acked.min(u32::try_from(insp.watch.at()).unwrap_or(u32::MAX));
+                let freed = insp.buf.advance(to);
+                self.account(-(freed as isize));
+            }
+        }
         let before = insp.bytes();
         let start = offset.max(0) as u32;
         let res = if insp.watching && total_ok {
@@ -2127,12 +2154,14 @@ impl Ctx {
                     }
                 }
             }
+            // `bytes` starts at the buffer's origin, which is never past what is watched.
             let at = insp.watch.at();
-            let rest = &bytes[at.min(bytes.len())..];
+            let rel = at.saturating_sub(insp.buf.origin() as usize);
+            let rest = &bytes[rel.min(bytes.len())..];
             match insp.watch {
                 Watch::Tls(_) => {}
                 Watch::Http(_) => {
-                    if at >= bytes.len() {
+                    if rel >= bytes.len() {
                         return;
                     }
                     match name::classify_request(rest) {
@@ -2165,7 +2194,7 @@ impl Ctx {
                 }
                 Watch::ChunkSize(_) | Watch::ChunkEnd(_) | Watch::Trailers(_) => {
                     // A chunked request body, followed piece by piece to the next request.
-                    if at >= bytes.len() {
+                    if rel >= bytes.len() {
                         return;
                     }
                     match name::chunk_step(insp.watch, rest) {
@@ -2389,7 +2418,7 @@ impl Ctx {
         let end = flow
             .tcp
             .base
-            .wrapping_add(insp.buf.contiguous().len().max(insp.guard_end as usize) as u32);
+            .wrapping_add(insp.buf.contiguous_end().max(insp.guard_end));
         let acked = flow.tcp.server_ack.is_some_and(|a| !seq_gt(end, a));
         if acked || flow.tcp.rst {
             self.drop_inspect(flow);

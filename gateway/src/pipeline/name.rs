@@ -128,6 +128,12 @@ impl Watch {
         }
     }
 
+    /// Whether this watch follows HTTP requests (a head, or a chunked body), which go on for as
+    /// long as the connection: the window of the watch then moves along the stream.
+    pub(crate) fn follows_requests(self) -> bool {
+        !matches!(self, Watch::Tls(_))
+    }
+
     /// The same watch at another offset.
     pub(crate) fn moved_to(self, at: usize) -> Watch {
         match self {

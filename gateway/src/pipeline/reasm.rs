@@ -1,6 +1,9 @@
-//! Reassembly of the first bytes a TCP client sends, for inspection.
+//! Reassembly of the bytes a TCP client sends, for inspection.
 //!
-//! The buffer covers stream offsets `0..limit` counted from the client's first data byte (ISN + 1).
+//! The buffer covers stream offsets `origin..origin + limit` counted from the client's first data
+//! byte (ISN + 1). The origin starts at 0 and only moves forward, when the pipeline no longer
+//! needs the bytes before it ([`Reassembly::advance`]): that is how a keep-alive HTTP connection
+//! is followed from request to request with a window of bounded size.
 //! Segments may arrive in any order, repeat, and overlap. Bytes that two segments both carry must
 //! agree: a disagreement means the gateway and the server could reassemble different streams (an
 //! evasion attempt), and [`Reassembly::insert`] reports it so the flow fails closed. Nothing here
@@ -25,14 +28,16 @@ pub enum Insert {
 /// Contiguous prefix plus pending out-of-order pieces of a client byte stream.
 #[derive(Debug, Default)]
 pub struct Reassembly {
-    /// Bytes `0..prefix.len()` of the stream, without gaps.
+    /// Bytes `origin..origin + prefix.len()` of the stream, without gaps.
     prefix: Vec<u8>,
+    /// Stream offset of `prefix[0]`: bytes before it were let go.
+    origin: u32,
     /// Out-of-order pieces beyond the prefix, by start offset (may overlap each other, but always
     /// agree on the bytes they share).
     pending: Vec<(u32, Vec<u8>)>,
     /// Bytes stored in `pending`.
     pending_bytes: usize,
-    /// No segment may reach beyond this offset.
+    /// No segment may reach beyond `origin + limit`.
     limit: u32,
 }
 
@@ -41,15 +46,64 @@ impl Reassembly {
     pub fn new(limit: usize) -> Reassembly {
         Reassembly {
             prefix: Vec::new(),
+            origin: 0,
             pending: Vec::new(),
             pending_bytes: 0,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         }
     }
 
-    /// The contiguous bytes from offset 0.
+    /// The contiguous bytes from [`Reassembly::origin`].
     pub fn contiguous(&self) -> &[u8] {
         &self.prefix
+    }
+
+    /// The stream offset of the first byte of [`Reassembly::contiguous`].
+    pub fn origin(&self) -> u32 {
+        self.origin
+    }
+
+    /// The stream offset just after the contiguous bytes.
+    pub fn contiguous_end(&self) -> u32 {
+        self.origin + self.prefix.len() as u32
+    }
+
+    /// Lets go of every byte before stream offset `to` (no-op when `to` is not past the origin);
+    /// the window moves forward with it. Segments that end before the new origin are [`Insert::Old`]
+    /// from then on and are not compared with anything: only let go of bytes whose content can no
+    /// longer matter (acknowledged by the receiver, or never inspected). Returns the bytes of
+    /// storage freed.
+    pub fn advance(&mut self, to: u32) -> usize {
+        if to <= self.origin {
+            return 0;
+        }
+        let before = self.stored();
+        let drop = ((to - self.origin) as usize).min(self.prefix.len());
+        self.prefix.drain(..drop);
+        if self.prefix.is_empty() {
+            // Past the contiguous bytes: pieces that lie before `to` go, a piece across it is cut.
+            let mut pending = std::mem::take(&mut self.pending);
+            self.pending_bytes = 0;
+            for (start, mut bytes) in pending.drain(..) {
+                let end = start + bytes.len() as u32;
+                if end <= to {
+                    continue;
+                }
+                let start = if start < to {
+                    bytes.drain(..(to - start) as usize);
+                    to
+                } else {
+                    start
+                };
+                self.pending_bytes += bytes.len();
+                self.pending.push((start, bytes));
+            }
+            self.origin = to;
+            self.drain_pending();
+        } else {
+            self.origin = to;
+        }
+        before - self.stored()
     }
 
     /// Total bytes of storage in use.
@@ -70,24 +124,25 @@ impl Reassembly {
             return Insert::Stored { added: 0 };
         }
         let end = offset + data.len() as i64;
-        if end <= 0 {
+        let origin = i64::from(self.origin);
+        if end <= origin {
             return Insert::Old;
         }
-        let (start, data) = if offset < 0 {
-            // The part before offset 0 is sequence space the stream does not have (the SYN):
-            // only the rest is data.
-            (0u32, &data[(-offset) as usize..])
+        let (start, data) = if offset < origin {
+            // The part before the origin is sequence space the stream does not have (the SYN,
+            // before offset 0) or bytes already let go: only the rest is looked at.
+            (self.origin, &data[(origin - offset) as usize..])
         } else {
             (offset as u32, data)
         };
-        if end > i64::from(self.limit) {
+        if end > origin + i64::from(self.limit) {
             return Insert::Overflow;
         }
         if !self.agrees(start, data) {
             return Insert::Conflict;
         }
         let before = self.stored();
-        let plen = self.prefix.len() as u32;
+        let plen = self.contiguous_end();
         if start <= plen {
             let skip = (plen - start) as usize;
             if skip < data.len() {
@@ -114,12 +169,12 @@ impl Reassembly {
     pub fn agrees(&self, start: u32, data: &[u8]) -> bool {
         let s = start as usize;
         let e = s + data.len();
-        let plen = self.prefix.len();
-        if s < plen {
-            let upto = e.min(plen);
-            if self.prefix[s..upto] != data[..upto - s] {
-                return false;
-            }
+        let o = self.origin as usize;
+        let pend = o + self.prefix.len();
+        let lo = s.max(o);
+        let hi = e.min(pend);
+        if lo < hi && self.prefix[lo - o..hi - o] != data[lo - s..hi - s] {
+            return false;
         }
         for (ps, pb) in &self.pending {
             let ps = *ps as usize;
@@ -136,7 +191,7 @@ impl Reassembly {
     /// Moves pending pieces that now touch the prefix into it.
     fn drain_pending(&mut self) {
         loop {
-            let plen = self.prefix.len();
+            let plen = self.contiguous_end() as usize;
             let Some(i) = self.pending.iter().position(|(s, _)| *s as usize <= plen) else {
                 return;
             };
@@ -268,5 +323,48 @@ mod tests {
         assert_eq!(r.contiguous(), b"ab");
         assert_eq!(r.clear(), 2);
         assert_eq!(r.stored(), 0);
+    }
+
+    #[test]
+    fn advancing_lets_go_of_the_front_and_moves_the_window() {
+        let mut r = Reassembly::new(8);
+        stored(r.insert(0, b"abcdef"));
+        assert_eq!(r.advance(4), 4);
+        assert_eq!((r.origin(), r.contiguous(), r.stored()), (4, &b"ef"[..], 2));
+        // Moving back is a no-op.
+        assert_eq!(r.advance(2), 0);
+        // The window now ends at 4 + 8.
+        stored(r.insert(6, b"ghijkl"));
+        assert_eq!(r.contiguous(), b"efghijkl");
+        assert_eq!(r.insert(12, b"m"), Insert::Overflow);
+        // Bytes before the origin are old and not compared; a segment across it is cut.
+        assert_eq!(r.insert(0, b"XXXX"), Insert::Old);
+        assert!(r.agrees(0, b"XXXXef"));
+        assert!(!r.agrees(0, b"XXXXeX"));
+        stored(r.insert(2, b"XXefg"));
+        assert_eq!(r.contiguous(), b"efghijkl");
+        assert_eq!(r.insert(3, b"Xeg"), Insert::Conflict);
+    }
+
+    #[test]
+    fn advancing_past_the_contiguous_bytes_keeps_later_pieces() {
+        let mut r = Reassembly::new(16);
+        stored(r.insert(0, b"ab"));
+        stored(r.insert(6, b"ghij"));
+        stored(r.insert(12, b"mn"));
+        // Jump to 8: "ab" and the front of "ghij" go, "ij" becomes the contiguous start.
+        assert_eq!(r.advance(8), 4);
+        assert_eq!((r.origin(), r.contiguous()), (8, &b"ij"[..]));
+        assert!(r.has_gap());
+        stored(r.insert(10, b"kl"));
+        assert_eq!(r.contiguous(), b"ijklmn");
+        assert!(!r.has_gap());
+        assert_eq!(r.contiguous_end(), 14);
+        // Jump past everything: empty, and the window starts there.
+        assert_eq!(r.advance(30), 6);
+        assert_eq!((r.origin(), r.stored()), (30, 0));
+        stored(r.insert(30, b"x"));
+        assert_eq!(r.contiguous(), b"x");
+        assert_eq!(r.insert(40, b"0123456789"), Insert::Overflow);
     }
 }
