@@ -106,8 +106,53 @@ def pcapng_seed(e, ips):
     return out
 
 
+def tcp_v4(src, dst, sport, dport, seq, ack, flags, payload=b""):
+    """An IPv4/TCP packet (checksums left zero: the seeds mark them unverified)."""
+    tcp = struct.pack(">HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                      5 << 4, flags, 65535, 0, 0) + payload
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
+                     bytes(src), bytes(dst))
+    return ip + tcp
+
+
+def http_session(requests):
+    """Pipeline input for one plain-HTTP keep-alive connection to port 80: the handshake, then
+    each request as its own segment with the server acknowledging it."""
+    c, s, cisn, sisn = [10, 0, 0, 2], [93, 184, 216, 34], 1000, 5000
+    syn, ack, psh = 0x02, 0x10, 0x08
+    pkts = [tcp_v4(c, s, 40000, 80, cisn, 0, syn),
+            tcp_v4(s, c, 80, 40000, sisn, cisn + 1, syn | ack),
+            tcp_v4(c, s, 40000, 80, cisn + 1, sisn + 1, ack)]
+    off = 0
+    for r in requests:
+        pkts.append(tcp_v4(c, s, 40000, 80, cisn + 1 + off, sisn + 1, ack | psh, r))
+        off += len(r)
+        pkts.append(tcp_v4(s, c, 80, 40000, sisn + 1, cisn + 1 + off, ack))
+    return b"".join(struct.pack(">BH", 0x81, len(p)) + p for p in pkts)
+
+
+def http_seeds(out):
+    """Keep-alive sessions: plain requests, a chunked body, a smuggling attempt, a denied host."""
+    get = lambda h: b"GET / HTTP/1.1\r\nHost: " + h + b"\r\n\r\n"
+    chunked = (b"POST /v1 HTTP/1.1\r\nHost: api.anthropic.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;x=y\r\nhello\r\n0\r\nDigest: a\r\n\r\n")
+    sized = b"POST /v1 HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Length: 5\r\n\r\nhello"
+    smuggle = (b"POST / HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Length: 4\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    for i, reqs in enumerate([
+        [get(b"api.anthropic.com"), chunked, sized, get(b"evil.example.net")],
+        [chunked + get(b"api.anthropic.com"), get(b"api.anthropic.com")],
+        [get(b"api.anthropic.com"), smuggle, get(b"api.anthropic.com")],
+        [b"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n\r\n"],
+    ]):
+        write(out, "pipeline", http_session(reqs))
+        for r in reqs:
+            write(out, "http_host", r)
+
+
 def main():
     corpus, out = sys.argv[1], sys.argv[2]
+    http_seeds(out)
     pdir = os.path.join(corpus, "pcap")
     for name in sorted(os.listdir(pdir)):
         path = os.path.join(pdir, name)
