@@ -1471,12 +1471,12 @@ fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
     Some((proto, src, sport, dst, dport))
 }
 
-/// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
-/// sequence number).
 /// How far into a client stream (bytes) the watch of later HTTP requests goes: past it, the
 /// sequence offsets of the stream would come close to wrapping.
 const WATCH_HORIZON: usize = 1 << 30;
 
+/// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
+/// sequence number).
 fn data_offset(flow: &Flow, seg: &TcpSegment<'_>) -> i64 {
     let first = seg.seq.wrapping_add(u32::from(seg.flags.syn()));
     i64::from(first.wrapping_sub(flow.tcp.base) as i32)
