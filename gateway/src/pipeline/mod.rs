@@ -452,6 +452,15 @@ struct Inspect {
     watching: bool,
     /// After the verdict: stream offset the server must acknowledge before the bytes are freed.
     guard_end: u32,
+    /// While watching HTTP requests: the stream offset after the last byte the watch parsed (a
+    /// request head, a chunk-size line). Bytes after it and before the watch position are request
+    /// body, never inspected: once the server has acknowledged everything up to here, the window
+    /// skips straight to the watch position.
+    inspected_end: u32,
+    /// How far the offsets of `buf`, `watch`, `guard_end` and `inspected_end` have been
+    /// renumbered: they count from the client's sequence number `base + shift` (see
+    /// [`REBASE_FROM`]).
+    shift: u32,
 }
 
 impl Inspect {
@@ -464,6 +473,8 @@ impl Inspect {
             watch: name::Watch::Tls(0),
             watching: false,
             guard_end: 0,
+            inspected_end: 0,
+            shift: 0,
         }
     }
 
@@ -1471,15 +1482,17 @@ fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
     Some((proto, src, sport, dst, dport))
 }
 
-/// How far into a client stream (bytes) the watch of later HTTP requests goes: past it, the
-/// sequence offsets of the stream would come close to wrapping.
-const WATCH_HORIZON: usize = 1 << 30;
+/// Once the watch of a long keep-alive connection has let go of this many bytes, its offsets are
+/// renumbered from where it stands ([`Reassembly::rebase`]): offsets are 32-bit differences of
+/// sequence numbers and must stay far from wrapping, however long the connection lasts.
+const REBASE_FROM: u32 = 1 << 30;
 
 /// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
-/// sequence number).
-fn data_offset(flow: &Flow, seg: &TcpSegment<'_>) -> i64 {
+/// sequence number), counted from the client's sequence number `base + shift` (`shift` is the
+/// renumbering of a long watch, [`Inspect::shift`]; 0 before the verdict).
+fn data_offset(base: u32, shift: u32, seg: &TcpSegment<'_>) -> i64 {
     let first = seg.seq.wrapping_add(u32::from(seg.flags.syn()));
-    i64::from(first.wrapping_sub(flow.tcp.base) as i32)
+    i64::from(first.wrapping_sub(base.wrapping_add(shift)) as i32)
 }
 
 /// Sequence number comparison: `a` after `b`, modulo 2^32.
@@ -1854,7 +1867,7 @@ impl Ctx {
         meta: PacketMeta,
         out: &mut Output,
     ) -> Disposition {
-        let offset = data_offset(flow, seg);
+        let offset = data_offset(flow.tcp.base, 0, seg);
         let limit_total = self.config.max_held_bytes_total;
         let held_now = self.stats.held_bytes_now;
         let Some(insp) = flow.inspect.as_mut() else {
@@ -2060,29 +2073,39 @@ impl Ctx {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) -> Disposition {
-        let offset = data_offset(flow, seg);
         let total_ok =
             self.stats.held_bytes_now + seg.payload.len() <= self.config.max_held_bytes_total;
-        let acked = flow
-            .tcp
-            .server_ack
-            .map_or(0, |a| (a.wrapping_sub(flow.tcp.base) as i32).max(0) as u32);
+        let (base, server_ack) = (flow.tcp.base, flow.tcp.server_ack);
         let Some(insp) = flow.inspect.as_mut() else {
             return Disposition::Forward;
         };
         if insp.watching && insp.watch.follows_requests() {
-            if insp.watch.at() > WATCH_HORIZON {
-                // Far into a long connection: sequence offsets would soon wrap.
-                insp.watching = false;
+            // Keep-alive HTTP: let go of what the server acknowledged and the watch has passed,
+            // so the window follows the connection from request to request. Bytes the server
+            // has not acknowledged stay, to be compared with retransmissions, unless they are
+            // request body the watch skips: once everything it parsed is acknowledged, the
+            // window jumps to where it looks next.
+            let origin = base.wrapping_add(insp.shift);
+            let acked = server_ack.map_or(0, |a| (a.wrapping_sub(origin) as i32).max(0) as u32);
+            let at = u32::try_from(insp.watch.at()).unwrap_or(u32::MAX);
+            let inspected_end = insp.inspected_end.max(insp.guard_end);
+            let to = if acked >= inspected_end {
+                at
             } else {
-                // Keep-alive HTTP: let go of what the server acknowledged and the watch has
-                // passed, so the window follows the connection from request to request. Bytes
-                // the server has not acknowledged stay, to be compared with retransmissions.
-                let to = acked.min(u32::try_from(insp.watch.at()).unwrap_or(u32::MAX));
-                let freed = insp.buf.advance(to);
-                self.account(-(freed as isize));
+                acked.min(at)
+            };
+            let freed = insp.buf.advance(to);
+            self.account(-(freed as isize));
+            let by = insp.buf.origin();
+            if by >= REBASE_FROM {
+                insp.buf.rebase(by);
+                insp.watch = insp.watch.moved_to(insp.watch.at() - by as usize);
+                insp.guard_end = insp.guard_end.saturating_sub(by);
+                insp.inspected_end = insp.inspected_end.saturating_sub(by);
+                insp.shift = insp.shift.wrapping_add(by);
             }
         }
+        let offset = data_offset(base, insp.shift, seg);
         let before = insp.bytes();
         let start = offset.max(0) as u32;
         let res = if insp.watching && total_ok {
@@ -2166,7 +2189,10 @@ impl Ctx {
                     }
                     match name::classify_request(rest) {
                         Found::Incomplete => return,
-                        found @ Found::Http { .. } => {
+                        found @ Found::Http { end, .. } => {
+                            let head_end =
+                                u32::try_from(at.saturating_add(end)).unwrap_or(u32::MAX);
+                            insp.inspected_end = insp.inspected_end.max(head_end);
                             match name::watch_from(&found) {
                                 Some(w) => insp.watch = w.moved_to(at.saturating_add(w.at())),
                                 None => insp.watching = false,
@@ -2199,8 +2225,15 @@ impl Ctx {
                     }
                     match name::chunk_step(insp.watch, rest) {
                         ChunkStep::Incomplete => return,
-                        ChunkStep::Next(n, next) => {
-                            insp.watch = next.moved_to(at.saturating_add(n));
+                        ChunkStep::Next {
+                            read,
+                            advance,
+                            next,
+                        } => {
+                            let read_end =
+                                u32::try_from(at.saturating_add(read)).unwrap_or(u32::MAX);
+                            insp.inspected_end = insp.inspected_end.max(read_end);
+                            insp.watch = next.moved_to(at.saturating_add(advance));
                         }
                         ChunkStep::Malformed => {
                             insp.watching = false;
@@ -2418,6 +2451,7 @@ impl Ctx {
         let end = flow
             .tcp
             .base
+            .wrapping_add(insp.shift)
             .wrapping_add(insp.buf.contiguous_end().max(insp.guard_end));
         let acked = flow.tcp.server_ack.is_some_and(|a| !seq_gt(end, a));
         if acked || flow.tcp.rst {

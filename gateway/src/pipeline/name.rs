@@ -226,8 +226,16 @@ const MAX_CHUNK_LINE: usize = 4096;
 pub(crate) enum ChunkStep {
     /// More bytes are needed.
     Incomplete,
-    /// The watch goes on: this many bytes further, looking for that.
-    Next(usize, Watch),
+    /// The watch goes on `advance` bytes further, looking for `next`; only the first `read` of
+    /// them were looked at (the rest is chunk data, skipped).
+    Next {
+        /// Bytes parsed (a size line, a CRLF, a trailer line).
+        read: usize,
+        /// Bytes to the next thing to look at (`read` plus the chunk data).
+        advance: usize,
+        /// What to look for there.
+        next: Watch,
+    },
     /// Not a valid chunked body: the gateway cannot tell where the next request starts.
     Malformed,
 }
@@ -265,16 +273,28 @@ pub(crate) fn chunk_step(watch: Watch, rest: &[u8]) -> ChunkStep {
             };
             let after_line = line.len() + 2;
             if size == 0 {
-                ChunkStep::Next(after_line, Watch::Trailers(0))
+                ChunkStep::Next {
+                    read: after_line,
+                    advance: after_line,
+                    next: Watch::Trailers(0),
+                }
             } else {
                 match after_line.checked_add(size) {
-                    Some(n) => ChunkStep::Next(n, Watch::ChunkEnd(0)),
+                    Some(n) => ChunkStep::Next {
+                        read: after_line,
+                        advance: n,
+                        next: Watch::ChunkEnd(0),
+                    },
                     None => ChunkStep::Malformed,
                 }
             }
         }
         Watch::ChunkEnd(_) => match rest {
-            [b'\r', b'\n', ..] => ChunkStep::Next(2, Watch::ChunkSize(0)),
+            [b'\r', b'\n', ..] => ChunkStep::Next {
+                read: 2,
+                advance: 2,
+                next: Watch::ChunkSize(0),
+            },
             [] | [b'\r'] => ChunkStep::Incomplete,
             _ => ChunkStep::Malformed,
         },
@@ -285,9 +305,17 @@ pub(crate) fn chunk_step(watch: Watch, rest: &[u8]) -> ChunkStep {
             match line {
                 None => ChunkStep::Malformed,
                 // The empty line: the request is complete, the next one starts after it.
-                Some([]) => ChunkStep::Next(2, Watch::Http(0)),
+                Some([]) => ChunkStep::Next {
+                    read: 2,
+                    advance: 2,
+                    next: Watch::Http(0),
+                },
                 Some(field) if field.contains(&b':') && !field[0].is_ascii_whitespace() => {
-                    ChunkStep::Next(field.len() + 2, Watch::Trailers(0))
+                    ChunkStep::Next {
+                        read: field.len() + 2,
+                        advance: field.len() + 2,
+                        next: Watch::Trailers(0),
+                    }
                 }
                 Some(_) => ChunkStep::Malformed,
             }
@@ -381,7 +409,9 @@ mod tests {
                 return Ok(at);
             }
             match chunk_step(watch, &body[at.min(body.len())..]) {
-                ChunkStep::Next(n, next) => {
+                ChunkStep::Next {
+                    advance: n, next, ..
+                } => {
                     at += n;
                     watch = next;
                 }

@@ -68,6 +68,16 @@ impl Reassembly {
         self.origin + self.prefix.len() as u32
     }
 
+    /// Renumbers the stream: offset `origin` becomes `origin - by` (`by` at most the origin), so
+    /// that offsets stay small on a connection that goes on for longer than they could count.
+    pub fn rebase(&mut self, by: u32) {
+        let by = by.min(self.origin);
+        self.origin -= by;
+        for (start, _) in &mut self.pending {
+            *start -= by;
+        }
+    }
+
     /// Lets go of every byte before stream offset `to` (no-op when `to` is not past the origin);
     /// the window moves forward with it. Segments that end before the new origin are [`Insert::Old`]
     /// from then on and are not compared with anything: only let go of bytes whose content can no
@@ -366,5 +376,22 @@ mod tests {
         stored(r.insert(30, b"x"));
         assert_eq!(r.contiguous(), b"x");
         assert_eq!(r.insert(40, b"0123456789"), Insert::Overflow);
+    }
+
+    #[test]
+    fn rebasing_renumbers_without_changing_the_bytes() {
+        let mut r = Reassembly::new(16);
+        stored(r.insert(0, b"abcdefgh"));
+        r.advance(6);
+        stored(r.insert(12, b"mn"));
+        r.rebase(6);
+        assert_eq!((r.origin(), r.contiguous()), (0, &b"gh"[..]));
+        stored(r.insert(2, b"ijkl"));
+        assert_eq!(r.contiguous(), b"ghijklmn");
+        assert!(!r.has_gap());
+        assert_eq!(r.insert(1, b"X"), Insert::Conflict);
+        // Never below zero.
+        r.rebase(100);
+        assert_eq!(r.origin(), 0);
     }
 }
