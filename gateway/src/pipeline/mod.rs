@@ -77,14 +77,15 @@
 //! gateway and the server could then disagree on where the next request starts. Requests
 //! pipelined with the first are checked before the held segments are released. The watch of
 //! requests follows the connection with a window of [`PipelineConfig::max_held_bytes_per_flow`]
-//! bytes: bytes the server has acknowledged and the watch has passed are let go, and the bytes
-//! the server has not acknowledged stay, so that a retransmission of an inspected request must
-//! carry the same bytes (`ambiguous_overlap`). The watch stops (and later requests pass
-//! unchecked) when the bytes not yet acknowledged outgrow the window (a large upload faster than
-//! the server acknowledges it, or a single head larger than the window), when the held-bytes
-//! total is reached, past the first GiB of the stream, and when the bytes stop being HTTP (a
-//! protocol upgrade). The TLS watch uses the first window only: the plaintext handshake ends
-//! within it. Flows whose
+//! bytes: what the watch parsed (request heads, chunk-size lines) stays until the server has
+//! acknowledged it, so that a retransmission of an inspected request must carry the same bytes
+//! (`ambiguous_overlap`); request body, which the watch skips, is let go of as soon as what came
+//! before it is acknowledged, and from then on segments that carry only body are not stored.
+//! Offsets are renumbered every GiB, so the watch lasts as long as the connection. It stops (and
+//! later requests pass unchecked) when what it must keep outgrows the window (a single head
+//! larger than the window, or heads and body arriving faster than the server acknowledges them),
+//! when the held-bytes total is reached, and when the bytes stop being HTTP (a protocol upgrade).
+//! The TLS watch uses the first window only: the plaintext handshake ends within it. Flows whose
 //! verdict was final on the SYN are watched the same way without holding anything, so that
 //! their records and policy re-evaluation know the name.
 //!
