@@ -120,6 +120,14 @@ impl Reason {
         }
     }
 
+    /// Position in [`Reason::KNOWN`]; `KNOWN.len()` for `Unknown`. A dense index for tables
+    /// (metric counters) with one slot per reason and one for anything else.
+    pub const fn index(self) -> usize {
+        // The variants are declared in `KNOWN` order with `Unknown` last; the assertion below
+        // the impl holds the build to that.
+        self as usize
+    }
+
     /// True for reasons that mean a bound or a hostile pattern made the gateway fail closed,
     /// rather than a rule.
     pub const fn is_fail_closed(self) -> bool {
@@ -129,6 +137,16 @@ impl Reason {
         )
     }
 }
+
+// `Reason::index` relies on the declaration order matching `KNOWN`, with `Unknown` right after.
+const _: () = {
+    let mut i = 0;
+    while i < Reason::KNOWN.len() {
+        assert!(Reason::KNOWN[i] as usize == i);
+        i += 1;
+    }
+    assert!(Reason::Unknown as usize == Reason::KNOWN.len());
+};
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -28,9 +28,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, DEFAULT_MTU};
 use crate::logsink::{Destination, LogSink};
-use crate::metrics::{Metrics, Vocabulary};
-use crate::pipeline::{DropReason, Pipeline, PipelineConfig};
-use crate::record::{DecisionRecord, Reason};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::record::DecisionRecord;
 use crate::routing::{Routing, RoutingPlan, SystemHost};
 use crate::sys::tun::{Tun, TunOptions, WakeFd};
 
@@ -64,20 +64,6 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
     #[error("worker {0} stopped unexpectedly; see the log above")]
     WorkerFailed(usize),
-}
-
-/// The label vocabularies of this build: decision reasons, and drop reasons (the pipeline's
-/// kinds, with the fail-closed kinds broken out by their reason).
-pub fn vocabulary() -> Vocabulary {
-    let decision_reasons: Vec<&'static str> = Reason::KNOWN.iter().map(|r| r.as_str()).collect();
-    let mut drop_reasons: Vec<&'static str> = DropReason::ALL
-        .iter()
-        .filter(|d| !matches!(d, DropReason::FailClosed(_)))
-        .map(|d| d.as_str())
-        .collect();
-    // Fail-closed drops carry their reason; duplicates are removed by the constructor.
-    drop_reasons.extend(decision_reasons.iter().copied());
-    Vocabulary::new(decision_reasons, drop_reasons)
 }
 
 /// The TUN MTU: configured, else the largest MTU of the listed interfaces, else 1500.
@@ -147,11 +133,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
             error,
         })?;
 
-    let metrics = Arc::new(Metrics::new(
-        vocabulary(),
-        usize::from(queues),
-        log_sink.counters(),
-    ));
+    let metrics = Arc::new(Metrics::new(usize::from(queues), log_sink.counters()));
     if source.file().is_some() {
         metrics.policy_applied(loaded.version, false);
     }
@@ -201,7 +183,6 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     // Workers.
     let stop = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(WakeFd::new()?);
-    let vocab = metrics.vocabulary().clone();
     let mut workers = Workers {
         stop: stop.clone(),
         wake: wake.clone(),
@@ -227,7 +208,6 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
             store: store.clone(),
             log: log_tx.clone(),
             counters: metrics.worker(index),
-            vocab: vocab.clone(),
             wake: wake.clone(),
             stop: stop.clone(),
             busy_poll: std::time::Duration::from_micros(u64::from(config.gateway.busy_poll_us)),
@@ -318,24 +298,6 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vocabulary_is_bounded_and_covers_every_reason() {
-        let v = vocabulary();
-        for r in Reason::KNOWN {
-            assert_ne!(
-                v.decision_reason(r.as_str()),
-                v.decision_reason("no-such-reason")
-            );
-            assert_ne!(v.drop_reason(r.as_str()), v.drop_reason("no-such-reason"));
-        }
-        for d in DropReason::ALL {
-            if !matches!(d, DropReason::FailClosed(_)) {
-                assert_ne!(v.drop_reason(d.as_str()), v.drop_reason("no-such-reason"));
-            }
-        }
-        assert!(v.drop_reasons().len() < 40);
-    }
 
     #[test]
     fn mtu_defaults() {

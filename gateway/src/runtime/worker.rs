@@ -32,9 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use policy_engine::PolicyStore;
 
 use crate::logsink::LogSender;
-use crate::metrics::{FlowTableState, LocalCounters, Vocabulary, WorkerCounters};
-use crate::pipeline::{Disposition, Output, PacketMeta, Pipeline};
-use crate::record::{self, DecisionRecord, RecordAction};
+use crate::metrics::{FlowTableState, LocalCounters, WorkerCounters};
+use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Pipeline};
+use crate::record::DecisionRecord;
 use crate::sys::tun::{TunQueue, WakeFd, MAX_READ, VNET_HDR_LEN};
 
 /// Packets read before timers, policy and counters get a look.
@@ -55,7 +55,6 @@ pub struct Worker {
     pub store: Arc<PolicyStore>,
     pub log: LogSender<DecisionRecord>,
     pub counters: Arc<WorkerCounters>,
-    pub vocab: Vocabulary,
     pub wake: Arc<WakeFd>,
     pub stop: Arc<AtomicBool>,
     /// How long a worker whose queue ran dry keeps reading before it sleeps (zero: sleep at
@@ -189,7 +188,7 @@ impl Worker {
         self.pipeline.shutdown(Instant::now(), &mut out);
         out.transmit.clear();
         for rec in out.records.drain(..) {
-            count_record(&rec, &self.vocab, &mut local);
+            count_record(&rec, &mut local);
             self.log.submit(rec);
         }
         let s = self.pipeline.stats();
@@ -206,7 +205,7 @@ impl Worker {
     /// One frame read from the TUN: virtio-net header, then the IP packet.
     fn packet(&mut self, frame: &[u8], out: &mut Output, local: &mut LocalCounters) {
         if frame.len() <= VNET_HDR_LEN {
-            local.dropped(self.vocab.drop_reason("malformed"), 0);
+            local.dropped(DropReason::Malformed, 0);
             return;
         }
         let mut vnet = [0u8; VNET_HDR_LEN];
@@ -227,9 +226,7 @@ impl Worker {
                 }
             },
             Disposition::Held => local.held(),
-            Disposition::Drop(reason) => {
-                local.dropped(self.vocab.drop_reason(reason.as_str()), packet.len());
-            }
+            Disposition::Drop(reason) => local.dropped(reason, packet.len()),
         }
     }
 
@@ -252,31 +249,17 @@ impl Worker {
             }
         }
         for rec in out.records.drain(..) {
-            count_record(&rec, &self.vocab, local);
+            count_record(&rec, local);
             self.log.submit(rec);
         }
     }
 }
 
 /// Counts a decision record (flow-end records are not decisions).
-fn count_record(rec: &DecisionRecord, vocab: &Vocabulary, local: &mut LocalCounters) {
-    if rec.activity_id == ACTIVITY_CLOSE {
-        return;
+fn count_record(rec: &DecisionRecord, local: &mut LocalCounters) {
+    if rec.activity_id != ACTIVITY_CLOSE {
+        local.decision(rec.action, rec.disposition, rec.reason);
     }
-    let action = match rec.action {
-        RecordAction::Allowed => 0,
-        RecordAction::Denied => 1,
-    };
-    let disposition = match rec.disposition {
-        record::Disposition::Allowed => 0,
-        record::Disposition::Blocked => 1,
-        record::Disposition::Detected => 2,
-    };
-    local.decision(
-        action,
-        disposition,
-        vocab.decision_reason(rec.reason.as_str()),
-    );
 }
 
 /// OCSF activity of a flow-end record.
