@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod validate;
+
 /// Default number of flows each worker's flow table holds.
 pub const DEFAULT_FLOW_CAPACITY: usize = 262_144;
 /// Default bound on the client bytes held per flow while its first bytes are inspected.
@@ -374,147 +376,17 @@ impl Config {
         Ok(config)
     }
 
-    /// Every semantic error at once.
+    /// Every semantic error at once, section by section in file order.
     fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        let g = &self.gateway;
-        if g.id.trim().is_empty() {
-            errors.push("gateway.id must not be empty".to_owned());
-        } else if g.id.len() > 128 || g.id.chars().any(|c| c.is_control()) {
-            errors.push("gateway.id must be at most 128 printable characters".to_owned());
-        }
-        if let Err(msg) = check_ifname(&g.tun) {
-            errors.push(format!("gateway.tun {:?}: {msg}", g.tun));
-        }
-        if let Some(q) = g.queues {
-            if q == 0 || q > 256 {
-                errors.push(format!("gateway.queues = {q}: must be between 1 and 256"));
-            }
-        }
-        for name in &g.interfaces {
-            if let Err(msg) = check_ifname(name) {
-                errors.push(format!("gateway.interfaces: {name:?}: {msg}"));
-            } else if name == &g.tun {
-                errors.push(format!(
-                    "gateway.interfaces: {name:?} is the gateway's own TUN"
-                ));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for name in &g.interfaces {
-            if !seen.insert(name) {
-                errors.push(format!("gateway.interfaces: {name:?} is listed twice"));
-            }
-        }
-        if g.manage_routing && g.interfaces.is_empty() {
-            errors.push(
-                "gateway.manage_routing = true needs at least one entry in gateway.interfaces"
-                    .to_owned(),
-            );
-        }
-        if let Some(mtu) = g.mtu {
-            if !(1280..=65535).contains(&mtu) {
-                errors.push(format!(
-                    "gateway.mtu = {mtu}: must be between 1280 and 65535"
-                ));
-            }
-        }
-        // 0 is unspecified; 253, 254 and 255 are the kernel's default, main and local tables.
-        if matches!(g.route_table, 0 | 253 | 254 | 255) {
-            errors.push(format!(
-                "gateway.route_table = {}: 0, 253 (default), 254 (main) and 255 (local) are reserved",
-                g.route_table
-            ));
-        }
-        // Priority 0 is the local table's; 32766 and 32767 hold the main and default lookups.
-        // P - 1 holds the link-local bypass rules.
-        if g.rule_priority < 2 || g.rule_priority >= 32766 {
-            errors.push(format!(
-                "gateway.rule_priority = {}: must be between 2 and 32765 (after the local table, \
-                 before main; the priority just before it holds the link-local bypass rules)",
-                g.rule_priority
-            ));
-        }
-        if g.busy_poll_us > MAX_BUSY_POLL_US {
-            errors.push(format!(
-                "gateway.busy_poll_us = {}: must be at most {MAX_BUSY_POLL_US} (0 disables busy polling)",
-                g.busy_poll_us
-            ));
-        }
-        if self.policy.state_dir.as_os_str().is_empty() {
-            errors.push("policy.state_dir must not be empty".to_owned());
-        }
-        if let Some(file) = &self.policy.file {
-            if file.as_os_str().is_empty() {
-                errors
-                    .push("policy.file must not be empty (omit it to start with deny-all)".into());
-            }
-        }
+        self.gateway.validate(&mut errors);
+        self.policy.validate(&mut errors);
         if let Some(c) = &self.controller {
-            if !(c.endpoint.starts_with("https://") || c.endpoint.starts_with("http://")) {
-                errors.push(format!(
-                    "controller.endpoint {:?}: must be an https:// URL",
-                    c.endpoint
-                ));
-            }
+            c.validate(&mut errors);
         }
-        let l = &self.limits;
-        if l.flow_capacity == 0 || l.flow_capacity > 64 * 1024 * 1024 {
-            errors.push(format!(
-                "limits.flow_capacity = {}: must be between 1 and 67108864",
-                l.flow_capacity
-            ));
-        }
-        if l.max_held_bytes_per_flow < 1024 {
-            errors.push(format!(
-                "limits.max_held_bytes_per_flow = {}: must be at least 1024 (a ClientHello \
-                 does not fit otherwise)",
-                l.max_held_bytes_per_flow
-            ));
-        }
-        if l.max_held_bytes_total < l.max_held_bytes_per_flow {
-            errors.push(format!(
-                "limits.max_held_bytes_total = {}: must be at least limits.max_held_bytes_per_flow",
-                l.max_held_bytes_total
-            ));
-        }
-        if l.inspect_timeout_ms == 0 || l.inspect_timeout_ms > 600_000 {
-            errors.push(format!(
-                "limits.inspect_timeout_ms = {}: must be between 1 and 600000",
-                l.inspect_timeout_ms
-            ));
-        }
-        for (key, v) in self.timeouts.entries() {
-            if let Some(ms) = v {
-                if !(100..=7 * 24 * 3600 * 1000).contains(&ms) {
-                    errors.push(format!(
-                        "timeouts.{key} = {ms}: must be between 100 and 604800000 (7 days)"
-                    ));
-                }
-            }
-        }
-        let log = &self.log;
-        if log.decisions.as_os_str().is_empty() {
-            errors.push("log.decisions must not be empty (use \"-\" for stdout)".to_owned());
-        }
-        if log.max_file_bytes < 4096 {
-            errors.push(format!(
-                "log.max_file_bytes = {}: must be at least 4096",
-                log.max_file_bytes
-            ));
-        }
-        if log.keep_files == 0 || log.keep_files > 1000 {
-            errors.push(format!(
-                "log.keep_files = {}: must be between 1 and 1000",
-                log.keep_files
-            ));
-        }
-        if log.queue_capacity == 0 || log.queue_capacity > 16 * 1024 * 1024 {
-            errors.push(format!(
-                "log.queue_capacity = {}: must be between 1 and 16777216",
-                log.queue_capacity
-            ));
-        }
+        self.limits.validate(&mut errors);
+        self.timeouts.validate(&mut errors);
+        self.log.validate(&mut errors);
         errors
     }
 
@@ -550,22 +422,6 @@ impl Config {
 }
 
 /// Linux interface name rules: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
-fn check_ifname(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 15 {
-        return Err("an interface name has 1 to 15 characters");
-    }
-    if name == "." || name == ".." {
-        return Err("not a valid interface name");
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err("an interface name has no '/', ':' or whitespace");
-    }
-    Ok(())
-}
-
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
