@@ -14,29 +14,28 @@
 //! let the TUN go, drain and flush the decision log. Any start-up failure is returned as a
 //! [`RuntimeError`] and what was already set up is undone.
 //!
-//! Submodules: [`worker`] (the hot loop), [`policy`] (load and reload), [`shutdown`] (signals,
-//! stopping the workers).
+//! Submodules: [`worker`] (the hot loop), [`policy`] (load and reload), `startup` (the start-up
+//! steps), [`shutdown`] (signals, stopping the workers).
 
 pub mod policy;
 pub mod shutdown;
+mod startup;
 pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use policy_engine::PolicyStore;
+
 use crate::config::{Config, DEFAULT_MTU};
-use crate::logsink::{Destination, LogSink};
+use crate::logsink::LogSink;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::record::DecisionRecord;
-use crate::routing::{Routing, RoutingPlan, SystemHost};
-use crate::sys::tun::{Tun, TunOptions, WakeFd};
+use crate::routing::{Routing, SystemHost};
 
 use self::policy::PolicySource;
-use self::shutdown::{Event, Signals, Workers};
-use self::worker::Worker;
+use self::shutdown::{Event, Signals};
+use self::startup::WorkerThreads;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -95,156 +94,31 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
 async fn run_async(config: Config) -> Result<(), RuntimeError> {
     let queues = config.queues();
     let (mut signals, notices) = Signals::new(usize::from(queues))?;
-
-    // Policy.
-    let mut source = PolicySource::new(config.policy.file.clone());
-    let (initial, loaded) = source.initial().map_err(|error| RuntimeError::Policy {
-        path: config.policy.file.clone().unwrap_or_default(),
-        error,
-    })?;
-    match source.file() {
-        Some(f) => tracing::info!(
-            file = %f.display(),
-            version = loaded.version,
-            rules = loaded.rules,
-            warnings = loaded.warnings,
-            "policy loaded"
-        ),
-        None => tracing::warn!("no policy.file configured: denying everything"),
-    }
-    if config.controller.is_some() {
-        tracing::warn!("[controller] is configured but this build enforces the local policy only");
-    }
-    let store = policy::new_store(initial);
-
-    // Decision log.
-    let dest = if config.log.to_stdout() {
-        Destination::Stdout
-    } else {
-        Destination::File {
-            path: config.log.decisions.clone(),
-            max_file_bytes: config.log.max_file_bytes,
-            keep_files: config.log.keep_files,
-        }
-    };
-    let (log_sink, log_tx) = LogSink::start::<DecisionRecord>(dest, config.log.queue_capacity)
-        .map_err(|error| RuntimeError::Log {
-            path: config.log.decisions.clone(),
-            error,
-        })?;
-
+    let (mut source, store, loaded) = startup::load_policy(&config)?;
+    let (log_sink, log_tx) = startup::start_decision_log(&config.log)?;
     let metrics = Arc::new(Metrics::new(usize::from(queues), log_sink.counters()));
     if source.file().is_some() {
         metrics.policy_applied(loaded.version, false);
     }
-    let listener = if config.metrics.enabled {
-        let addr = config.metrics.listen;
-        Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|error| RuntimeError::Metrics { addr, error })?,
-        )
-    } else {
-        None
-    };
-
-    // TUN and routing.
+    let listener = startup::bind_metrics(&config).await?;
     let mtu = tun_mtu(&config);
-    let tun = Tun::create(&TunOptions {
-        name: config.gateway.tun.clone(),
-        queues,
-        mtu,
-        offloads: true,
-    })
-    .map_err(|error| RuntimeError::Tun {
-        name: config.gateway.tun.clone(),
-        error,
-    })?;
+    let tun = startup::create_tun(&config, mtu)?;
     let offloads = tun.offloads();
-    let routing = if config.gateway.manage_routing {
-        let plan = RoutingPlan {
-            tun: config.gateway.tun.clone(),
-            interfaces: config.gateway.interfaces.clone(),
-            table: config.gateway.route_table,
-            priority: config.gateway.rule_priority,
-        };
-        let r = Routing::install(SystemHost, &plan, &config.policy.state_dir)?;
-        tracing::info!(
-            table = plan.table,
-            priority = plan.priority,
-            interfaces = ?plan.interfaces,
-            "routing installed"
-        );
-        Some(r)
-    } else {
-        None
+    let routing = startup::install_routing(&config)?;
+    let shared = startup::Shared {
+        store: &store,
+        log: &log_tx,
+        metrics: &metrics,
+        notices: &notices,
     };
-
-    // Workers.
-    let stop = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(WakeFd::new()?);
-    let mut workers = Workers {
-        stop: stop.clone(),
-        wake: wake.clone(),
-        handles: Vec::new(),
-    };
-    for (index, queue) in tun.into_queues().into_iter().enumerate() {
-        let pipeline = Pipeline::new(
-            PipelineConfig {
-                gateway_id: config.gateway.id.clone(),
-                flow_capacity: config.limits.flow_capacity,
-                max_held_bytes_per_flow: config.limits.max_held_bytes_per_flow,
-                max_held_bytes_total: config.limits.max_held_bytes_total,
-                inspect_timeout: config.limits.inspect_timeout(),
-                idle: config.timeouts.apply(PipelineConfig::default().idle),
-                ..PipelineConfig::default()
-            },
-            store.clone(),
-        );
-        let worker = Worker {
-            index,
-            queue,
-            pipeline,
-            store: store.clone(),
-            log: log_tx.clone(),
-            counters: metrics.worker(index),
-            wake: wake.clone(),
-            stop: stop.clone(),
-            busy_poll: std::time::Duration::from_micros(u64::from(config.gateway.busy_poll_us)),
-        };
-        let notice = notices.notice(index);
-        let spawned = std::thread::Builder::new()
-            .name(format!("bulkhead-w{index}"))
-            .spawn(move || {
-                let _notice = notice;
-                let r = worker.run();
-                if let Err(e) = &r {
-                    tracing::error!("{e}");
-                }
-                r
-            });
-        match spawned {
-            Ok(h) => workers.handles.push(h),
-            Err(e) => {
-                workers.stop_and_join();
-                return Err(RuntimeError::Io(e));
-            }
-        }
-    }
+    let workers = startup::spawn_workers(&config, tun, shared)?;
+    // The workers hold the only senders and exit notices now: the log drains and the exit
+    // channel closes when they are gone.
     drop(log_tx);
     drop(notices);
     metrics.set_tun_up(true);
 
-    let metrics_addr = match &listener {
-        Some(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        None => "disabled".to_owned(),
-    };
-    let (stop_http, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = listener.map(|l| {
-        tokio::spawn(crate::metrics::serve(l, metrics.clone(), async {
-            let _ = stop_http_rx.await;
-        }))
-    });
+    let endpoint = MetricsEndpoint::start(listener, &metrics);
     tracing::info!(
         id = %config.gateway.id,
         tun = %config.gateway.tun,
@@ -253,25 +127,78 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         csum_offload = offloads.csum,
         tso = offloads.tso,
         uso = offloads.uso,
-        metrics = %metrics_addr,
+        metrics = %endpoint.addr,
         "gateway running"
     );
 
-    let outcome = loop {
+    let outcome = control_loop(&mut signals, &mut source, &store, &metrics).await;
+    shut_down(&metrics, workers, routing, endpoint, log_sink).await;
+    outcome
+}
+
+/// Serves signals until the gateway is to stop: SIGHUP reloads the policy, SIGTERM / SIGINT
+/// stop it (Ok), a worker that exits on its own stops it with an error.
+async fn control_loop(
+    signals: &mut Signals,
+    source: &mut PolicySource,
+    store: &PolicyStore,
+    metrics: &Metrics,
+) -> Result<(), RuntimeError> {
+    loop {
         match signals.next().await {
             Event::Reload => {
                 tracing::info!("SIGHUP: reloading the policy");
-                source.reload(&store, &metrics);
+                source.reload(store, metrics);
             }
             Event::Stop(sig) => {
                 tracing::info!("{sig}: stopping");
-                break Ok(());
+                return Ok(());
             }
-            Event::WorkerExited(i) => break Err(RuntimeError::WorkerFailed(i)),
+            Event::WorkerExited(i) => return Err(RuntimeError::WorkerFailed(i)),
         }
-    };
+    }
+}
 
-    // Shutdown, in reverse.
+/// The `/metrics` server task, if metrics are enabled.
+struct MetricsEndpoint {
+    /// The bound address, or `disabled`, for the start-up log line.
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MetricsEndpoint {
+    fn start(listener: Option<tokio::net::TcpListener>, metrics: &Arc<Metrics>) -> MetricsEndpoint {
+        let addr = match &listener {
+            Some(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            None => "disabled".to_owned(),
+        };
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = listener.map(|l| {
+            tokio::spawn(crate::metrics::serve(l, metrics.clone(), async {
+                let _ = stop_rx.await;
+            }))
+        });
+        MetricsEndpoint { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Start-up in reverse: stop the workers (their flow-end records are logged), remove the
+/// routing (restoring the sysctls), stop the endpoint, drain and flush the decision log.
+async fn shut_down(
+    metrics: &Metrics,
+    workers: WorkerThreads,
+    routing: Option<Routing<SystemHost>>,
+    endpoint: MetricsEndpoint,
+    log_sink: LogSink,
+) {
     metrics.set_tun_up(false);
     let results = workers.stop_and_join();
     for (i, r) in results.iter().enumerate() {
@@ -286,13 +213,9 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
             tracing::info!("routing removed");
         }
     }
-    let _ = stop_http.send(());
-    if let Some(s) = server {
-        let _ = s.await;
-    }
+    endpoint.stop().await;
     log_sink.finish();
     tracing::info!("stopped");
-    outcome
 }
 
 #[cfg(test)]

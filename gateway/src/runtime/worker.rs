@@ -83,36 +83,18 @@ impl Worker {
         let mut buf = vec![0u8; MAX_READ];
         let mut out = Output::default();
         let mut local = self.counters.local();
-        let mut seen_version = self.store.version();
         let start = Instant::now();
         self.pipeline.set_clock_anchor(start, epoch_ms());
-        let mut last_anchor = start;
-        let mut last_publish = start;
-        let capacity = self.pipeline.config().flow_capacity as u64;
-        let mut last_packet = start;
+        let mut marks = Marks {
+            seen_version: self.store.version(),
+            last_anchor: start,
+            last_publish: start,
+            last_packet: start,
+        };
         let result = loop {
-            let mut drained = false;
-            let mut last_packet_seen = false;
-            let mut failure = None;
-            for _ in 0..BATCH {
-                match self.queue.read(&mut buf) {
-                    Ok(n) => {
-                        self.packet(&buf[..n], &mut out, &mut local);
-                        last_packet_seen = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        drained = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        local.tun_read_error();
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            if let Some(e) = failure {
+            let batch = self.read_batch(&mut buf, &mut out, &mut local);
+            let mut drained = batch.drained;
+            if let Some(e) = batch.failure {
                 if is_fatal(&e) {
                     break Err(WorkerError::Tun {
                         index: self.index,
@@ -123,38 +105,14 @@ impl Worker {
                 drained = true;
             }
             let now = Instant::now();
-            if last_packet_seen {
-                last_packet = now;
+            if batch.saw_packet {
+                marks.last_packet = now;
             }
             // Busy polling: a queue that carried traffic a moment ago is read again at once
             // instead of sleeping, because waking a sleeping thread costs more than the packet.
-            let spinning = drained && now.duration_since(last_packet) < self.busy_poll;
-            let version = self.store.version();
-            if version != seen_version {
-                seen_version = version;
-                self.pipeline.reevaluate(now, &mut out);
-                self.emit(&mut out, &mut local);
-            }
-            if self.pipeline.next_timeout().is_some_and(|t| t <= now) {
-                self.pipeline.handle_timeout(now, &mut out);
-                self.emit(&mut out, &mut local);
-            }
-            if now.duration_since(last_publish) >= PUBLISH_EVERY || (drained && !spinning) {
-                let s = self.pipeline.stats();
-                local.set_flow_state(FlowTableState {
-                    active: self.pipeline.active_flows() as u64,
-                    held_bytes: s.held_bytes_now as u64,
-                    flow_limit_refusals: s.flow_limit,
-                    evictions: s.flows_evicted,
-                    capacity,
-                });
-                local.publish(&self.counters);
-                last_publish = now;
-            }
-            if now.duration_since(last_anchor) >= REANCHOR_EVERY {
-                self.pipeline.set_clock_anchor(now, epoch_ms());
-                last_anchor = now;
-            }
+            let spinning = drained && now.duration_since(marks.last_packet) < self.busy_poll;
+            let publish = drained && !spinning;
+            self.housekeeping(now, publish, &mut marks, &mut out, &mut local);
             if self.stop.load(Ordering::Acquire) {
                 break Ok(());
             }
@@ -163,43 +121,120 @@ impl Worker {
                 // first when it shares the CPU.
                 std::thread::yield_now();
             } else if drained {
-                let timeout = match self.pipeline.next_timeout() {
-                    Some(t) => t.saturating_duration_since(now).min(IDLE_TICK),
-                    None => IDLE_TICK,
-                };
-                match self.queue.wait(&self.wake, Some(timeout)) {
-                    Ok(r) if r.woken => {
-                        if self.stop.load(Ordering::Acquire) {
-                            break Ok(());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        break Err(WorkerError::Tun {
-                            index: self.index,
-                            error: e,
-                        })
-                    }
+                match self.sleep(now) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
                 }
             }
         };
-        // End every flow so their flow-end records reach the log; nothing more is written to
-        // the TUN.
-        self.pipeline.shutdown(Instant::now(), &mut out);
+        self.finish(&mut out, &mut local);
+        result
+    }
+
+    /// Step 1: reads up to [`BATCH`] frames without blocking and processes each.
+    fn read_batch(&mut self, buf: &mut [u8], out: &mut Output, local: &mut LocalCounters) -> Batch {
+        let mut batch = Batch {
+            drained: false,
+            saw_packet: false,
+            failure: None,
+        };
+        for _ in 0..BATCH {
+            match self.queue.read(buf) {
+                Ok(n) => {
+                    self.packet(&buf[..n], out, local);
+                    batch.saw_packet = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    batch.drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    local.tun_read_error();
+                    batch.failure = Some(e);
+                    break;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Steps 2 to 4: a policy change, due timers, the counters (every [`PUBLISH_EVERY`], or
+    /// now when `publish_now`: the worker is about to sleep), and the wall-clock anchor.
+    fn housekeeping(
+        &mut self,
+        now: Instant,
+        publish_now: bool,
+        marks: &mut Marks,
+        out: &mut Output,
+        local: &mut LocalCounters,
+    ) {
+        let version = self.store.version();
+        if version != marks.seen_version {
+            marks.seen_version = version;
+            self.pipeline.reevaluate(now, out);
+            self.emit(out, local);
+        }
+        if self.pipeline.next_timeout().is_some_and(|t| t <= now) {
+            self.pipeline.handle_timeout(now, out);
+            self.emit(out, local);
+        }
+        if now.duration_since(marks.last_publish) >= PUBLISH_EVERY || publish_now {
+            let s = self.pipeline.stats();
+            local.set_flow_state(FlowTableState {
+                active: self.pipeline.active_flows() as u64,
+                held_bytes: s.held_bytes_now as u64,
+                flow_limit_refusals: s.flow_limit,
+                evictions: s.flows_evicted,
+                capacity: self.capacity(),
+            });
+            local.publish(&self.counters);
+            marks.last_publish = now;
+        }
+        if now.duration_since(marks.last_anchor) >= REANCHOR_EVERY {
+            self.pipeline.set_clock_anchor(now, epoch_ms());
+            marks.last_anchor = now;
+        }
+    }
+
+    /// Step 5, past the busy-polling window: sleeps until a packet, the stop signal, the next
+    /// pipeline deadline or [`IDLE_TICK`]. True when woken to stop.
+    fn sleep(&self, now: Instant) -> Result<bool, WorkerError> {
+        let timeout = match self.pipeline.next_timeout() {
+            Some(t) => t.saturating_duration_since(now).min(IDLE_TICK),
+            None => IDLE_TICK,
+        };
+        match self.queue.wait(&self.wake, Some(timeout)) {
+            Ok(r) => Ok(r.woken && self.stop.load(Ordering::Acquire)),
+            Err(e) => Err(WorkerError::Tun {
+                index: self.index,
+                error: e,
+            }),
+        }
+    }
+
+    /// Ends every flow so their flow-end records reach the log; nothing more is written to the
+    /// TUN. The flow gauges go to zero, the counters stay.
+    fn finish(&mut self, out: &mut Output, local: &mut LocalCounters) {
+        self.pipeline.shutdown(Instant::now(), out);
         out.transmit.clear();
         for rec in out.records.drain(..) {
-            count_record(&rec, &mut local);
+            count_record(&rec, local);
             self.log.submit(rec);
         }
         let s = self.pipeline.stats();
         local.set_flow_state(FlowTableState {
             flow_limit_refusals: s.flow_limit,
             evictions: s.flows_evicted,
-            capacity,
+            capacity: self.capacity(),
             ..FlowTableState::default()
         });
         local.publish(&self.counters);
-        result
+    }
+
+    fn capacity(&self) -> u64 {
+        self.pipeline.config().flow_capacity as u64
     }
 
     /// One frame read from the TUN: virtio-net header, then the IP packet.
@@ -253,6 +288,24 @@ impl Worker {
             self.log.submit(rec);
         }
     }
+}
+
+/// What one batch of reads ended with.
+struct Batch {
+    /// The queue ran dry (or a read failed): nothing more to read now.
+    drained: bool,
+    /// At least one frame was read.
+    saw_packet: bool,
+    /// The read error that ended the batch.
+    failure: Option<io::Error>,
+}
+
+/// When the loop last did each of its periodic things.
+struct Marks {
+    seen_version: u64,
+    last_anchor: Instant,
+    last_publish: Instant,
+    last_packet: Instant,
 }
 
 /// Counts a decision record (flow-end records are not decisions).

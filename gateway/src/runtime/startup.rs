@@ -1,0 +1,188 @@
+//! The start-up steps of [`run`](super::run), in the order they run: policy, decision log,
+//! metrics listener, TUN, routing, workers. Each step either returns what it set up or an error;
+//! what earlier steps set up is undone by their values being dropped (the routing state removes
+//! itself), so a failed start leaves the host as it found it.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use policy_engine::PolicyStore;
+
+use super::policy::{self, Loaded, PolicySource};
+use super::shutdown::{ExitNotices, Workers};
+use super::worker::{Worker, WorkerError};
+use super::RuntimeError;
+use crate::config::{Config, LogSection};
+use crate::logsink::{Destination, LogSender, LogSink};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::record::DecisionRecord;
+use crate::routing::{Routing, RoutingPlan, SystemHost};
+use crate::sys::tun::{Tun, TunOptions, WakeFd};
+
+/// The worker threads' join handles carry their result.
+pub(super) type WorkerThreads = Workers<Result<(), WorkerError>>;
+
+/// Loads the initial policy (the file's, or deny-all) into a new store.
+pub(super) fn load_policy(
+    config: &Config,
+) -> Result<(PolicySource, Arc<PolicyStore>, Loaded), RuntimeError> {
+    let mut source = PolicySource::new(config.policy.file.clone());
+    let (initial, loaded) = source.initial().map_err(|error| RuntimeError::Policy {
+        path: config.policy.file.clone().unwrap_or_default(),
+        error,
+    })?;
+    match source.file() {
+        Some(f) => tracing::info!(
+            file = %f.display(),
+            version = loaded.version,
+            rules = loaded.rules,
+            warnings = loaded.warnings,
+            "policy loaded"
+        ),
+        None => tracing::warn!("no policy.file configured: denying everything"),
+    }
+    if config.controller.is_some() {
+        tracing::warn!("[controller] is configured but this build enforces the local policy only");
+    }
+    Ok((source, policy::new_store(initial), loaded))
+}
+
+/// Opens the decision log and starts its writer thread.
+pub(super) fn start_decision_log(
+    log: &LogSection,
+) -> Result<(LogSink, LogSender<DecisionRecord>), RuntimeError> {
+    let dest = if log.to_stdout() {
+        Destination::Stdout
+    } else {
+        Destination::File {
+            path: log.decisions.clone(),
+            max_file_bytes: log.max_file_bytes,
+            keep_files: log.keep_files,
+        }
+    };
+    LogSink::start::<DecisionRecord>(dest, log.queue_capacity).map_err(|error| RuntimeError::Log {
+        path: log.decisions.clone(),
+        error,
+    })
+}
+
+/// Binds the metrics listener when metrics are enabled.
+pub(super) async fn bind_metrics(
+    config: &Config,
+) -> Result<Option<tokio::net::TcpListener>, RuntimeError> {
+    if !config.metrics.enabled {
+        return Ok(None);
+    }
+    let addr = config.metrics.listen;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|error| RuntimeError::Metrics { addr, error })
+}
+
+/// Creates the multi-queue TUN device.
+pub(super) fn create_tun(config: &Config, mtu: u32) -> Result<Tun, RuntimeError> {
+    Tun::create(&TunOptions {
+        name: config.gateway.tun.clone(),
+        queues: config.queues(),
+        mtu,
+        offloads: true,
+    })
+    .map_err(|error| RuntimeError::Tun {
+        name: config.gateway.tun.clone(),
+        error,
+    })
+}
+
+/// Installs the ip rules, routes and sysctls when `manage_routing` is set.
+pub(super) fn install_routing(
+    config: &Config,
+) -> Result<Option<Routing<SystemHost>>, RuntimeError> {
+    if !config.gateway.manage_routing {
+        return Ok(None);
+    }
+    let plan = RoutingPlan {
+        tun: config.gateway.tun.clone(),
+        interfaces: config.gateway.interfaces.clone(),
+        table: config.gateway.route_table,
+        priority: config.gateway.rule_priority,
+    };
+    let r = Routing::install(SystemHost, &plan, &config.policy.state_dir)?;
+    tracing::info!(
+        table = plan.table,
+        priority = plan.priority,
+        interfaces = ?plan.interfaces,
+        "routing installed"
+    );
+    Ok(Some(r))
+}
+
+/// What every worker shares.
+pub(super) struct Shared<'a> {
+    pub store: &'a Arc<PolicyStore>,
+    pub log: &'a LogSender<DecisionRecord>,
+    pub metrics: &'a Metrics,
+    pub notices: &'a ExitNotices,
+}
+
+/// One worker thread per TUN queue, each with its own pipeline. If a thread cannot be started,
+/// those already running are stopped before the error is returned.
+pub(super) fn spawn_workers(
+    config: &Config,
+    tun: Tun,
+    shared: Shared<'_>,
+) -> Result<WorkerThreads, RuntimeError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(WakeFd::new()?);
+    let mut workers = Workers {
+        stop: stop.clone(),
+        wake: wake.clone(),
+        handles: Vec::new(),
+    };
+    for (index, queue) in tun.into_queues().into_iter().enumerate() {
+        let worker = Worker {
+            index,
+            queue,
+            pipeline: Pipeline::new(pipeline_config(config), shared.store.clone()),
+            store: shared.store.clone(),
+            log: shared.log.clone(),
+            counters: shared.metrics.worker(index),
+            wake: wake.clone(),
+            stop: stop.clone(),
+            busy_poll: std::time::Duration::from_micros(u64::from(config.gateway.busy_poll_us)),
+        };
+        let notice = shared.notices.notice(index);
+        let spawned = std::thread::Builder::new()
+            .name(format!("bulkhead-w{index}"))
+            .spawn(move || {
+                let _notice = notice;
+                let r = worker.run();
+                if let Err(e) = &r {
+                    tracing::error!("{e}");
+                }
+                r
+            });
+        match spawned {
+            Ok(h) => workers.handles.push(h),
+            Err(e) => {
+                workers.stop_and_join();
+                return Err(RuntimeError::Io(e));
+            }
+        }
+    }
+    Ok(workers)
+}
+
+/// Each worker's pipeline: the configured bounds and idle timeouts over the defaults.
+fn pipeline_config(config: &Config) -> PipelineConfig {
+    PipelineConfig {
+        gateway_id: config.gateway.id.clone(),
+        flow_capacity: config.limits.flow_capacity,
+        max_held_bytes_per_flow: config.limits.max_held_bytes_per_flow,
+        max_held_bytes_total: config.limits.max_held_bytes_total,
+        inspect_timeout: config.limits.inspect_timeout(),
+        idle: config.timeouts.apply(PipelineConfig::default().idle),
+        ..PipelineConfig::default()
+    }
+}
