@@ -1,6 +1,6 @@
 //! Semantic checks of a parsed `gateway.toml`, one function per section. Each pushes every
 //! error it finds (`section.key = value: what is wrong`), so the operator sees them all at once;
-//! [`Config::validate`](super::Config) calls them in file order.
+//! `Config::validate` calls them in file order.
 
 use super::{
     ControllerSection, GatewaySection, LimitsSection, LogSection, PolicySection, TimeoutsSection,

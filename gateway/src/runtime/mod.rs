@@ -1,4 +1,5 @@
-//! The daemon: `bulkhead run` drives the sans-IO [`Pipeline`] from a real multi-queue TUN.
+//! The daemon: `bulkhead run` drives the sans-IO [`Pipeline`](crate::pipeline::Pipeline) from a
+//! real multi-queue TUN.
 //!
 //! ```text
 //!            control thread (tokio, current-thread)          worker threads (one per queue)

@@ -7,7 +7,7 @@ use super::{Layer, WireError};
 /// Length of the fixed IPv6 header.
 pub const HEADER_LEN: usize = 40;
 
-/// The most extension headers [`walk_extensions`] follows before it gives up. Real traffic carries
+/// The most extension headers `walk_extensions` follows before it gives up. Real traffic carries
 /// two or three at most; RFC 8200 recommends no more than one of each kind except destination
 /// options (twice).
 pub const MAX_EXTENSION_HEADERS: usize = 8;
