@@ -29,7 +29,7 @@
 //! [`crate::naive`] evaluates the same [`Policy`] rule by rule; the property tests hold the two to
 //! the same answers.
 //!
-//! The code follows the same cut:
+//! The code is cut by phase:
 //!
 //! - this module: [`compile`], the phases in order, and the assembly of their results;
 //! - `rule_index`: per-rule bitsets and per-group rule lists, which every later phase reads;

@@ -231,7 +231,8 @@ impl V4Table {
     }
 }
 
-/// An immutable, compiled policy. Build with [`compile`](fn@super::compile) or [`CompiledPolicy::deny_all`].
+/// An immutable, compiled policy. Build with [`compile`](fn@super::compile) or
+/// [`CompiledPolicy::deny_all`].
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub(super) version: u64,
