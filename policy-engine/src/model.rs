@@ -3,7 +3,7 @@
 //!
 //! A [`Policy`] built by [`crate::load_policy_file`] is validated: every reference resolves, rules
 //! are sorted by priority and priorities are unique. A `Policy` built by hand (for example from a
-//! controller snapshot) should go through [`Policy::check`] before [`crate::compile`]; compiling an
+//! controller snapshot) should go through [`Policy::check`] before [`crate::compile()`]; compiling an
 //! unchecked policy never panics, but references that do not resolve match nothing.
 
 use std::collections::BTreeMap;

@@ -1,0 +1,216 @@
+//! Resolution, once every file is read: the included catalogs, then the group names (unique
+//! across the three kinds), then the rules' references to them, duplicate rule names and
+//! duplicate priorities. Rules that resolve are sorted by priority into the policy.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::diagnostics::{Location, Span};
+use super::groups::{GroupEntry, GroupKind};
+use super::rules::PendingRule;
+use super::{read_bounded, Loader, MAX_INCLUDES};
+use crate::model::{DstGroup, DstSpec, Rule, SrcSpec};
+
+impl Loader {
+    /// Reads the catalogs `includes` names, relative to the policy file `origin` (`src`). A file
+    /// named twice (by any path that leads to it) is an error rather than a silent merge.
+    pub(super) fn load_includes(
+        &mut self,
+        src: usize,
+        origin: &Path,
+        includes: Vec<(String, Span)>,
+    ) {
+        let base = origin.parent().unwrap_or(Path::new("")).to_path_buf();
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for (i, (rel, span)) in includes.into_iter().enumerate() {
+            if i == MAX_INCLUDES {
+                self.error(
+                    src,
+                    span,
+                    format!("too many includes: at most {MAX_INCLUDES} files may be included"),
+                );
+                break;
+            }
+            let path = base.join(&rel);
+            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if seen.contains(&canonical) {
+                self.error(src, span, format!("`{rel}` is included more than once"));
+                continue;
+            }
+            seen.push(canonical);
+            match read_bounded(&path) {
+                Ok(text) => self.load_catalog(&text, path),
+                Err(message) => self.error(
+                    src,
+                    span,
+                    format!("cannot include `{}`: {message}", path.display()),
+                ),
+            }
+        }
+    }
+
+    /// Indexes groups by name; a name defined twice is reported at its later definition.
+    pub(super) fn index_groups(&mut self) {
+        let mut defs = std::mem::take(&mut self.group_defs);
+        defs.sort_by_key(|d| (d.src, d.span.start));
+        for def in defs {
+            if let Some(prev) = self.groups.get(&def.name) {
+                let message = format!(
+                    "`{}` is already defined as {} at {}; group names must be unique across smartgroups, webgroups and addressgroups",
+                    def.name,
+                    prev.kind.with_article(),
+                    prev.at
+                );
+                self.error(def.src, def.span, message);
+            } else {
+                self.groups.insert(def.name, def.entry);
+            }
+        }
+    }
+
+    pub(super) fn resolve_rules(&mut self) {
+        let pending = std::mem::take(&mut self.rules);
+        let mut by_name: HashMap<String, Location> = HashMap::new();
+        let mut by_priority: HashMap<u32, (String, Location)> = HashMap::new();
+        let mut resolved: Vec<(Rule, Location)> = Vec::new();
+        for p in pending {
+            let PendingRule {
+                mut rule,
+                mut ok,
+                src,
+                at,
+                name_span,
+                priority_span,
+                has_priority,
+                src_items,
+                dst_items,
+            } = p;
+            if !rule.name.is_empty() {
+                if let Some(prev) = by_name.get(&rule.name) {
+                    let message = format!(
+                        "rule `{}` is already defined at {prev}; rule names must be unique",
+                        rule.name
+                    );
+                    self.error(src, name_span.clone(), message);
+                    ok = false;
+                } else {
+                    by_name.insert(rule.name.clone(), at.clone());
+                }
+            }
+            if has_priority {
+                if let Some((other, prev)) = by_priority.get(&rule.priority) {
+                    let message = format!(
+                        "priority {} is already used by rule `{other}` at {prev}; every rule needs its own priority so that the order is unambiguous",
+                        rule.priority
+                    );
+                    self.error(src, priority_span.clone(), message);
+                    ok = false;
+                } else {
+                    by_priority.insert(rule.priority, (rule.name.clone(), at.clone()));
+                }
+            }
+            match self.resolve_src(src, &src_items) {
+                Some(s) => rule.src = s,
+                None => ok = false,
+            }
+            match self.resolve_dst(src, &dst_items) {
+                Some(d) => rule.dst = d,
+                None => ok = false,
+            }
+            if ok {
+                resolved.push((rule, at));
+            }
+        }
+        resolved.sort_by_key(|(r, _)| r.priority);
+        for (rule, at) in resolved {
+            self.policy.rules.push(rule);
+            self.rule_locations.push(at);
+        }
+    }
+
+    fn any_problem(&mut self, src: usize, items: &[(String, Span)], key: &str) -> Option<bool> {
+        let has_any = items.iter().any(|(n, _)| n == "any");
+        if has_any && items.len() > 1 {
+            let span = items
+                .iter()
+                .find(|(n, _)| n == "any")
+                .map(|(_, s)| s.clone())
+                .unwrap_or(0..0);
+            self.error(
+                src,
+                span,
+                format!("\"any\" cannot be combined with other names in `{key}`: it already matches everything"),
+            );
+            return None;
+        }
+        Some(has_any)
+    }
+
+    fn resolve_src(&mut self, src: usize, items: &[(String, Span)]) -> Option<SrcSpec> {
+        if items.is_empty() {
+            return None;
+        }
+        if self.any_problem(src, items, "src")? {
+            return Some(SrcSpec::Any);
+        }
+        let mut groups = Vec::new();
+        let mut ok = true;
+        for (name, span) in items {
+            match self.groups.get(name) {
+                Some(GroupEntry {
+                    kind: GroupKind::Smart,
+                    index,
+                    ..
+                }) => {
+                    if !groups.contains(index) {
+                        groups.push(*index);
+                    }
+                }
+                Some(entry) => {
+                    let message = format!(
+                        "`{name}` is {} (defined at {}); `src` accepts only smartgroups or \"any\"",
+                        entry.kind.with_article(),
+                        entry.at
+                    );
+                    self.error(src, span.clone(), message);
+                    ok = false;
+                }
+                None => {
+                    self.error(src, span.clone(), format!("unknown smartgroup `{name}` in `src`: no [smartgroups.{name}] is defined"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(SrcSpec::Groups(groups))
+    }
+
+    fn resolve_dst(&mut self, src: usize, items: &[(String, Span)]) -> Option<DstSpec> {
+        if items.is_empty() {
+            return None;
+        }
+        if self.any_problem(src, items, "dst")? {
+            return Some(DstSpec::Any);
+        }
+        let mut groups = Vec::new();
+        let mut ok = true;
+        for (name, span) in items {
+            match self.groups.get(name) {
+                Some(entry) => {
+                    let g = match entry.kind {
+                        GroupKind::Web => DstGroup::Web(entry.index),
+                        GroupKind::Address => DstGroup::Address(entry.index),
+                        GroupKind::Smart => DstGroup::Smart(entry.index),
+                    };
+                    if !groups.contains(&g) {
+                        groups.push(g);
+                    }
+                }
+                None => {
+                    self.error(src, span.clone(), format!("unknown group `{name}` in `dst`: no webgroup, addressgroup or smartgroup has this name"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(DstSpec::Groups(groups))
+    }
+}

@@ -1,0 +1,224 @@
+//! The typed walk over the parsed TOML: each accessor checks the type of a value, reports a
+//! mismatch at the value's position and returns `None` (or an empty list), so that the caller
+//! goes on with the rest of the file and every problem is found in one load.
+
+use std::collections::BTreeMap;
+
+use toml::de::{DeArray, DeTable, DeValue};
+use toml::Spanned;
+
+use super::diagnostics::Span;
+use super::{Loader, MAX_IDENT_LEN};
+
+/// The type of a value, with its article, for messages ("must be a string, not an integer").
+pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// The value of a TOML integer, wide enough for any literal so that range checks see the real
+/// number.
+pub(super) fn integer(v: &DeValue<'_>) -> Option<i128> {
+    match v {
+        DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
+        _ => None,
+    }
+}
+
+/// Why `name` cannot name a group or a rule, if it cannot.
+pub(super) fn ident_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a name cannot be empty".to_owned());
+    }
+    if name.len() > MAX_IDENT_LEN {
+        return Some(format!(
+            "the name is {} characters long; at most {MAX_IDENT_LEN} are allowed",
+            name.len()
+        ));
+    }
+    if name == "any" || name == "default" {
+        return Some(format!("`{name}` is reserved and cannot be used as a name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!(
+            "invalid character {c:?} in the name `{name}`: names may contain ASCII letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    None
+}
+
+impl Loader {
+    /// Parses a whole file, recovering after syntax errors so that all of them are reported;
+    /// `None` when there was any (a half-parsed file is not walked).
+    pub(super) fn parse<'t>(&mut self, src: usize, text: &'t str) -> Option<Spanned<DeTable<'t>>> {
+        let (table, errors) = DeTable::parse_recoverable(text);
+        if errors.is_empty() {
+            return Some(table);
+        }
+        for e in errors {
+            let span = e.span().unwrap_or(0..0);
+            let mut message = e.message().trim_end().to_owned();
+            if message == "duplicate key" {
+                message.push_str(" (it is already defined above)");
+            }
+            self.error(src, span, format!("invalid TOML: {message}"));
+        }
+        None
+    }
+
+    pub(super) fn expect_table<'v, 't>(
+        &mut self,
+        src: usize,
+        value: &'v Spanned<DeValue<'t>>,
+        what: &str,
+    ) -> Option<&'v DeTable<'t>> {
+        match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(
+                    src,
+                    value.span(),
+                    format!("{what} must be a table, not {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn expect_str<'v>(
+        &mut self,
+        src: usize,
+        value: &'v Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> Option<&'v str> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            other => {
+                self.error(
+                    src,
+                    value.span(),
+                    format!("`{key}` must be a string, not {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn expect_bool(
+        &mut self,
+        src: usize,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> Option<bool> {
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.error(
+                    src,
+                    value.span(),
+                    format!("`{key}` must be true or false, not {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn expect_array<'v, 't>(
+        &mut self,
+        src: usize,
+        value: &'v Spanned<DeValue<'t>>,
+        key: &str,
+    ) -> Option<&'v DeArray<'t>> {
+        match value.get_ref() {
+            DeValue::Array(a) => Some(a),
+            other => {
+                self.error(
+                    src,
+                    value.span(),
+                    format!("`{key}` must be an array, not {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// An array of strings (a lone string counts as a one-element array).
+    pub(super) fn string_list(
+        &mut self,
+        src: usize,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> Vec<(String, Span)> {
+        match value.get_ref() {
+            DeValue::String(s) => vec![(s.to_string(), value.span())],
+            DeValue::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(s) => out.push((s.to_string(), item.span())),
+                        other => self.error(
+                            src,
+                            item.span(),
+                            format!("`{key}` must hold strings, not {}", type_name(other)),
+                        ),
+                    }
+                }
+                out
+            }
+            other => {
+                self.error(
+                    src,
+                    value.span(),
+                    format!(
+                        "`{key}` must be an array of strings, not {}",
+                        type_name(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    pub(super) fn string_map(
+        &mut self,
+        src: usize,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(table) = self.expect_table(src, value, &format!("`{key}`")) else {
+            return out;
+        };
+        for (k, v) in table.iter() {
+            if let Some(s) = self.expect_str(src, v, &format!("{key}.{}", k.get_ref())) {
+                out.insert(k.get_ref().to_string(), s.to_owned());
+            }
+        }
+        out
+    }
+
+    pub(super) fn unknown_key(
+        &mut self,
+        src: usize,
+        span: Span,
+        key: &str,
+        what: &str,
+        expected: &str,
+    ) {
+        self.error(
+            src,
+            span,
+            format!("unknown key `{key}` in {what}; expected {expected}"),
+        );
+    }
+}
