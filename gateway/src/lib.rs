@@ -18,6 +18,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod input;
 pub mod inspect;
 pub mod logsink;
 pub mod metrics;

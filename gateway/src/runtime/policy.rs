@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use policy_engine::{compile, load_policy_file, CompiledPolicy, LoadError, PolicyStore};
+use policy_engine::{
+    compile, CompiledPolicy, Diagnostic, LoadError, LoadedPolicy, PolicyStore, Severity,
+};
 
 use crate::metrics::Metrics;
 
@@ -116,6 +118,27 @@ impl PolicySource {
             }
         }
     }
+}
+
+/// Loads a policy file, refusing up front a path that is not a regular file.
+///
+/// The loader opens the file with a blocking `open`, which never returns for a FIFO without a
+/// writer; checking here (with a non-blocking open) turns that hang into an error for the main
+/// file. Includes are read by the loader itself.
+pub fn load_policy_file(path: &Path) -> Result<LoadedPolicy, LoadError> {
+    if let Err(e) = crate::input::open_regular(path) {
+        return Err(LoadError {
+            errors: vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read the file: {e}"),
+            }],
+            warnings: Vec::new(),
+        });
+    }
+    policy_engine::load_policy_file(path)
 }
 
 /// A store holding `initial`, shared with the workers.
