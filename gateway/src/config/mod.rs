@@ -43,6 +43,8 @@ pub const DEFAULT_BUSY_POLL_US: u32 = 200;
 /// Upper bound of `gateway.busy_poll_us`: a worker that spins longer than this after the last
 /// packet spends its CPU on nothing.
 pub const MAX_BUSY_POLL_US: u32 = 10_000;
+/// Default bound on one policy load or reload, in milliseconds.
+pub const DEFAULT_LOAD_TIMEOUT_MS: u64 = 60_000;
 /// Largest configuration file read: a real one is a few kilobytes.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Default MTU of the TUN when none of the listed interfaces can be read.
@@ -76,6 +78,10 @@ pub struct GatewaySection {
     /// Name of the TUN device the gateway creates.
     #[serde(default = "default_tun")]
     pub tun: String,
+    /// Take over an existing TUN device of that name (a persistent one) instead of refusing to
+    /// start. A device that another process holds a queue of is refused either way.
+    #[serde(default)]
+    pub adopt_existing_tun: bool,
     /// TUN queues, one worker thread each. Default: the number of CPUs.
     #[serde(default)]
     pub queues: Option<u16>,
@@ -111,6 +117,15 @@ pub struct PolicySection {
     /// Where the routing state file and the last-known-good snapshot live.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Bound on one load or reload of the policy (read, validate, compile), in milliseconds.
+    #[serde(default = "default_load_timeout_ms")]
+    pub load_timeout_ms: u64,
+}
+
+impl PolicySection {
+    pub fn load_timeout(&self) -> Duration {
+        Duration::from_millis(self.load_timeout_ms)
+    }
 }
 
 impl Default for PolicySection {
@@ -118,6 +133,7 @@ impl Default for PolicySection {
         PolicySection {
             file: None,
             state_dir: default_state_dir(),
+            load_timeout_ms: DEFAULT_LOAD_TIMEOUT_MS,
         }
     }
 }
@@ -279,6 +295,9 @@ fn default_busy_poll_us() -> u32 {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bulkhead")
+}
+fn default_load_timeout_ms() -> u64 {
+    DEFAULT_LOAD_TIMEOUT_MS
 }
 fn default_flow_capacity() -> usize {
     DEFAULT_FLOW_CAPACITY

@@ -101,6 +101,12 @@ impl PolicySection {
         if self.state_dir.as_os_str().is_empty() {
             errors.push("policy.state_dir must not be empty".to_owned());
         }
+        if !(100..=600_000).contains(&self.load_timeout_ms) {
+            errors.push(format!(
+                "policy.load_timeout_ms = {}: must be between 100 and 600000",
+                self.load_timeout_ms
+            ));
+        }
         if let Some(file) = &self.file {
             if file.as_os_str().is_empty() {
                 errors

@@ -23,15 +23,21 @@ use crate::sys::tun::{Tun, TunOptions, WakeFd};
 /// The worker threads' join handles carry their result.
 pub(super) type WorkerThreads = Workers<Result<(), WorkerError>>;
 
-/// Loads the initial policy (the file's, or deny-all) into a new store.
-pub(super) fn load_policy(
+/// Loads the initial policy (the file's, or deny-all) into a new store, on a load thread and
+/// bounded by `policy.load_timeout_ms` like every reload.
+pub(super) async fn load_policy(
     config: &Config,
 ) -> Result<(PolicySource, Arc<PolicyStore>, Loaded), RuntimeError> {
-    let mut source = PolicySource::new(config.policy.file.clone());
-    let (initial, loaded) = source.initial().map_err(|error| RuntimeError::Policy {
-        path: config.policy.file.clone().unwrap_or_default(),
-        error,
-    })?;
+    let mut source =
+        PolicySource::new(config.policy.file.clone()).with_timeout(config.policy.load_timeout());
+    let (initial, loaded) =
+        source
+            .initial_bounded()
+            .await
+            .map_err(|error| RuntimeError::Policy {
+                path: config.policy.file.clone().unwrap_or_default(),
+                error,
+            })?;
     match source.file() {
         Some(f) => tracing::info!(
             file = %f.display(),
@@ -81,15 +87,21 @@ pub(super) async fn bind_metrics(
         .map_err(|error| RuntimeError::Metrics { addr, error })
 }
 
-/// Creates the multi-queue TUN device.
+/// Creates the multi-queue TUN device; an existing one is refused unless
+/// `gateway.adopt_existing_tun` says to take it over.
 pub(super) fn create_tun(config: &Config, mtu: u32) -> Result<Tun, RuntimeError> {
-    Tun::create(&TunOptions {
+    let opts = TunOptions {
         name: config.gateway.tun.clone(),
         queues: config.queues(),
         mtu,
         offloads: true,
-    })
-    .map_err(|error| RuntimeError::Tun {
+    };
+    let tun = if config.gateway.adopt_existing_tun {
+        Tun::adopt(&opts)
+    } else {
+        Tun::create(&opts)
+    };
+    tun.map_err(|error| RuntimeError::Tun {
         name: config.gateway.tun.clone(),
         error,
     })
