@@ -122,6 +122,14 @@ fn an_unreadable_capture_does_not_hide_the_others() -> Result<()> {
         assert!(err.contains(bad), "{bad} not named in {err}");
     }
     assert!(!err.contains("good.pcap"), "{err}");
+    // The gateway id written into the records follows the rule of gateway.id.
+    let policy = dir.path().join("policy.toml");
+    let out = Command::new(BIN)
+        .args(["replay", "--gateway-id", "a\nb", "--policy"])
+        .arg(&policy)
+        .arg(dir.path().join("good.pcap"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     // The table form too.
     let out = replay(dir.path(), &["empty.pcap", "good.pcap"], false);
     assert_eq!(out.status.code(), Some(1));

@@ -40,12 +40,22 @@ pub struct Args {
     /// captures taken on a sending host hold checksums left to the NIC (checksum offload).
     #[arg(long)]
     pub verify_checksums: bool,
-    /// `gateway_id` written into the records.
-    #[arg(long, default_value = "replay")]
+    /// `gateway_id` written into the records (at most 128 printable characters, as
+    /// `gateway.id`).
+    #[arg(long, default_value = "replay", value_parser = parse_gateway_id)]
     pub gateway_id: String,
     /// pcap or pcapng files, replayed one after the other.
     #[arg(required = true, value_name = "CAPTURE")]
     pub captures: Vec<PathBuf>,
+}
+
+/// The same rule as `gateway.id` in `gateway.toml`: records from a replay and from a gateway
+/// carry ids of one shape.
+fn parse_gateway_id(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+        return Err("must be 1 to 128 bytes of printable characters".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 /// What a replay produced, besides its records.

@@ -46,7 +46,7 @@ pub enum RuntimeError {
         path: std::path::PathBuf,
         error: policy::LoadFailure,
     },
-    #[error("decision log {}: {error}", .path.display())]
+    #[error("decision log {}: {error}", crate::input::echo_path(.path))]
     Log {
         path: std::path::PathBuf,
         error: std::io::Error,

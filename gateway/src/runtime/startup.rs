@@ -54,10 +54,25 @@ pub(super) async fn load_policy(
     Ok((source, policy::new_store(initial), loaded))
 }
 
-/// Opens the decision log and starts its writer thread.
+/// Opens the decision log and starts its writer thread. An existing path that is not a regular
+/// file is refused: opening a FIFO for writing blocks until a reader comes, and a rotated
+/// device or FIFO makes no sense (`-` is the way to write to standard output).
 pub(super) fn start_decision_log(
     log: &LogSection,
 ) -> Result<(LogSink, LogSender<DecisionRecord>), RuntimeError> {
+    if !log.to_stdout() {
+        if let Ok(meta) = std::fs::metadata(&log.decisions) {
+            if !meta.is_file() {
+                return Err(RuntimeError::Log {
+                    path: log.decisions.clone(),
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file; refusing to write to it (use \"-\" for stdout)",
+                    ),
+                });
+            }
+        }
+    }
     let dest = if log.to_stdout() {
         Destination::Stdout
     } else {
