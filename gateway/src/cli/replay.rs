@@ -113,8 +113,10 @@ const MAX_HELD_PER_FLOW: usize = 8;
 /// Merges each flow end into the flow's decision records and hands them on as the flow ends:
 /// memory is bounded by the flows open at one time, not by the length of the capture.
 struct Merger<'a> {
-    open: HashMap<Tuple, Vec<DecisionRecord>>,
-    sink: &'a mut dyn FnMut(DecisionRecord) -> std::io::Result<()>,
+    open: HashMap<Tuple, Vec<(u64, DecisionRecord)>>,
+    /// Decisions seen so far: each record's sequence number is its place in decision order.
+    decided: u64,
+    sink: &'a mut dyn FnMut(u64, DecisionRecord) -> std::io::Result<()>,
 }
 
 impl Merger<'_> {
@@ -123,28 +125,34 @@ impl Merger<'_> {
         for r in out.records.drain(..) {
             let t = tuple(&r);
             if !r.is_flow_end() {
+                let seq = self.decided;
+                self.decided += 1;
                 let held = self.open.entry(t).or_default();
                 if held.len() < MAX_HELD_PER_FLOW {
-                    held.push(r);
+                    held.push((seq, r));
                 } else {
-                    (self.sink)(r)?;
+                    (self.sink)(seq, r)?;
                 }
                 continue;
             }
             match self.open.remove(&t) {
                 Some(decisions) => {
-                    for mut d in decisions {
+                    for (seq, mut d) in decisions {
                         d.traffic = r.traffic;
                         d.duration = r.duration;
                         d.start_time = r.start_time;
                         d.end_time = r.end_time;
                         d.end_reason = r.end_reason;
-                        (self.sink)(d)?;
+                        (self.sink)(seq, d)?;
                     }
                 }
                 // A flow that ended without a decision record is still a flow: its end is
                 // its record.
-                None => (self.sink)(r)?,
+                None => {
+                    let seq = self.decided;
+                    self.decided += 1;
+                    (self.sink)(seq, r)?;
+                }
             }
         }
         Ok(())
@@ -152,10 +160,11 @@ impl Merger<'_> {
 
     /// Writes what is still held (flows whose end never came), at the end of a capture.
     fn flush(&mut self) -> std::io::Result<()> {
-        for (_, decisions) in self.open.drain() {
-            for d in decisions {
-                (self.sink)(d)?;
-            }
+        // In decision order, so the output does not depend on the hash map's order.
+        let mut left: Vec<(u64, DecisionRecord)> = self.open.drain().flat_map(|(_, d)| d).collect();
+        left.sort_unstable_by_key(|(seq, _)| *seq);
+        for (seq, d) in left {
+            (self.sink)(seq, d)?;
         }
         Ok(())
     }
@@ -170,9 +179,9 @@ pub struct ReplayOptions {
     pub verify_checksums: bool,
 }
 
-/// Replays `captures` through a pipeline deciding with `policy`, collecting every record. For
-/// tests and small captures: the records are kept in memory; `bulkhead replay` streams them
-/// with [`replay_to`].
+/// Replays `captures` through a pipeline deciding with `policy`, collecting every record, in
+/// the order the decisions were made. For tests and small captures: the records are kept in
+/// memory; `bulkhead replay` streams them with [`replay_to`].
 pub fn replay(
     policy: policy_engine::CompiledPolicy,
     captures: &[PathBuf],
@@ -184,12 +193,13 @@ pub fn replay(
         gateway_id: gateway_id.to_owned(),
         verify_checksums,
     };
-    let s = replay_to(policy, captures, &opts, &mut |r| {
-        records.push(r);
+    let s = replay_sequenced(policy, captures, &opts, &mut |seq, r| {
+        records.push((seq, r));
         Ok(())
     })?;
+    records.sort_unstable_by_key(|(seq, _)| *seq);
     Ok(Replay {
-        records,
+        records: records.into_iter().map(|(_, r)| r).collect(),
         packets: s.packets,
         skipped_non_ip: s.skipped_non_ip,
         truncated: s.truncated,
@@ -208,6 +218,16 @@ pub fn replay_to(
     opts: &ReplayOptions,
     sink: &mut dyn FnMut(DecisionRecord) -> std::io::Result<()>,
 ) -> std::io::Result<ReplaySummary> {
+    replay_sequenced(policy, captures, opts, &mut |_, r| sink(r))
+}
+
+/// [`replay_to`], each record handed on with its place in decision order.
+fn replay_sequenced(
+    policy: policy_engine::CompiledPolicy,
+    captures: &[PathBuf],
+    opts: &ReplayOptions,
+    sink: &mut dyn FnMut(u64, DecisionRecord) -> std::io::Result<()>,
+) -> std::io::Result<ReplaySummary> {
     let store = Arc::new(policy_engine::PolicyStore::new(policy));
     let config = PipelineConfig {
         gateway_id: opts.gateway_id.clone(),
@@ -218,6 +238,7 @@ pub fn replay_to(
     let mut out = Output::default();
     let mut merger = Merger {
         open: HashMap::new(),
+        decided: 0,
         sink,
     };
     let mut summary = ReplaySummary::default();
