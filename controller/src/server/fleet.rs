@@ -68,6 +68,13 @@ impl Fleet {
         Ok(())
     }
 
+    /// Ends every stream (at shutdown: the server's graceful stop waits for open streams).
+    pub fn close_all(&self) {
+        for entry in self.lock().values_mut() {
+            entry.kick = None;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }

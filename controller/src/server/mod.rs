@@ -190,6 +190,11 @@ pub async fn start(
         .add_service(gateways)
         .add_service(operators);
     let watcher = tokio::spawn(sources::watch_files(Arc::clone(&controller)));
+    let closing = Arc::clone(&controller);
+    let shutdown = async move {
+        shutdown.await;
+        closing.fleet.close_all();
+    };
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
