@@ -237,7 +237,9 @@ fn cidrs(group: &str, texts: &[String], errors: &mut Vec<String>) -> Vec<IpNet> 
 
 fn patterns(group: &str, texts: &[String], errors: &mut Vec<String>) -> Vec<NamePattern> {
     if texts.len() > MAX_ENTRIES {
-        errors.push(format!("webgroup `{group}`: more than {MAX_ENTRIES} domains"));
+        errors.push(format!(
+            "webgroup `{group}`: more than {MAX_ENTRIES} domains"
+        ));
         return Vec::new();
     }
     texts

@@ -128,7 +128,10 @@ async fn batch_records(
             Ok(None) => return,
             Err(_) => true,
         };
-        if records.len() < BATCH_RECORDS && !(timed_out && !records.is_empty()) {
+        // Send when the batch is full, or when the interval passed with something to send.
+        let full = records.len() >= BATCH_RECORDS;
+        let due = timed_out && !records.is_empty();
+        if !full && !due {
             continue;
         }
         let dropped = stats.dropped_records.load(Ordering::Relaxed);
@@ -173,7 +176,9 @@ async fn run(
                 }
                 tracing::warn!(endpoint = %config.endpoint, "controller stream ended");
             }
-            Err(e) => tracing::warn!(endpoint = %config.endpoint, error = %e, "controller unreachable"),
+            Err(e) => {
+                tracing::warn!(endpoint = %config.endpoint, error = %e, "controller unreachable")
+            }
         }
         stats.connected.store(false, Ordering::Relaxed);
         failures = failures.saturating_add(1);
@@ -210,8 +215,8 @@ async fn session(
     stats: &ControlStats,
 ) -> Result<bool, String> {
     let channel = channel(config)?;
-    let mut client = PolicyDistributionClient::new(channel)
-        .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
+    let mut client =
+        PolicyDistributionClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
     let (tx, rx) = mpsc::channel(16);
     let hello = GatewayMessage {
         message: Some(Out::Hello(Hello {
@@ -300,7 +305,12 @@ async fn handle_snapshot(
     let (valid, compiled) = match prepared {
         Ok(Ok(prepared)) => prepared,
         Ok(Err(errors)) => return nack(errors, config.enforced_version),
-        Err(e) => return nack(vec![format!("compile task failed: {e}")], config.enforced_version),
+        Err(e) => {
+            return nack(
+                vec![format!("compile task failed: {e}")],
+                config.enforced_version,
+            )
+        }
     };
     let update = PolicyUpdate {
         version,

@@ -104,7 +104,9 @@ pub fn load_last_known_good(state_dir: &Path) -> Result<Option<ValidSnapshot>, S
         errors,
     };
     if bytes.len() > MAX_SNAPSHOT_BYTES {
-        return Err(invalid(vec![format!("larger than {MAX_SNAPSHOT_BYTES} bytes")]));
+        return Err(invalid(vec![format!(
+            "larger than {MAX_SNAPSHOT_BYTES} bytes"
+        )]));
     }
     let wire = v1::Snapshot::decode(bytes.as_slice()).map_err(|e| invalid(vec![e.to_string()]))?;
     ValidSnapshot::try_from(wire).map(Some).map_err(invalid)
@@ -124,7 +126,8 @@ pub fn store_last_known_good(
     };
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&snapshot.encode_to_vec()).map_err(io(&tmp))?;
+    file.write_all(&snapshot.encode_to_vec())
+        .map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
