@@ -17,6 +17,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod inspect;
 pub mod logsink;
