@@ -22,7 +22,7 @@ pub fn root_or_skip(test: &str) -> bool {
     }
     eprintln!(
         "SKIPPED {test}: end-to-end tests build network namespaces and need root \
-         (run `sudo -E cargo test -p bulkhead-gateway -p bulkhead-tests --test 'e2e_*'`)"
+         (run `cargo build -p bulkhead-gateway && sudo -E cargo test -p bulkhead-tests`)"
     );
     false
 }
