@@ -48,7 +48,9 @@ pub fn find(name: &str) -> Result<PathBuf, LabError> {
     )))
 }
 
-/// Like [`find`], for tests: panics with the same explanation when the binary is absent.
+/// Like [`find`], for tests: panics with the same explanation when the binary is absent (the
+/// panic names the caller's line, not this one).
+#[track_caller]
 pub fn path(name: &str) -> PathBuf {
     match find(name) {
         Ok(path) => path,

@@ -63,6 +63,7 @@ use serde_json::Value;
 
 /// The `bulkhead` binary under test (see [`bulkhead_lab::bins`]); panics, saying how to build
 /// it, when it is absent.
+#[track_caller]
 pub fn bulkhead_bin() -> std::path::PathBuf {
     bulkhead_lab::bins::path("bulkhead")
 }
