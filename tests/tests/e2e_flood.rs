@@ -3,14 +3,12 @@
 //! the gateway's memory stays bounded, the flow-limit counter moves, and once the flood stops
 //! new connections get in again within seconds (stale half-open flows are evicted). Root only.
 
-mod common_e2e;
-
 use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{self, Outcome, Request, StreamWatch};
-use bulkhead_gateway::netlab::gateway::{metric_value, GatewaySpec};
-use common_e2e::*;
+use bulkhead_lab::clients::{self, Outcome, Request, StreamWatch};
+use bulkhead_lab::gateway::{metric_value, GatewaySpec};
+use bulkhead_tests::e2e::*;
 
 /// A flow table this small fills within a fraction of the flood.
 const FLOW_CAPACITY: usize = 2048;
@@ -41,7 +39,7 @@ fn syn_flood_leaves_established_transfers_working() -> Result<()> {
         return Ok(());
     }
     let tb = testbed();
-    let mut spec = GatewaySpec::new(env!("CARGO_BIN_EXE_bulkhead"), &policy("enforce", RULES));
+    let mut spec = GatewaySpec::new(bulkhead_bin(), &policy("enforce", RULES));
     spec.extra_toml = format!("[limits]\nflow_capacity = {FLOW_CAPACITY}\n");
     let gw = start_gateway_with(&tb, spec);
     let prod = tb.lab.workload("prod").netns.clone();

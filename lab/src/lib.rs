@@ -1,7 +1,19 @@
-//! Network-namespace laboratories for `bulkhead demo`, the end-to-end tests and the throughput
-//! harness.
+//! The Bulkhead laboratory: small networks of Linux network namespaces with real servers,
+//! real clients and the real `bulkhead` daemon, for demonstrations, end-to-end tests and
+//! throughput measurements. It is test and demo code, kept out of the gateway's production
+//! modules.
 //!
-//! A [`Lab`] is a small network built from Linux network namespaces and veth pairs:
+//! Who uses it:
+//! - `bulkhead demo` (the gateway's `cli::demo` is a thin wrapper around [`demo`]);
+//! - the end-to-end tests of the `bulkhead-tests` package (`tests/`), which drive the `bulkhead`
+//!   binary found by [`bins`];
+//! - the iperf3 throughput harness of `bulkhead-benches`.
+//!
+//! The lab does not depend on the gateway crate (the gateway depends on it, for the demo): it
+//! runs the gateway as a child process, reads its decision log as JSON and its metrics as
+//! Prometheus text, exactly as an operator would.
+//!
+//! A [`Lab`] is a small network built from network namespaces and veth pairs:
 //!
 //! ```text
 //!  workload "prod"  10.10.1.2 fd00:10:1::2 --eth0==wl0--+
@@ -20,17 +32,24 @@
 //! Everything a lab creates is removed when it is dropped (also while a panic unwinds); labs left
 //! behind by a process that was killed are swept by the next [`Lab::build`].
 //!
-//! Submodules:
+//! Modules:
 //! - [`topology`]: namespaces, veth pairs, addresses, routes.
+//! - [`netns`]: entering a namespace (`setns(2)`), signals to child processes, the root check.
 //! - [`pki`]: a throw-away CA and one certificate per server name (rcgen).
 //! - [`servers`]: the TLS, plain HTTP and UDP echo servers of the internet namespace.
 //! - [`clients`]: the in-process rustls client (X25519MLKEM768 key share), curl,
 //!   `openssl s_client`, UDP.
 //! - [`gateway`]: `bulkhead run` as a child process in the gateway namespace, its decision log
 //!   and metrics.
+//! - [`bins`]: where the `bulkhead` binary under test is.
+//! - [`demo`]: what `bulkhead demo` shows.
+#![forbid(unsafe_code)]
 
+pub mod bins;
 pub mod clients;
+pub mod demo;
 pub mod gateway;
+pub mod netns;
 pub mod pki;
 pub mod servers;
 pub mod topology;
@@ -43,7 +62,7 @@ use std::sync::Arc;
 
 /// Errors of the laboratory: failed commands, I/O, TLS set-up.
 #[derive(Debug, thiserror::Error)]
-pub enum NetlabError {
+pub enum LabError {
     /// An external command (`ip`, `sysctl`, ...) failed.
     #[error("command `{command}` failed ({status}): {stderr}")]
     Command {
@@ -63,9 +82,9 @@ pub enum NetlabError {
     Other(String),
 }
 
-impl NetlabError {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> NetlabError {
-        NetlabError::Io {
+impl LabError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> LabError {
+        LabError::Io {
             context: context.into(),
             source,
         }
@@ -89,7 +108,7 @@ pub struct Testbed {
 impl Testbed {
     /// Builds the lab, issues a certificate per name and starts the servers (TLS on 443, plain
     /// HTTP on 80, UDP echo on 53 and 5001) in the internet namespace.
-    pub fn build(prefix: &str, workloads: &[&str], names: &[&str]) -> Result<Testbed, NetlabError> {
+    pub fn build(prefix: &str, workloads: &[&str], names: &[&str]) -> Result<Testbed, LabError> {
         let lab = Lab::build(&LabSpec::new(prefix, workloads))?;
         let pki = pki::Pki::generate(names)?;
         let ca_path = lab.workdir().join("ca.pem");

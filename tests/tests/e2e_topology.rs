@@ -2,13 +2,11 @@
 //! every client reaches every server, over IPv4 and IPv6. This is the baseline the other
 //! end-to-end tests change by putting the gateway in the path.
 
-mod common_e2e;
-
 use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{self, Outcome, Request};
-use common_e2e::*;
+use bulkhead_lab::clients::{self, Outcome, Request};
+use bulkhead_tests::e2e::*;
 
 #[test]
 fn kernel_forwarding_carries_every_client() -> Result<()> {
@@ -151,13 +149,13 @@ fn lab_removes_its_namespaces_on_drop_and_on_panic() -> Result<()> {
         ];
         n.extend(tb.lab.workloads().iter().map(|w| w.netns.clone()));
         for ns in &n {
-            assert!(bulkhead_gateway::sys::netns::netns_path(ns).exists());
+            assert!(bulkhead_lab::netns::netns_path(ns).exists());
         }
         n
     };
     for ns in &names {
         assert!(
-            !bulkhead_gateway::sys::netns::netns_path(ns).exists(),
+            !bulkhead_lab::netns::netns_path(ns).exists(),
             "{ns} left behind"
         );
     }
@@ -169,7 +167,7 @@ fn lab_removes_its_namespaces_on_drop_and_on_panic() -> Result<()> {
     .expect_err("the closure panics");
     let gw = gw.downcast::<String>().expect("namespace name");
     assert!(
-        !bulkhead_gateway::sys::netns::netns_path(&gw).exists(),
+        !bulkhead_lab::netns::netns_path(&gw).exists(),
         "{gw} left behind after a panic"
     );
     Ok(())

@@ -1,11 +1,10 @@
-//! Shared helpers of the end-to-end tests (`e2e_*.rs`): root check, the lab's names, waiting.
-#![allow(dead_code)]
+//! Shared helpers of the end-to-end tests (`e2e_*.rs`): root check, the lab's names, the
+//! gateway under test, waiting, decision-record checks, SYN floods and packet taps.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bulkhead_gateway::netlab::{addr, Testbed};
-use bulkhead_gateway::sys::netns;
+use bulkhead_lab::{addr, netns, Testbed};
 
 /// Names the lab's TLS server has certificates for (all on one address).
 pub const NAMES: &[&str] = &[
@@ -23,7 +22,7 @@ pub fn root_or_skip(test: &str) -> bool {
     }
     eprintln!(
         "SKIPPED {test}: end-to-end tests build network namespaces and need root \
-         (run `sudo -E cargo test -p bulkhead-gateway --test 'e2e_*'`)"
+         (run `cargo build -p bulkhead-gateway && sudo -E cargo test -p bulkhead-tests`)"
     );
     false
 }
@@ -59,12 +58,19 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-use bulkhead_gateway::netlab::gateway::{GatewayProcess, GatewaySpec};
+use bulkhead_lab::gateway::{GatewayProcess, GatewaySpec};
 use serde_json::Value;
+
+/// The `bulkhead` binary under test (see [`bulkhead_lab::bins`]); panics, saying how to build
+/// it, when it is absent.
+#[track_caller]
+pub fn bulkhead_bin() -> std::path::PathBuf {
+    bulkhead_lab::bins::path("bulkhead")
+}
 
 /// Starts `bulkhead run` in the testbed's gateway namespace with `policy`.
 pub fn start_gateway(tb: &Testbed, policy: &str) -> GatewayProcess {
-    start_gateway_with(tb, GatewaySpec::new(env!("CARGO_BIN_EXE_bulkhead"), policy))
+    start_gateway_with(tb, GatewaySpec::new(bulkhead_bin(), policy))
 }
 
 pub fn start_gateway_with(tb: &Testbed, spec: GatewaySpec) -> GatewayProcess {
@@ -247,7 +253,7 @@ pub fn syn_flood(
     max_packets: u32,
     max_time: Duration,
 ) -> anyhow::Result<u32> {
-    let sent = bulkhead_gateway::sys::netns::run_in(ns, move || -> std::io::Result<u32> {
+    let sent = netns::run_in(ns, move || -> std::io::Result<u32> {
         use socket2::{Domain, Protocol, SockAddr, Socket, Type};
         let sock = Socket::new(
             Domain::IPV4,
@@ -304,6 +310,7 @@ pub struct TapPacket {
 
 /// A packet capture (AF_PACKET, both directions) inside a namespace, for counting what really
 /// crossed the workload's interface. Bounded: at most 1M packets are kept.
+#[derive(Debug)]
 pub struct Tap {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<std::io::Result<Vec<TapPacket>>>,
@@ -315,7 +322,7 @@ impl Tap {
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = bulkhead_gateway::sys::netns::spawn_in(ns, move || {
+        let thread = netns::spawn_in(ns, move || {
             use socket2::{Domain, Protocol, Socket, Type};
             use std::io::Read;
             let eth_p_all = i32::from((libc::ETH_P_ALL as u16).to_be());

@@ -2,15 +2,13 @@
 //! a long-lived transfer that the new policy denies is cut within a second and logged with
 //! reason `policy_update`. A bad policy file is refused and the old one stays. Root only.
 
-mod common_e2e;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{self, Outcome, Request, StreamWatch};
-use bulkhead_gateway::netlab::gateway::metric_value;
-use bulkhead_gateway::sys::netns::Signal;
-use common_e2e::*;
+use bulkhead_lab::clients::{self, Outcome, Request, StreamWatch};
+use bulkhead_lab::gateway::metric_value;
+use bulkhead_lab::netns::Signal;
+use bulkhead_tests::e2e::*;
 
 const ALLOW: &str = r#"
 [[rules]]

@@ -1,6 +1,6 @@
 //! `bulkhead demo`: the gateway at work on a small network of namespaces, in one command.
 //!
-//! 1. Builds a [`netlab`](crate::netlab) lab: workloads `prod` (a production AI agent,
+//! 1. Builds a [lab](crate::Lab): workloads `prod` (a production AI agent,
 //!    10.10.1.2) and `dev` (a developer machine, 10.10.2.2), the gateway namespace, and an
 //!    "internet" whose TLS server answers several AI-provider names on one address, plus a
 //!    command-and-control host.
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use policy_engine::{Action, SynDecision, Transport};
 
-use crate::netlab::clients::{self, Exchange, Outcome, Request, StreamWatch};
-use crate::netlab::gateway::{GatewayProcess, GatewaySpec};
-use crate::netlab::{addr, Testbed};
+use crate::clients::{self, Exchange, Outcome, Request, StreamWatch};
+use crate::gateway::{GatewayProcess, GatewaySpec};
+use crate::{addr, Testbed};
 
 /// The built-in sample policy.
 pub const DEMO_POLICY: &str = include_str!("../../configs/demo-policy.toml");
@@ -184,6 +184,25 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
             .map_err(|e| anyhow::anyhow!("the built-in policy does not load: {e}"))?;
     let compiled = policy_engine::compile(&loaded.policy, 1);
 
+    let (tb, gw) = build_and_start(&mut out, opts)?;
+    let mut all_ok = connections(&mut out, &tb, &gw, &compiled, opts)?;
+    all_ok &= live_update(&mut out, &tb, &gw, opts)?;
+    all_ok &= stop_gateway(&mut out, gw)?;
+    drop(tb);
+    writeln!(out, "Lab removed.")?;
+    if all_ok {
+        writeln!(out, "Every connection behaved as the policy says.")?;
+    } else {
+        writeln!(
+            out,
+            "Some connections did NOT behave as the policy says (see MISMATCH above)."
+        )?;
+    }
+    Ok(all_ok)
+}
+
+/// Step 1 and 2: builds the lab, starts the gateway on the demo policy and describes both.
+fn build_and_start(out: &mut impl Write, opts: &DemoOptions) -> Result<(Testbed, GatewayProcess)> {
     writeln!(
         out,
         "Bulkhead demo: building the lab (namespaces prod, dev, gateway, internet)..."
@@ -212,62 +231,36 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
         "  policy: prod may reach Bedrock only; dev may reach the AI providers (Anthropic under a \
          watch rule); the C2 address is denied; everything else is denied by default.\n"
     )?;
+    Ok((tb, gw))
+}
 
+/// One connection's line of the table, whether it matched the policy, and its client address.
+struct ScenarioResult {
+    row: [String; 7],
+    ok: bool,
+    local: Option<SocketAddr>,
+}
+
+/// Step 3: makes every connection of [`scenarios`], prints the table and then the decision
+/// records of those connections. True when every outcome matched the policy.
+fn connections(
+    out: &mut impl Write,
+    tb: &Testbed,
+    gw: &GatewayProcess,
+    compiled: &policy_engine::CompiledPolicy,
+    opts: &DemoOptions,
+) -> Result<bool> {
     let mut rows: Vec<[String; 7]> = Vec::new();
     let mut all_ok = true;
     let mut locals = Vec::new();
     for sc in scenarios() {
-        let wl = tb.lab.workload(sc.who);
-        let src = if sc.server.is_ipv4() {
-            IpAddr::V4(wl.v4)
-        } else {
-            IpAddr::V6(wl.v6)
-        };
-        let exp = expect(&compiled, src, sc.server, sc.name)?;
-        let ex: Exchange = clients::fetch(
-            &wl.netns,
-            Request::https(&tb.client_tls, sc.server, sc.name, "/bytes/65536")
-                .timeout(opts.deny_timeout),
-        )?;
-        let ok = ex.outcome == exp.outcome;
-        all_ok &= ok;
-        let record = ex.local.and_then(|local| {
-            gw.wait_record(Duration::from_secs(3), |r| {
-                r["src_endpoint"]["port"].as_u64() == Some(u64::from(local.port()))
-                    && matches!(r["activity_id"].as_u64(), Some(1 | 5))
-            })
-        });
-        let (rule, disposition) = match &record {
-            Some(r) => (
-                r["policy"]["name"].as_str().unwrap_or("?").to_owned(),
-                r["disposition"].as_str().unwrap_or("?").to_owned(),
-            ),
-            None => ("(no record)".into(), "-".into()),
-        };
-        if let Some(l) = ex.local {
-            locals.push(l);
-        }
-        let expected = match &exp.detected_by {
-            Some(w) => format!("{} (watch: {w})", verdict_word(&exp.outcome)),
-            None => format!("{} ({})", verdict_word(&exp.outcome), exp.rule),
-        };
-        let dst = if sc.note.is_empty() {
-            sc.name.to_owned()
-        } else {
-            format!("{} [{}]", sc.name, sc.note)
-        };
-        rows.push([
-            format!("{} {}", sc.who, src),
-            dst,
-            expected,
-            format!("{} in {} ms", ex.outcome.word(), ex.elapsed.as_millis()),
-            rule,
-            disposition,
-            if ok { "ok".into() } else { "MISMATCH".into() },
-        ]);
+        let result = run_scenario(tb, gw, compiled, &sc, opts)?;
+        all_ok &= result.ok;
+        locals.extend(result.local);
+        rows.push(result.row);
     }
     print_table(
-        &mut out,
+        out,
         &[
             "WHO",
             "NAME",
@@ -297,113 +290,169 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
             writeln!(out, "  {}", summarize(&r))?;
         }
     }
+    Ok(all_ok)
+}
 
-    // Live policy update.
+/// One connection: what the policy engine expects, what the client saw, what the log says.
+fn run_scenario(
+    tb: &Testbed,
+    gw: &GatewayProcess,
+    compiled: &policy_engine::CompiledPolicy,
+    sc: &Scenario,
+    opts: &DemoOptions,
+) -> Result<ScenarioResult> {
+    let wl = tb.lab.workload(sc.who);
+    let src = if sc.server.is_ipv4() {
+        IpAddr::V4(wl.v4)
+    } else {
+        IpAddr::V6(wl.v6)
+    };
+    let exp = expect(compiled, src, sc.server, sc.name)?;
+    let ex: Exchange = clients::fetch(
+        &wl.netns,
+        Request::https(&tb.client_tls, sc.server, sc.name, "/bytes/65536")
+            .timeout(opts.deny_timeout),
+    )?;
+    let ok = ex.outcome == exp.outcome;
+    let record = ex.local.and_then(|local| {
+        gw.wait_record(Duration::from_secs(3), |r| {
+            r["src_endpoint"]["port"].as_u64() == Some(u64::from(local.port()))
+                && matches!(r["activity_id"].as_u64(), Some(1 | 5))
+        })
+    });
+    let (rule, disposition) = match &record {
+        Some(r) => (
+            r["policy"]["name"].as_str().unwrap_or("?").to_owned(),
+            r["disposition"].as_str().unwrap_or("?").to_owned(),
+        ),
+        None => ("(no record)".into(), "-".into()),
+    };
+    let expected = match &exp.detected_by {
+        Some(w) => format!("{} (watch: {w})", verdict_word(&exp.outcome)),
+        None => format!("{} ({})", verdict_word(&exp.outcome), exp.rule),
+    };
+    let dst = if sc.note.is_empty() {
+        sc.name.to_owned()
+    } else {
+        format!("{} [{}]", sc.name, sc.note)
+    };
+    let row = [
+        format!("{} {}", sc.who, src),
+        dst,
+        expected,
+        format!("{} in {} ms", ex.outcome.word(), ex.elapsed.as_millis()),
+        rule,
+        disposition,
+        if ok { "ok".into() } else { "MISMATCH".into() },
+    ];
+    Ok(ScenarioResult {
+        row,
+        ok,
+        local: ex.local,
+    })
+}
+
+/// Step 4: a long transfer from dev to api.openai.com, then a policy update (SIGHUP) that denies
+/// it. True when the transfer is reset within 1 s, the `policy_update` record is written and a
+/// new connection is denied.
+fn live_update(
+    out: &mut impl Write,
+    tb: &Testbed,
+    gw: &GatewayProcess,
+    opts: &DemoOptions,
+) -> Result<bool> {
     writeln!(
         out,
         "\nLive policy update: dev streams from api.openai.com, then the policy gains rule \
          `incident-block-openai` (SIGHUP)..."
     )?;
     let dev = tb.lab.workload("dev");
+    let openai = SocketAddr::new(IpAddr::V4(addr::SERVER_V4), 443);
     let stream = StreamWatch::open(
         &dev.netns,
-        Request::https(
-            &tb.client_tls,
-            SocketAddr::new(IpAddr::V4(addr::SERVER_V4), 443),
-            "api.openai.com",
-            "/stream",
-        ),
+        Request::https(&tb.client_tls, openai, "api.openai.com", "/stream"),
     )?;
     if !stream.wait_bytes(50_000, Duration::from_secs(10)) {
         writeln!(out, "  the stream did not start: {:?}", stream.ended())?;
-        all_ok = false;
-    } else {
-        writeln!(out, "  streaming: {} bytes received", stream.bytes())?;
-        let updated = format!("{DEMO_POLICY}\n{UPDATE_RULE}");
-        let sent = Instant::now();
-        gw.reload(&updated)?;
-        match stream.wait_end(Duration::from_secs(5)) {
-            Some((outcome, at)) => {
-                let took = at.duration_since(sent);
-                let ok = outcome == Outcome::Reset && took < Duration::from_secs(1);
-                all_ok &= ok;
-                writeln!(
-                    out,
-                    "  the open transfer ended ({}) {} ms after the update, after {} bytes: {}",
-                    outcome.word(),
-                    took.as_millis(),
-                    stream.bytes(),
-                    if ok {
-                        "ok"
-                    } else {
-                        "MISMATCH (expected a reset within 1 s)"
-                    }
-                )?;
-            }
+        return Ok(false);
+    }
+    writeln!(out, "  streaming: {} bytes received", stream.bytes())?;
+    let updated = format!("{DEMO_POLICY}\n{UPDATE_RULE}");
+    let sent = Instant::now();
+    gw.reload(&updated)?;
+    let mut all_ok = stream_cut(out, &stream, sent)?;
+    if let Some(local) = stream.local() {
+        match gw.wait_record(Duration::from_secs(3), |r| {
+            r["src_endpoint"]["port"].as_u64() == Some(u64::from(local.port()))
+                && r["reason"].as_str() == Some("policy_update")
+        }) {
+            Some(r) if opts.show_records => writeln!(out, "{r}")?,
+            Some(r) => writeln!(out, "  {}", summarize(&r))?,
             None => {
                 all_ok = false;
-                writeln!(out, "  MISMATCH: the open transfer was not cut within 5 s")?;
+                writeln!(out, "  MISMATCH: no policy_update record")?;
             }
         }
-        if let Some(local) = stream.local() {
-            match gw.wait_record(Duration::from_secs(3), |r| {
-                r["src_endpoint"]["port"].as_u64() == Some(u64::from(local.port()))
-                    && r["reason"].as_str() == Some("policy_update")
-            }) {
-                Some(r) if opts.show_records => writeln!(out, "{r}")?,
-                Some(r) => writeln!(out, "  {}", summarize(&r))?,
-                None => {
-                    all_ok = false;
-                    writeln!(out, "  MISMATCH: no policy_update record")?;
-                }
-            }
-        }
-        let ex = clients::fetch(
-            &dev.netns,
-            Request::https(
-                &tb.client_tls,
-                SocketAddr::new(IpAddr::V4(addr::SERVER_V4), 443),
-                "api.openai.com",
-                "/",
-            )
-            .timeout(opts.deny_timeout),
-        )?;
-        let ok = ex.outcome == Outcome::TimedOut;
-        all_ok &= ok;
-        writeln!(
-            out,
-            "  a new connection from dev to api.openai.com: {} ({})",
-            ex.outcome.word(),
-            if ok { "ok, denied" } else { "MISMATCH" }
-        )?;
     }
-    drop(stream);
+    let ex = clients::fetch(
+        &dev.netns,
+        Request::https(&tb.client_tls, openai, "api.openai.com", "/").timeout(opts.deny_timeout),
+    )?;
+    let ok = ex.outcome == Outcome::TimedOut;
+    all_ok &= ok;
+    writeln!(
+        out,
+        "  a new connection from dev to api.openai.com: {} ({})",
+        ex.outcome.word(),
+        if ok { "ok, denied" } else { "MISMATCH" }
+    )?;
+    Ok(all_ok)
+}
 
-    let mut gw = gw;
+/// Waits for the open transfer to end after the update `sent` at; true when it was reset
+/// within 1 s.
+fn stream_cut(out: &mut impl Write, stream: &StreamWatch, sent: Instant) -> Result<bool> {
+    match stream.wait_end(Duration::from_secs(5)) {
+        Some((outcome, at)) => {
+            let took = at.duration_since(sent);
+            let ok = outcome == Outcome::Reset && took < Duration::from_secs(1);
+            writeln!(
+                out,
+                "  the open transfer ended ({}) {} ms after the update, after {} bytes: {}",
+                outcome.word(),
+                took.as_millis(),
+                stream.bytes(),
+                if ok {
+                    "ok"
+                } else {
+                    "MISMATCH (expected a reset within 1 s)"
+                }
+            )?;
+            Ok(ok)
+        }
+        None => {
+            writeln!(out, "  MISMATCH: the open transfer was not cut within 5 s")?;
+            Ok(false)
+        }
+    }
+}
+
+/// Step 5: stops the gateway with SIGTERM. True when it exited successfully.
+fn stop_gateway(out: &mut impl Write, mut gw: GatewayProcess) -> Result<bool> {
     match gw.stop(Duration::from_secs(10)) {
         Ok(status) if status.success() => {
-            writeln!(out, "\nGateway stopped (SIGTERM), routing removed.")?
+            writeln!(out, "\nGateway stopped (SIGTERM), routing removed.")?;
+            Ok(true)
         }
         Ok(status) => {
-            all_ok = false;
             writeln!(out, "\nThe gateway exited with {status}:\n{}", gw.output())?;
+            Ok(false)
         }
         Err(e) => {
-            all_ok = false;
             writeln!(out, "\nStopping the gateway: {e}")?;
+            Ok(false)
         }
     }
-    drop(tb);
-    writeln!(out, "Lab removed.")?;
-    if all_ok {
-        writeln!(out, "Every connection behaved as the policy says.")?;
-    } else {
-        writeln!(
-            out,
-            "Some connections did NOT behave as the policy says (see MISMATCH above)."
-        )?;
-    }
-    Ok(all_ok)
 }
 
 /// One line per record: time, activity, verdict, who, where, rule, reason.
@@ -475,7 +524,7 @@ fn print_table(out: &mut impl Write, header: &[&str; 7], rows: &[[String; 7]]) -
 
 /// Checks what the demo needs before it starts: root, and the tools it calls (`ip`, `sysctl`).
 pub fn preflight() -> Result<()> {
-    if !crate::sys::netns::is_root() {
+    if !crate::netns::is_root() {
         bail!(
             "`bulkhead demo` builds network namespaces, veth pairs and a TUN device: run it as root \
              (for example `sudo bulkhead demo`) on a Linux machine"

@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::topology::{register_child, unregister_child, Lab};
-use super::NetlabError;
-use crate::sys::netns::{self, Signal};
+use super::LabError;
+use crate::netns::{self, Signal};
 
 /// The TUN device the lab's gateway creates.
 pub const TUN_NAME: &str = "bulk0";
@@ -99,11 +99,11 @@ impl GatewayProcess {
     /// Writes the configuration and policy into the lab's work directory, starts
     /// `bulkhead run` in the gateway namespace and waits until `/readyz` answers 200 and the TUN
     /// device is up.
-    pub fn start(lab: &Lab, spec: &GatewaySpec) -> Result<GatewayProcess, NetlabError> {
+    pub fn start(lab: &Lab, spec: &GatewaySpec) -> Result<GatewayProcess, LabError> {
         let dir = lab.workdir().join("gateway");
         let state = dir.join("state");
         std::fs::create_dir_all(&state)
-            .map_err(|e| NetlabError::io(format!("create {}", state.display()), e))?;
+            .map_err(|e| LabError::io(format!("create {}", state.display()), e))?;
         let policy_path = dir.join("policy.toml");
         let decisions_path = dir.join("decisions.jsonl");
         let config_path = dir.join("gateway.toml");
@@ -118,10 +118,10 @@ impl GatewayProcess {
         );
         write_file(&config_path, &config)?;
         let out = File::create(&output_path)
-            .map_err(|e| NetlabError::io(format!("create {}", output_path.display()), e))?;
+            .map_err(|e| LabError::io(format!("create {}", output_path.display()), e))?;
         let err = out
             .try_clone()
-            .map_err(|e| NetlabError::io("dup output file", e))?;
+            .map_err(|e| LabError::io("dup output file", e))?;
         let child = Command::new("ip")
             .args(["netns", "exec", lab.gateway_netns()])
             .arg(&spec.binary)
@@ -133,7 +133,7 @@ impl GatewayProcess {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| NetlabError::io(format!("start {}", spec.binary.display()), e))?;
+            .map_err(|e| LabError::io(format!("start {}", spec.binary.display()), e))?;
         let pid = child.id();
         register_child(pid);
         let mut gw = GatewayProcess {
@@ -150,14 +150,14 @@ impl GatewayProcess {
         Ok(gw)
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), NetlabError> {
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     unregister_child(self.pid);
                     self.child = None;
-                    return Err(NetlabError::Other(format!(
+                    return Err(LabError::Other(format!(
                         "the gateway exited during start-up ({status}); its output:\n{}",
                         self.output()
                     )));
@@ -168,7 +168,7 @@ impl GatewayProcess {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(NetlabError::Other(format!(
+                return Err(LabError::Other(format!(
                     "the gateway was not ready after {timeout:?}; its output:\n{}",
                     self.output()
                 )));
@@ -209,27 +209,27 @@ impl GatewayProcess {
     }
 
     /// Sends a signal to the gateway.
-    pub fn signal(&self, signal: Signal) -> Result<(), NetlabError> {
+    pub fn signal(&self, signal: Signal) -> Result<(), LabError> {
         netns::send_signal(self.pid, signal)
-            .map_err(|e| NetlabError::io(format!("signal the gateway ({signal:?})"), e))
+            .map_err(|e| LabError::io(format!("signal the gateway ({signal:?})"), e))
     }
 
     /// Replaces the policy file (atomically: write then rename) and sends SIGHUP.
-    pub fn reload(&self, policy: &str) -> Result<(), NetlabError> {
+    pub fn reload(&self, policy: &str) -> Result<(), LabError> {
         let tmp = self.dir.join("policy.toml.new");
         write_file(&tmp, policy)?;
         std::fs::rename(&tmp, &self.policy_path)
-            .map_err(|e| NetlabError::io("replace the policy file", e))?;
+            .map_err(|e| LabError::io("replace the policy file", e))?;
         self.signal(Signal::Hup)
     }
 
     /// Every decision record written so far, parsed. A line that is not JSON is an error (the
     /// last line may be in the middle of being written and is then skipped).
-    pub fn records(&self) -> Result<Vec<serde_json::Value>, NetlabError> {
+    pub fn records(&self) -> Result<Vec<serde_json::Value>, LabError> {
         let text = match std::fs::read_to_string(&self.decisions_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(NetlabError::io("read the decision log", e)),
+            Err(e) => return Err(LabError::io("read the decision log", e)),
         };
         let complete = text.ends_with('\n');
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -239,7 +239,7 @@ impl GatewayProcess {
                 Ok(v) => out.push(v),
                 Err(_) if i + 1 == lines.len() && !complete => {}
                 Err(e) => {
-                    return Err(NetlabError::Other(format!(
+                    return Err(LabError::Other(format!(
                         "decision log line {}: {e}: {line}",
                         i + 1
                     )))
@@ -270,20 +270,20 @@ impl GatewayProcess {
     }
 
     /// `GET PATH` on the metrics listener (from inside the gateway namespace): status and body.
-    pub fn http_get(&self, path: &str) -> Result<(u16, String), NetlabError> {
+    pub fn http_get(&self, path: &str) -> Result<(u16, String), LabError> {
         let path = path.to_owned();
         netns::run_in(&self.netns, move || {
             http_get_blocking(METRICS_LISTEN, &path)
         })
         .and_then(|r| r)
-        .map_err(|e| NetlabError::io("query the metrics endpoint", e))
+        .map_err(|e| LabError::io("query the metrics endpoint", e))
     }
 
     /// The Prometheus text of `/metrics`.
-    pub fn metrics(&self) -> Result<String, NetlabError> {
+    pub fn metrics(&self) -> Result<String, LabError> {
         match self.http_get("/metrics")? {
             (200, body) => Ok(body),
-            (status, _) => Err(NetlabError::Other(format!("/metrics answered {status}"))),
+            (status, _) => Err(LabError::Other(format!("/metrics answered {status}"))),
         }
     }
 
@@ -307,9 +307,9 @@ impl GatewayProcess {
 
     /// Stops the gateway with SIGTERM and waits up to `timeout` for it to exit (then SIGKILL).
     /// Returns its exit status.
-    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus, NetlabError> {
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus, LabError> {
         let Some(mut child) = self.child.take() else {
-            return Err(NetlabError::Other("the gateway is not running".into()));
+            return Err(LabError::Other("the gateway is not running".into()));
         };
         let _ = netns::send_signal(self.pid, Signal::Term);
         let deadline = Instant::now() + timeout;
@@ -323,9 +323,9 @@ impl GatewayProcess {
                     let _ = child.kill();
                     let status = child
                         .wait()
-                        .map_err(|e| NetlabError::io("wait for the gateway", e))?;
+                        .map_err(|e| LabError::io("wait for the gateway", e))?;
                     unregister_child(self.pid);
-                    return Err(NetlabError::Other(format!(
+                    return Err(LabError::Other(format!(
                         "the gateway did not stop within {timeout:?} after SIGTERM ({status})"
                     )));
                 }
@@ -344,8 +344,8 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), NetlabError> {
-    std::fs::write(path, text).map_err(|e| NetlabError::io(format!("write {}", path.display()), e))
+fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|e| LabError::io(format!("write {}", path.display()), e))
 }
 
 /// A minimal blocking HTTP/1.0 GET with a 2 s deadline and a 4 MiB bound on the answer.

@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use super::pki::Pki;
-use super::{body_byte, NetlabError};
-use crate::sys::netns;
+use super::{body_byte, LabError};
+use crate::netns;
 
 /// Largest body `/bytes/N` serves.
 pub const MAX_BODY: u64 = 1 << 30;
@@ -114,7 +114,7 @@ pub struct InternetServers {
 
 impl InternetServers {
     /// Starts the servers in the named namespace and returns once every socket is bound.
-    pub fn start(netns_name: &str, pki: &Pki, spec: &ServerSpec) -> Result<Self, NetlabError> {
+    pub fn start(netns_name: &str, pki: &Pki, spec: &ServerSpec) -> Result<Self, LabError> {
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
         let stats = Arc::new(ServerStats::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -153,7 +153,7 @@ impl InternetServers {
                 }
             });
         })
-        .map_err(|e| NetlabError::io("spawn server thread", e))?;
+        .map_err(|e| LabError::io("spawn server thread", e))?;
         let mut servers = InternetServers {
             stats,
             shutdown: Some(stop_tx),
@@ -161,7 +161,7 @@ impl InternetServers {
         };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(servers),
-            Ok(Err(e)) => Err(NetlabError::Other(format!("servers: {e}"))),
+            Ok(Err(e)) => Err(LabError::Other(format!("servers: {e}"))),
             Err(_) => {
                 // The thread ended without a word: it could not enter the namespace.
                 let err = servers
@@ -172,7 +172,7 @@ impl InternetServers {
                     .and_then(|r| r.err())
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "did not start".into());
-                Err(NetlabError::Other(format!("servers: {err}")))
+                Err(LabError::Other(format!("servers: {err}")))
             }
         }
     }

@@ -2,14 +2,12 @@
 //! workload namespaces, real servers in the internet namespace. Each test builds its own lab and
 //! gateway; both are removed when the test ends, also when it fails. Root only.
 
-mod common_e2e;
-
 use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::netlab::clients::{self, Exchange, Outcome, Request};
-use bulkhead_gateway::netlab::Testbed;
-use common_e2e::*;
+use bulkhead_lab::clients::{self, Exchange, Outcome, Request};
+use bulkhead_lab::Testbed;
+use bulkhead_tests::e2e::*;
 
 const T_DENY: Duration = Duration::from_secs(3);
 const T_RECORD: Duration = Duration::from_secs(10);
@@ -649,7 +647,7 @@ action = "permit"
     let ex = https(
         &tb,
         &prod,
-        std::net::SocketAddr::new(bulkhead_gateway::netlab::addr::C2_V6.into(), 443),
+        std::net::SocketAddr::new(bulkhead_lab::addr::C2_V6.into(), 443),
         "api.openai.com",
         "/",
     );

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::{body_matches, NetlabError};
-use crate::sys::netns;
+use super::{body_matches, LabError};
+use crate::netns;
 
 /// How an exchange ended, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +145,7 @@ pub struct Exchange {
 }
 
 /// Runs one exchange from inside the named namespace.
-pub fn fetch(netns_name: &str, req: Request) -> Result<Exchange, NetlabError> {
+pub fn fetch(netns_name: &str, req: Request) -> Result<Exchange, LabError> {
     netns::run_in(netns_name, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -153,7 +153,7 @@ pub fn fetch(netns_name: &str, req: Request) -> Result<Exchange, NetlabError> {
         Ok::<_, io::Error>(rt.block_on(fetch_async(req)))
     })
     .and_then(|r| r)
-    .map_err(|e| NetlabError::io(format!("client in {netns_name}"), e))
+    .map_err(|e| LabError::io(format!("client in {netns_name}"), e))
 }
 
 /// A TCP stream that counts payload bytes both ways.
@@ -399,7 +399,7 @@ struct StreamState {
 impl StreamWatch {
     /// Opens `GET /stream` from inside the namespace and keeps reading until the stream ends,
     /// fails, or the watch is dropped.
-    pub fn open(netns_name: &str, mut req: Request) -> Result<StreamWatch, NetlabError> {
+    pub fn open(netns_name: &str, mut req: Request) -> Result<StreamWatch, LabError> {
         req.path = "/stream".into();
         let state = Arc::new(StreamState {
             bytes: AtomicU64::new(0),
@@ -432,7 +432,7 @@ impl StreamWatch {
                 *st.end.lock().unwrap_or_else(|p| p.into_inner()) = Some((outcome, Instant::now()));
             });
         })
-        .map_err(|e| NetlabError::io("spawn stream client", e))?;
+        .map_err(|e| LabError::io("spawn stream client", e))?;
         Ok(StreamWatch {
             state,
             stop: Some(stop_tx),
@@ -564,7 +564,7 @@ pub fn udp_echo(
     server: SocketAddr,
     payload: Vec<u8>,
     timeout: Duration,
-) -> Result<(Outcome, Duration), NetlabError> {
+) -> Result<(Outcome, Duration), LabError> {
     netns::run_in(netns_name, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -590,7 +590,7 @@ pub fn udp_echo(
         })
     })
     .and_then(|r| r)
-    .map_err(|e| NetlabError::io(format!("udp client in {netns_name}"), e))
+    .map_err(|e| LabError::io(format!("udp client in {netns_name}"), e))
 }
 
 /// What an external client (curl, openssl) did.
@@ -613,7 +613,7 @@ pub fn curl(
     path: &str,
     ca: Option<&Path>,
     timeout: Duration,
-) -> Result<ToolRun, NetlabError> {
+) -> Result<ToolRun, LabError> {
     let scheme = if ca.is_some() { "https" } else { "http" };
     let ip = match server {
         SocketAddr::V4(a) => a.ip().to_string(),
@@ -668,7 +668,7 @@ pub fn openssl_s_client(
     path: &str,
     ca: &Path,
     timeout: Duration,
-) -> Result<ToolRun, NetlabError> {
+) -> Result<ToolRun, LabError> {
     let secs = format!("{:.3}", timeout.as_secs_f64());
     let mut cmd = Command::new("ip");
     cmd.args([
@@ -713,18 +713,18 @@ fn classify_text(stderr: &str) -> Outcome {
     }
 }
 
-fn run_tool(cmd: Command) -> Result<ToolRun, NetlabError> {
+fn run_tool(cmd: Command) -> Result<ToolRun, LabError> {
     run_tool_with_input(cmd, Vec::new())
 }
 
-fn run_tool_with_input(mut cmd: Command, input: Vec<u8>) -> Result<ToolRun, NetlabError> {
+fn run_tool_with_input(mut cmd: Command, input: Vec<u8>) -> Result<ToolRun, LabError> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| NetlabError::io(format!("run {cmd:?}"), e))?;
+        .map_err(|e| LabError::io(format!("run {cmd:?}"), e))?;
     let mut stdin = child.stdin.take();
     let writer = std::thread::spawn(move || {
         use std::io::Write;
@@ -737,7 +737,7 @@ fn run_tool_with_input(mut cmd: Command, input: Vec<u8>) -> Result<ToolRun, Netl
     });
     let out = child
         .wait_with_output()
-        .map_err(|e| NetlabError::io("wait for client", e))?;
+        .map_err(|e| LabError::io("wait for client", e))?;
     let _ = writer.join();
     Ok(ToolRun {
         outcome: Outcome::Failed("not classified".into()),

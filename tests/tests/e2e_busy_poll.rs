@@ -2,14 +2,12 @@
 //! traffic still passes, and once it stops the gateway goes back to sleep: an idle gateway uses
 //! next to no CPU. Root only.
 
-mod common_e2e;
-
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use bulkhead_gateway::netlab::clients::{self, Outcome, Request};
-use bulkhead_gateway::netlab::gateway::GatewaySpec;
-use common_e2e::*;
+use bulkhead_lab::clients::{self, Outcome, Request};
+use bulkhead_lab::gateway::GatewaySpec;
+use bulkhead_tests::e2e::*;
 
 const RULES: &str = r#"
 [[rules]]
@@ -54,7 +52,7 @@ fn busy_polling_stops_when_traffic_stops() -> Result<()> {
         return Ok(());
     }
     let tb = testbed();
-    let mut spec = GatewaySpec::new(env!("CARGO_BIN_EXE_bulkhead"), &policy("enforce", RULES));
+    let mut spec = GatewaySpec::new(bulkhead_bin(), &policy("enforce", RULES));
     // The longest window the configuration allows: a worker that never stopped spinning would
     // stand out all the more.
     spec.busy_poll_us = Some(10_000);

@@ -1,15 +1,20 @@
-//! Network namespaces and process control for [`crate::netlab`] and `bulkhead demo`.
+//! Network namespaces and process control for the lab and `bulkhead demo`.
 //!
 //! A named network namespace is the bind mount `ip netns add NAME` leaves at
 //! `/run/netns/NAME`. [`enter`] moves the *calling thread* into it with `setns(2)`: every
 //! socket that thread creates afterwards lives in that namespace (and keeps living there, whichever
 //! thread later uses it). [`run_in`] wraps that in a fresh thread so the caller's own namespace
 //! never changes.
+//!
+//! The system calls go through rustix's safe wrappers, so this crate has no unsafe code.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
+
+use rustix::process::{Pid, Signal as RawSignal};
+use rustix::thread::LinkNameSpaceType;
 
 /// Where iproute2 keeps the bind mounts of named network namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -30,15 +35,10 @@ pub fn enter(name: &str) -> io::Result<()> {
         ));
     }
     let file = File::open(netns_path(name))?;
-    // SAFETY: `file` is an open file descriptor owned by this function and alive for the whole
-    // call; setns(2) only reads it and changes the calling thread's network namespace. No memory
-    // is passed to the kernel.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // Naming the type makes the kernel refuse a file that is not a network namespace (a stray
+    // file under /run/netns) instead of moving this thread into some other kind of namespace.
+    rustix::thread::move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))?;
+    Ok(())
 }
 
 /// Runs `f` on a new thread that first enters the named network namespace, and returns its
@@ -80,8 +80,7 @@ fn truncate(s: &str, n: usize) -> &str {
 /// True when the process runs with effective user id 0 (what creating namespaces, veth pairs and
 /// TUN devices needs).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) takes no arguments, cannot fail and touches no memory of ours.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Signals [`send_signal`] can deliver.
@@ -98,30 +97,27 @@ pub enum Signal {
 }
 
 impl Signal {
-    fn raw(self) -> libc::c_int {
+    fn raw(self) -> RawSignal {
         match self {
-            Signal::Hup => libc::SIGHUP,
-            Signal::Term => libc::SIGTERM,
-            Signal::Int => libc::SIGINT,
-            Signal::Kill => libc::SIGKILL,
+            Signal::Hup => RawSignal::HUP,
+            Signal::Term => RawSignal::TERM,
+            Signal::Int => RawSignal::INT,
+            Signal::Kill => RawSignal::KILL,
         }
     }
 }
 
 /// Sends `signal` to the process `pid` (a child this process started).
 pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
+    // Only a positive pid addresses exactly one process: 0 and negative values would signal a
+    // whole process group or every process, so they never reach kill(2).
+    let pid = i32::try_from(pid)
         .ok()
         .filter(|p| *p > 0)
+        .and_then(Pid::from_raw)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid pid"))?;
-    // SAFETY: kill(2) takes two integers and touches no memory of ours; a positive pid addresses
-    // exactly one process (never a process group or every process).
-    let rc = unsafe { libc::kill(pid, signal.raw()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    rustix::process::kill_process(pid, signal.raw())?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -143,7 +139,29 @@ mod tests {
     }
 
     #[test]
-    fn refuses_pid_zero() {
-        assert!(send_signal(0, Signal::Hup).is_err());
+    fn refuses_pids_that_address_more_than_one_process() {
+        // 0 is the caller's process group; u32::MAX would be -1 (every process) as a pid_t.
+        for pid in [0, u32::MAX, 1 << 31] {
+            let err = send_signal(pid, Signal::Hup).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_of_another_kind_is_refused() {
+        // A UTS namespace under the name: setns(2) would join it if the type were not named.
+        // Needs root to write /run/netns; skipped (and said so) otherwise.
+        if !is_root() {
+            eprintln!("SKIPPED a_namespace_of_another_kind_is_refused: needs root");
+            return;
+        }
+        std::fs::create_dir_all(NETNS_RUN_DIR).unwrap();
+        let name = format!("bulkhead-not-a-netns-{}", std::process::id());
+        let path = netns_path(&name);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink("/proc/self/ns/uts", &path).unwrap();
+        let result = run_in(&name, || ());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -2,18 +2,14 @@
 //! says and leaves nothing behind; Ctrl-C in the middle still removes everything; without root
 //! it says so clearly.
 
-mod common_e2e;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Result;
-use bulkhead_gateway::sys::netns::{self, Signal};
-use common_e2e::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+use bulkhead_lab::netns::{self, Signal};
+use bulkhead_tests::e2e::*;
 
 fn namespaces_of(pid: u32) -> Vec<String> {
     let prefix = format!("bhdemo-{pid}-");
@@ -32,7 +28,7 @@ fn demo_runs_as_the_policy_says_and_cleans_up() -> Result<()> {
     if !root_or_skip("demo_runs_as_the_policy_says_and_cleans_up") {
         return Ok(());
     }
-    let child = Command::new(BIN)
+    let child = Command::new(bulkhead_bin())
         .args(["demo", "--deny-timeout", "1.5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -67,7 +63,7 @@ fn demo_cleans_up_on_ctrl_c() -> Result<()> {
     if !root_or_skip("demo_cleans_up_on_ctrl_c") {
         return Ok(());
     }
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bulkhead_bin())
         .arg("demo")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -112,13 +108,9 @@ fn demo_without_root_says_so() -> Result<()> {
     }
     // Drop to an unprivileged user to see what a normal user sees.
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "demo",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bulkhead_bin())
+        .arg("demo")
         .output();
     let Ok(out) = out else {
         eprintln!("SKIPPED demo_without_root_says_so: setpriv is not available");

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use super::{addr, NetlabError};
-use crate::sys::netns;
+use super::{addr, LabError};
+use crate::netns;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -69,18 +69,18 @@ static LIVE_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 impl Lab {
     /// Builds the namespaces, links, addresses and routes. On error, whatever was already
     /// created is removed before returning.
-    pub fn build(spec: &LabSpec) -> Result<Lab, NetlabError> {
+    pub fn build(spec: &LabSpec) -> Result<Lab, LabError> {
         if spec.prefix.is_empty()
             || spec.prefix.len() > 16
             || !spec.prefix.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(NetlabError::Other(format!(
+            return Err(LabError::Other(format!(
                 "lab prefix {:?} must be 1-16 ASCII letters or digits",
                 spec.prefix
             )));
         }
         if spec.workloads.len() > 200 {
-            return Err(NetlabError::Other("at most 200 workloads".into()));
+            return Err(LabError::Other("at most 200 workloads".into()));
         }
         sweep_stale(&spec.prefix);
         let pid = std::process::id();
@@ -88,7 +88,7 @@ impl Lab {
         let id = format!("{}-{pid}-{n}", spec.prefix);
         let workdir = std::env::temp_dir().join(format!("bulkhead-lab-{id}"));
         std::fs::create_dir_all(&workdir)
-            .map_err(|e| NetlabError::io(format!("create {}", workdir.display()), e))?;
+            .map_err(|e| LabError::io(format!("create {}", workdir.display()), e))?;
         LIVE_DIRS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -103,11 +103,11 @@ impl Lab {
         };
         for (i, label) in spec.workloads.iter().enumerate() {
             if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(NetlabError::Other(format!(
+                return Err(LabError::Other(format!(
                     "workload label {label:?} must be ASCII letters, digits or '-'"
                 )));
             }
-            let index = u8::try_from(i).map_err(|_| NetlabError::Other("too many".into()))?;
+            let index = u8::try_from(i).map_err(|_| LabError::Other("too many".into()))?;
             lab.workloads.push(Workload {
                 label: label.clone(),
                 index,
@@ -121,7 +121,7 @@ impl Lab {
         Ok(lab)
     }
 
-    fn add_netns(&mut self, name: &str) -> Result<(), NetlabError> {
+    fn add_netns(&mut self, name: &str) -> Result<(), LabError> {
         ip(&["netns", "add", name])?;
         self.created.push(name.to_owned());
         LIVE_NAMESPACES
@@ -145,7 +145,7 @@ impl Lab {
         ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
     }
 
-    fn create(&mut self) -> Result<(), NetlabError> {
+    fn create(&mut self) -> Result<(), LabError> {
         let gw = self.gateway_ns.clone();
         let inet = self.internet_ns.clone();
         self.add_netns(&gw)?;
@@ -230,7 +230,7 @@ impl Lab {
     }
 
     /// Sets a sysctl inside one of the lab's namespaces.
-    pub fn sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetlabError> {
+    pub fn sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), LabError> {
         let kv = format!("{key}={value}");
         run_command(
             Command::new("ip").args(["netns", "exec", netns, "sysctl", "-qw", &kv]),
@@ -298,7 +298,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for ns in self.created.iter().rev() {
             if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("netlab: could not remove namespace {ns}: {e}");
+                eprintln!("lab: could not remove namespace {ns}: {e}");
             }
         }
         {
@@ -415,22 +415,22 @@ fn sweep_stale(prefix: &str) {
 }
 
 /// Runs `ip ARGS`.
-pub(crate) fn ip(args: &[&str]) -> Result<String, NetlabError> {
+pub(crate) fn ip(args: &[&str]) -> Result<String, LabError> {
     let mut c = Command::new("ip");
     c.args(args);
     run_command(&mut c, &format!("ip {}", args.join(" ")))
 }
 
 /// Runs a command to completion; a non-zero exit is an error carrying its stderr.
-pub(crate) fn run_command(cmd: &mut Command, display: &str) -> Result<String, NetlabError> {
+pub(crate) fn run_command(cmd: &mut Command, display: &str) -> Result<String, LabError> {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| NetlabError::io(format!("run `{display}`"), e))?;
+        .map_err(|e| LabError::io(format!("run `{display}`"), e))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(NetlabError::Command {
+        Err(LabError::Command {
             command: display.to_owned(),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::ResolvesServerCertUsingSni;
 use rustls::sign::CertifiedKey;
 
-use super::NetlabError;
+use super::LabError;
 
 /// The CA and the per-name certificates.
 pub struct Pki {
@@ -32,8 +32,8 @@ impl std::fmt::Debug for Pki {
     }
 }
 
-fn tls_err(e: impl std::fmt::Display) -> NetlabError {
-    NetlabError::Tls(e.to_string())
+fn tls_err(e: impl std::fmt::Display) -> LabError {
+    LabError::Tls(e.to_string())
 }
 
 /// The crypto provider of the lab: aws-lc-rs with the hybrid post-quantum group X25519MLKEM768
@@ -53,7 +53,7 @@ pub fn post_quantum_provider() -> CryptoProvider {
 
 impl Pki {
     /// A new CA and one certificate (ECDSA P-256) per name.
-    pub fn generate(names: &[&str]) -> Result<Pki, NetlabError> {
+    pub fn generate(names: &[&str]) -> Result<Pki, LabError> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
         let ca_key = KeyPair::generate().map_err(tls_err)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
@@ -97,14 +97,14 @@ impl Pki {
     }
 
     /// Writes the CA certificate (PEM) to `path`, for curl and openssl.
-    pub fn write_ca(&self, path: &Path) -> Result<(), NetlabError> {
+    pub fn write_ca(&self, path: &Path) -> Result<(), LabError> {
         std::fs::write(path, &self.ca_pem)
-            .map_err(|e| NetlabError::io(format!("write {}", path.display()), e))
+            .map_err(|e| LabError::io(format!("write {}", path.display()), e))
     }
 
     /// A server configuration that picks the certificate by SNI (a ClientHello without SNI, or
     /// with an unknown name, fails the handshake) and speaks HTTP/1.1.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, NetlabError> {
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, LabError> {
         let provider = Arc::new(post_quantum_provider());
         let mut resolver = ResolvesServerCertUsingSni::new();
         for leaf in &self.leaves {
@@ -126,7 +126,7 @@ impl Pki {
     }
 
     /// A client configuration that trusts only the lab CA, with the post-quantum provider.
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, NetlabError> {
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, LabError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).map_err(tls_err)?;
         let mut config =
