@@ -1,0 +1,214 @@
+//! Decision and flow-end records.
+
+use std::time::Instant;
+
+use policy_engine::{Action, CompiledPolicy, Mode, RuleRef};
+
+use crate::record::{
+    self, Activity, ConnectionInfo, DecisionRecord, DstEndpoint, EndReason, Http, PolicyRef,
+    Reason, RecordAction, SrcEndpoint, Tls,
+};
+
+use super::state::{Flow, NameKind, State};
+use super::{Output, Shared};
+
+/// Time mapping from the caller's monotonic clock to wall-clock epoch milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClockAnchor {
+    pub(super) instant: Option<Instant>,
+    pub(super) epoch_ms: u64,
+}
+
+impl ClockAnchor {
+    pub(super) fn epoch_ms(&self, now: Instant) -> u64 {
+        match self.instant {
+            None => 0,
+            Some(a) => {
+                if now >= a {
+                    self.epoch_ms.saturating_add((now - a).as_millis() as u64)
+                } else {
+                    self.epoch_ms.saturating_sub((a - now).as_millis() as u64)
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Writes the flow's pending decision and its flow-end record (when its decision was
+    /// recorded), once: later packets of the flow are counted nowhere.
+    pub(super) fn end_flow(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        why: EndReason,
+        out: &mut Output,
+    ) {
+        if flow.ended {
+            return;
+        }
+        flow.ended = true;
+        if flow.record_pending {
+            self.emit_decision(now, flow, policy, out);
+        }
+        if !flow.logged {
+            return;
+        }
+        let why = if flow.cut_reason.is_some()
+            || (flow.state == State::Blocked && flow.enforced() == Some(Action::Reject))
+        {
+            EndReason::Cut
+        } else if flow.tcp.rst {
+            EndReason::Rst
+        } else if flow.tcp.fin_client && flow.tcp.fin_server {
+            EndReason::Fin
+        } else {
+            why
+        };
+        let mut r = self.base_record(now, flow, policy, Activity::Close);
+        r.traffic = Some(flow.traffic);
+        let start = self.clock.epoch_ms(flow.start);
+        let end = self.clock.epoch_ms(flow.last_seen);
+        r.start_time = Some(start);
+        r.end_time = Some(end);
+        r.time = end;
+        r.duration = Some(end.saturating_sub(start));
+        r.end_reason = Some(why);
+        out.records.push(r);
+    }
+
+    pub(super) fn emit_decision(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let activity = match flow.decision.as_ref() {
+            Some(d) if d.enforced == Action::Permit => Activity::Open,
+            _ => Activity::Refuse,
+        };
+        let r = self.base_record(now, flow, policy, activity);
+        out.records.push(r);
+        flow.logged = true;
+        flow.record_pending = false;
+    }
+
+    pub(super) fn base_record(
+        &self,
+        now: Instant,
+        flow: &Flow,
+        policy: &CompiledPolicy,
+        activity: Activity,
+    ) -> DecisionRecord {
+        let d = flow.decision.as_ref();
+        let verdict = d.and_then(|d| d.verdict);
+        let enforced = d.map_or(Action::Deny, |d| d.enforced);
+        let log_only = policy.mode() == Mode::LogOnly;
+        let reported = match verdict {
+            Some(v) => v.action,
+            None => Action::Deny,
+        };
+        let action = if reported == Action::Permit {
+            RecordAction::Allowed
+        } else {
+            RecordAction::Denied
+        };
+        let disposition = if enforced != Action::Permit && !(verdict.is_none() && log_only) {
+            record::Disposition::Blocked
+        } else if verdict.is_some_and(|v| !v.enforced)
+            || (verdict.is_none() && log_only)
+            || reported != Action::Permit
+        {
+            record::Disposition::Detected
+        } else {
+            record::Disposition::Allowed
+        };
+        let reason = d.map_or(Reason::Unknown, |d| d.reason);
+        let severity = match disposition {
+            record::Disposition::Allowed => 1,
+            record::Disposition::Detected => 2,
+            record::Disposition::Blocked if reason.is_fail_closed() => 4,
+            record::Disposition::Blocked => 3,
+        };
+        let same_version = d.is_some_and(|d| d.version == policy.version());
+        let (rule, src_groups, dst_groups) = match verdict {
+            Some(v) if same_version => (
+                policy.rule_name(v.rule).to_owned(),
+                policy.src_groups(&v).map(str::to_owned).collect(),
+                policy.dst_groups(&v).map(str::to_owned).collect(),
+            ),
+            Some(v) if v.rule == RuleRef::Default => ("default".to_owned(), Vec::new(), Vec::new()),
+            Some(_) => ("(previous policy)".to_owned(), Vec::new(), Vec::new()),
+            None => ("fail-closed".to_owned(), Vec::new(), Vec::new()),
+        };
+        let name = flow.name().map(str::to_owned);
+        let kind = d.and_then(|d| d.name.as_ref()).map(|(_, k)| *k);
+        let (tls, http) = match (kind, &name) {
+            (Some(NameKind::Sni { ech }), Some(n)) => (
+                Some(Tls {
+                    sni: n.clone(),
+                    ech,
+                }),
+                None,
+            ),
+            (Some(NameKind::Host), Some(n)) => (None, Some(Http { host: n.clone() })),
+            _ => (None, None),
+        };
+        let protocol_name = match flow.proto {
+            6 => "tcp".to_owned(),
+            17 => "udp".to_owned(),
+            1 => "icmp".to_owned(),
+            58 => "ipv6-icmp".to_owned(),
+            n => n.to_string(),
+        };
+        DecisionRecord {
+            time: self.clock.epoch_ms(now),
+            class_uid: record::CLASS_UID,
+            category_uid: record::CATEGORY_UID,
+            type_uid: record::CLASS_UID * 100 + u32::from(activity.id()),
+            activity_id: activity.id(),
+            severity_id: severity,
+            metadata: self.metadata.clone(),
+            action,
+            action_id: if action == RecordAction::Allowed {
+                1
+            } else {
+                2
+            },
+            disposition,
+            disposition_id: disposition.id(),
+            src_endpoint: SrcEndpoint {
+                ip: flow.client.ip(),
+                port: flow.client.port(),
+            },
+            dst_endpoint: DstEndpoint {
+                ip: flow.server.ip(),
+                port: flow.server.port(),
+                hostname: name,
+            },
+            connection_info: ConnectionInfo {
+                protocol_name,
+                protocol_num: flow.proto,
+                direction: Some("Outbound".to_owned()),
+                direction_id: Some(2),
+            },
+            tls,
+            http,
+            policy: PolicyRef {
+                name: rule,
+                version: d.map_or(policy.version(), |d| d.version),
+            },
+            src_groups,
+            dst_groups,
+            reason,
+            gateway_id: self.config.gateway_id.clone(),
+            traffic: None,
+            duration: None,
+            start_time: None,
+            end_time: None,
+            end_reason: None,
+        }
+    }
+}

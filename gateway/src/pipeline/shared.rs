@@ -1,0 +1,65 @@
+//! What every flow shares.
+
+use std::sync::Arc;
+
+use policy_engine::{Action, PolicyStore, RuleRef, Verdict};
+
+use crate::record::{Metadata, Reason};
+
+use super::records::ClockAnchor;
+use super::state::{Flow, State};
+use super::timer::DeadlineQueue;
+use super::{PipelineConfig, PipelineStats};
+
+/// Everything but the flow table, so that a flow and the rest can be borrowed together.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) config: PipelineConfig,
+    pub(super) policy: Arc<PolicyStore>,
+    pub(super) timers: DeadlineQueue,
+    pub(super) stats: PipelineStats,
+    pub(super) clock: ClockAnchor,
+    /// Policy version the flows were last (re-)evaluated under.
+    pub(super) evaluated_version: u64,
+    pub(super) metadata: Metadata,
+}
+
+impl Shared {
+    pub(super) fn must_log(&self, v: &Verdict) -> bool {
+        // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the
+        // default (a flow no rule covers is a gap in the policy worth seeing).
+        self.config.log_all
+            || v.log
+            || v.effective_action != Action::Permit
+            || !v.enforced
+            || v.effective_rule == RuleRef::Default
+    }
+
+    pub(super) fn count_decision(&mut self, a: Action) {
+        match a {
+            Action::Permit => self.stats.decisions_permit += 1,
+            Action::Deny => self.stats.decisions_deny += 1,
+            Action::Reject => self.stats.decisions_reject += 1,
+        }
+    }
+
+    pub(super) fn account(&mut self, delta: isize) {
+        let now = self.stats.held_bytes_now as isize + delta;
+        self.stats.held_bytes_now = now.max(0) as usize;
+        self.stats.held_bytes_peak = self.stats.held_bytes_peak.max(self.stats.held_bytes_now);
+    }
+
+    pub(super) fn drop_inspect(&mut self, flow: &mut Flow) {
+        if let Some(i) = flow.inspect.take() {
+            self.account(-(i.bytes() as isize));
+        }
+    }
+
+    pub(super) fn set_state(&mut self, flow: &mut Flow, state: State, reason: Reason) {
+        flow.state = state;
+        if state == State::Cut {
+            flow.cut_reason = Some(reason);
+            self.drop_inspect(flow);
+        }
+    }
+}

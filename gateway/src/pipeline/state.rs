@@ -1,0 +1,326 @@
+//! Per-flow state.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use policy_engine::{Action, Query, Transport, Verdict};
+
+use crate::record::{Reason, Traffic};
+use crate::wire::{TcpFlowSeq, TcpSegment};
+
+use super::flow::Side;
+use super::name;
+use super::reasm::Reassembly;
+use super::PacketMeta;
+
+/// Where the flow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Waiting for the name: client data is held.
+    Inspecting,
+    /// Allowed: forward.
+    Forwarding,
+    /// Denied on the SYN, or denied after inspection (client packets dropped silently).
+    Blocked,
+    /// The gateway reset the flow: drop everything until it expires.
+    Cut,
+}
+
+/// Where the name came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NameKind {
+    Sni { ech: bool },
+    Host,
+}
+
+#[derive(Debug)]
+pub(super) struct Decision {
+    /// The verdict, absent when the flow failed closed.
+    pub(super) verdict: Option<Verdict>,
+    /// What the data path does.
+    pub(super) enforced: Action,
+    pub(super) reason: Reason,
+    pub(super) version: u64,
+    pub(super) name: Option<(Box<str>, NameKind)>,
+}
+
+/// A client packet held until the verdict.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub(super) offset: i64,
+    pub(super) len: usize,
+    pub(super) fin: bool,
+    pub(super) packet: Vec<u8>,
+    pub(super) meta: PacketMeta,
+}
+
+/// Per-flow inspection state: the reassembled client bytes, and the held packets while the
+/// verdict is pending.
+#[derive(Debug)]
+pub(super) struct Inspect {
+    pub(super) buf: Reassembly,
+    pub(super) held: Vec<Held>,
+    pub(super) held_packet_bytes: usize,
+    /// First held byte: the inspection deadline counts from here.
+    pub(super) started: Option<Instant>,
+    /// After the verdict, while `watching`: what to look for next (another ClientHello, the
+    /// next HTTP request head, the next piece of a chunked body) and at which stream offset.
+    pub(super) watch: name::Watch,
+    pub(super) watching: bool,
+    /// After the verdict: stream offset the server must acknowledge before the bytes are freed.
+    pub(super) guard_end: u32,
+    /// While watching HTTP requests: the stream offset after the last byte the watch parsed (a
+    /// request head, a chunk-size line). Bytes after it and before the watch position are request
+    /// body, never inspected: once the server has acknowledged everything up to here, the window
+    /// skips straight to the watch position.
+    pub(super) inspected_end: u32,
+    /// How far the offsets of `buf`, `watch`, `guard_end` and `inspected_end` have been
+    /// renumbered: they count from the client's sequence number `base + shift` (see
+    /// [`REBASE_FROM`]).
+    pub(super) shift: u32,
+}
+
+impl Inspect {
+    pub(super) fn new(limit: usize) -> Inspect {
+        Inspect {
+            buf: Reassembly::new(limit),
+            held: Vec::new(),
+            held_packet_bytes: 0,
+            started: None,
+            watch: name::Watch::Tls(0),
+            watching: false,
+            guard_end: 0,
+            inspected_end: 0,
+            shift: 0,
+        }
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.buf.stored() + self.held_packet_bytes
+    }
+}
+
+/// TCP sequence state as seen by the gateway.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct TcpTrack {
+    /// Client ISN + 1: stream offset 0 of the client's data.
+    pub(super) base: u32,
+    /// True once the SYN was seen (stream offsets are meaningful).
+    pub(super) synced: bool,
+    /// One past the highest client sequence number forwarded.
+    pub(super) client_next: u32,
+    /// One past the highest server sequence number seen.
+    pub(super) server_next: Option<u32>,
+    /// Last acknowledgment from the server.
+    pub(super) server_ack: Option<u32>,
+    /// Last acknowledgment from the client.
+    pub(super) client_ack: Option<u32>,
+    pub(super) established: bool,
+    /// A SYN-ACK came from the server side.
+    pub(super) synack_seen: bool,
+    pub(super) fin_client: bool,
+    pub(super) fin_server: bool,
+    pub(super) rst: bool,
+    /// A RST whose sequence number the receiver accepts at once (the sender's next sequence
+    /// number, or what its peer acknowledged last) was seen.
+    pub(super) rst_exact: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Flow {
+    pub(super) client: SocketAddr,
+    pub(super) server: SocketAddr,
+    pub(super) client_side: Side,
+    pub(super) proto: u8,
+    pub(super) start: Instant,
+    pub(super) last_seen: Instant,
+    pub(super) traffic: Traffic,
+    pub(super) state: State,
+    pub(super) tcp: TcpTrack,
+    pub(super) decision: Option<Decision>,
+    pub(super) inspect: Option<Box<Inspect>>,
+    /// The deadline of the flow's live entry in the deadline queue.
+    pub(super) timer_at: Option<Instant>,
+    /// The decision must be recorded, once the name is known (or known absent).
+    pub(super) record_pending: bool,
+    /// The decision was recorded: record the flow end too.
+    pub(super) logged: bool,
+    /// Why the gateway ended the flow (reset or blocked).
+    pub(super) cut_reason: Option<Reason>,
+    /// The TCP connection closed and its flow-end record (if any) was written: the entry only
+    /// lingers for stray packets, which are counted nowhere.
+    pub(super) ended: bool,
+    /// Log-only passed the SYN although the verdict needed the name: the name (or its absence)
+    /// decides the recorded reason as it would have under enforcement.
+    pub(super) name_decides: bool,
+}
+
+impl Flow {
+    pub(super) fn new(
+        now: Instant,
+        client: IpAddr,
+        cport: u16,
+        server: IpAddr,
+        sport: u16,
+        client_side: Side,
+        proto: u8,
+    ) -> Flow {
+        Flow {
+            client: SocketAddr::new(client, cport),
+            server: SocketAddr::new(server, sport),
+            client_side,
+            proto,
+            start: now,
+            last_seen: now,
+            traffic: Traffic::default(),
+            state: State::Inspecting,
+            tcp: TcpTrack::default(),
+            decision: None,
+            inspect: None,
+            timer_at: None,
+            record_pending: false,
+            logged: false,
+            cut_reason: None,
+            ended: false,
+            name_decides: false,
+        }
+    }
+
+    pub(super) fn count(&mut self, side: Side, len: u64, now: Instant) {
+        if side == self.client_side {
+            self.traffic.packets_out += 1;
+            self.traffic.bytes_out += len;
+        } else {
+            self.traffic.packets_in += 1;
+            self.traffic.bytes_in += len;
+        }
+        self.last_seen = now;
+    }
+
+    /// True when the flow is allowed, done with inspection (no reassembled bytes kept, so no
+    /// second ClientHello or HTTP request to look for and no decision record pending), and has
+    /// seen no FIN or RST: a segment without SYN, FIN or RST then only moves the counters and
+    /// the tracked sequence numbers ([`Flow::track_plain`]), and is forwarded.
+    #[inline]
+    pub(super) fn is_settled(&self) -> bool {
+        self.state == State::Forwarding
+            && self.inspect.is_none()
+            && !self.ended
+            && !self.tcp.rst
+            && !self.tcp.fin_client
+            && !self.tcp.fin_server
+    }
+
+    /// The sequence tracking of [`Ctx::tcp_existing`] for a segment without SYN, FIN or RST on a
+    /// settled flow ([`Flow::is_settled`]).
+    #[inline]
+    pub(super) fn track_plain(&mut self, from_client: bool, seg: &TcpSegment<'_>) {
+        let end = seg.seq.wrapping_add(seg.seq_len());
+        if from_client {
+            if seg.flags.ack() && self.tcp.server_next.is_some() {
+                self.tcp.client_ack = Some(seg.ack);
+            }
+            if seq_gt(end, self.tcp.client_next) {
+                self.tcp.client_next = end;
+            }
+        } else {
+            if self.tcp.server_next.is_none_or(|n| seq_gt(end, n)) {
+                self.tcp.server_next = Some(end);
+            }
+            if seg.flags.ack() {
+                self.tcp.server_ack = Some(seg.ack);
+            }
+        }
+    }
+
+    /// True when a client SYN with sequence number `seq` opens a new connection rather than
+    /// repeating the flow's own SYN.
+    pub(super) fn reusable_by(&self, seq: u32) -> bool {
+        let closed = self.tcp.rst || (self.tcp.fin_client && self.tcp.fin_server);
+        let new_isn = self.tcp.synced && seq.wrapping_add(1) != self.tcp.base;
+        (closed || new_isn) && !matches!(self.state, State::Blocked | State::Cut)
+    }
+
+    /// True when the TCP connection is over for both ends: FINs both ways, a RST either end
+    /// accepts, or a reset or refusal by the gateway. A flow still under inspection is not over:
+    /// after a client RST its ports are inspected afresh.
+    pub(super) fn closed(&self) -> bool {
+        self.proto == 6
+            && self.state != State::Inspecting
+            && (self.tcp.rst_exact
+                || (self.tcp.fin_client && self.tcp.fin_server)
+                || self.state == State::Cut
+                || (self.state == State::Blocked && self.enforced() == Some(Action::Reject)))
+    }
+
+    pub(super) fn enforced(&self) -> Option<Action> {
+        self.decision.as_ref().map(|d| d.enforced)
+    }
+
+    /// Sequence state for resets; `extra` is added to the client's next sequence number (the
+    /// sequence space of the segment being answered when nothing was forwarded yet).
+    pub(super) fn flow_seq(&self, extra: u32) -> TcpFlowSeq {
+        TcpFlowSeq {
+            client: self.client,
+            server: self.server,
+            client_next_seq: self.tcp.client_next.wrapping_add(extra),
+            server_next_seq: self.tcp.server_next,
+        }
+    }
+
+    pub(super) fn name(&self) -> Option<&str> {
+        self.decision
+            .as_ref()
+            .and_then(|d| d.name.as_ref())
+            .map(|(n, _)| &**n)
+    }
+}
+
+pub(super) fn flow_query<'a>(flow: &Flow, name: Option<&'a str>) -> Query<'a> {
+    let transport = match flow.proto {
+        6 => Transport::Tcp,
+        17 => Transport::Udp,
+        n => Transport::Other(n),
+    };
+    Query {
+        src: flow.client.ip(),
+        dst: flow.server.ip(),
+        transport,
+        dst_port: flow.server.port(),
+        name,
+    }
+}
+
+/// Once the watch of a long keep-alive connection has let go of this many bytes, its offsets are
+/// renumbered from where it stands ([`Reassembly::rebase`]): offsets are 32-bit differences of
+/// sequence numbers and must stay far from wrapping, however long the connection lasts.
+pub(super) const REBASE_FROM: u32 = 1 << 30;
+
+/// Stream offset of a client segment's first data byte (a SYN's data follows the SYN's own
+/// sequence number), counted from the client's sequence number `base + shift` (`shift` is the
+/// renumbering of a long watch, [`Inspect::shift`]; 0 before the verdict).
+pub(super) fn data_offset(base: u32, shift: u32, seg: &TcpSegment<'_>) -> i64 {
+    let first = seg.seq.wrapping_add(u32::from(seg.flags.syn()));
+    i64::from(first.wrapping_sub(base.wrapping_add(shift)) as i32)
+}
+
+/// Sequence number comparison: `a` after `b`, modulo 2^32.
+pub(super) fn seq_gt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_flow_state_stays_small() {
+        // The table holds up to 262 144 flows: every byte here costs 256 KiB at capacity.
+        let flow = std::mem::size_of::<Flow>();
+        eprintln!(
+            "Flow: {flow} bytes, Inspect: {} bytes",
+            std::mem::size_of::<Inspect>()
+        );
+        assert!(flow <= 320, "Flow grew to {flow} bytes");
+    }
+}

@@ -1,0 +1,412 @@
+//! The watch after the first name.
+
+use std::time::Instant;
+
+use policy_engine::{Action, CompiledPolicy};
+
+use crate::record::Reason;
+use crate::wire::TcpSegment;
+
+use super::decide::{found_name, found_reason, rule_reason};
+use super::name::{self, ChunkStep, Found, Watch};
+use super::reasm::Insert;
+use super::state::{data_offset, flow_query, seq_gt, Decision, Flow, NameKind, State, REBASE_FROM};
+use super::{Disposition, DropReason, Output, Shared};
+
+impl Shared {
+    /// A client segment of a permitted flow that still has reassembled bytes: check it agrees
+    /// with what was inspected, and look for a second ClientHello.
+    pub(super) fn watch(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        seg: &TcpSegment<'_>,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Disposition {
+        let total_ok =
+            self.stats.held_bytes_now + seg.payload.len() <= self.config.max_held_bytes_total;
+        let (base, server_ack) = (flow.tcp.base, flow.tcp.server_ack);
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Disposition::Forward;
+        };
+        if insp.watching && insp.watch.follows_requests() {
+            // Keep-alive HTTP: let go of what the server acknowledged and the watch has passed,
+            // so the window follows the connection from request to request. Bytes the server
+            // has not acknowledged stay, to be compared with retransmissions, unless they are
+            // request body the watch skips: once everything it parsed is acknowledged, the
+            // window jumps to where it looks next.
+            let origin = base.wrapping_add(insp.shift);
+            let acked = server_ack.map_or(0, |a| (a.wrapping_sub(origin) as i32).max(0) as u32);
+            let at = u32::try_from(insp.watch.at()).unwrap_or(u32::MAX);
+            let inspected_end = insp.inspected_end.max(insp.guard_end);
+            let to = if acked >= inspected_end {
+                at
+            } else {
+                acked.min(at)
+            };
+            let freed = insp.buf.advance(to);
+            self.account(-(freed as isize));
+            let by = insp.buf.origin();
+            if by >= REBASE_FROM {
+                insp.buf.rebase(by);
+                insp.watch = insp.watch.moved_to(insp.watch.at() - by as usize);
+                insp.guard_end = insp.guard_end.saturating_sub(by);
+                insp.inspected_end = insp.inspected_end.saturating_sub(by);
+                insp.shift = insp.shift.wrapping_add(by);
+            }
+        }
+        let offset = data_offset(base, insp.shift, seg);
+        let before = insp.bytes();
+        let start = offset.max(0) as u32;
+        let res = if insp.watching && total_ok {
+            insp.buf.insert(offset, seg.payload)
+        } else if offset + seg.payload.len() as i64 > 0
+            && !insp
+                .buf
+                .agrees(start, &seg.payload[(start as i64 - offset) as usize..])
+        {
+            Insert::Conflict
+        } else {
+            Insert::Old
+        };
+        match res {
+            Insert::Conflict => {
+                let d = self.fail_closed(now, flow, Reason::AmbiguousOverlap, out);
+                return if matches!(d, Disposition::Held) {
+                    Disposition::Forward
+                } else {
+                    d
+                };
+            }
+            Insert::Overflow => insp.watching = false,
+            Insert::Stored { .. } | Insert::Old => {}
+        }
+        if !total_ok {
+            insp.watching = false;
+        }
+        let after = insp.bytes();
+        self.account(after as isize - before as isize);
+        if insp.watching {
+            self.scan_hellos(now, flow, policy, out);
+        }
+        if flow.state != State::Forwarding {
+            let reason = flow.cut_reason.unwrap_or(Reason::SecondHello);
+            return Disposition::Drop(DropReason::FailClosed(reason));
+        }
+        self.finish_watch_if_done(now, flow, policy, out);
+        Disposition::Forward
+    }
+
+    /// Walks the client's TLS records after the first ClientHello.
+    pub(super) fn scan_hellos(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        loop {
+            let Some(insp) = flow.inspect.as_mut() else {
+                return;
+            };
+            if !insp.watching {
+                return;
+            }
+            let bytes = insp.buf.contiguous();
+            if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && insp.watch.at() == 0 {
+                // Decided on the SYN: the first hello is at offset 0.
+                match name::classify(bytes) {
+                    Found::Incomplete => return,
+                    found => {
+                        match name::watch_from(&found) {
+                            Some(w) => insp.watch = w,
+                            None => insp.watching = false,
+                        }
+                        self.first_name_observed(now, flow, &found, policy, out);
+                        continue;
+                    }
+                }
+            }
+            // `bytes` starts at the buffer's origin, which is never past what is watched.
+            let at = insp.watch.at();
+            let rel = at.saturating_sub(insp.buf.origin() as usize);
+            let rest = &bytes[rel.min(bytes.len())..];
+            match insp.watch {
+                Watch::Tls(_) => {}
+                Watch::Http(_) => {
+                    if rel >= bytes.len() {
+                        return;
+                    }
+                    match name::classify_request(rest) {
+                        Found::Incomplete => return,
+                        found @ Found::Http { end, .. } => {
+                            let head_end =
+                                u32::try_from(at.saturating_add(end)).unwrap_or(u32::MAX);
+                            insp.inspected_end = insp.inspected_end.max(head_end);
+                            match name::watch_from(&found) {
+                                Some(w) => insp.watch = w.moved_to(at.saturating_add(w.at())),
+                                None => insp.watching = false,
+                            }
+                            self.later_request(now, flow, &found, policy, out);
+                            if flow.state != State::Forwarding {
+                                return;
+                            }
+                        }
+                        Found::Malformed => {
+                            // An ambiguous head (conflicting Host fields, a Host that contradicts
+                            // the target, line folding, a body of uncertain length) after the
+                            // first: fail closed as on the first request.
+                            insp.watching = false;
+                            self.fail_closed(now, flow, Reason::ParseError, out);
+                            return;
+                        }
+                        _ => {
+                            // Not HTTP any more (a protocol upgrade): nothing more to watch.
+                            insp.watching = false;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Watch::ChunkSize(_) | Watch::ChunkEnd(_) | Watch::Trailers(_) => {
+                    // A chunked request body, followed piece by piece to the next request.
+                    if rel >= bytes.len() {
+                        return;
+                    }
+                    match name::chunk_step(insp.watch, rest) {
+                        ChunkStep::Incomplete => return,
+                        ChunkStep::Next {
+                            read,
+                            advance,
+                            next,
+                        } => {
+                            let read_end =
+                                u32::try_from(at.saturating_add(read)).unwrap_or(u32::MAX);
+                            insp.inspected_end = insp.inspected_end.max(read_end);
+                            insp.watch = next.moved_to(at.saturating_add(advance));
+                        }
+                        ChunkStep::Malformed => {
+                            insp.watching = false;
+                            self.fail_closed(now, flow, Reason::ParseError, out);
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            }
+            if rest.len() < 5 {
+                return;
+            }
+            let rlen = 5 + usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+            match rest[0] {
+                22 => match name::classify(rest) {
+                    Found::Incomplete => return,
+                    found @ Found::Tls { end, .. } => {
+                        insp.watch = Watch::Tls(at + end);
+                        self.second_hello(now, flow, &found, policy, out);
+                        if flow.state != State::Forwarding {
+                            return;
+                        }
+                    }
+                    _ => {
+                        // Another handshake message: skip its record.
+                        if rest.len() < rlen {
+                            return;
+                        }
+                        insp.watch = Watch::Tls(at + rlen);
+                    }
+                },
+                // ChangeCipherSpec: TLS 1.3 clients in middlebox-compatibility mode send one
+                // before the second ClientHello that answers a HelloRetryRequest.
+                20 => {
+                    if rest.len() < rlen {
+                        return;
+                    }
+                    insp.watch = Watch::Tls(at + rlen);
+                }
+                // Alert, application data, anything else: the plaintext handshake is over.
+                _ => {
+                    insp.watching = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The name of a flow decided on the SYN was found by watching: complete its record, and
+    /// check the name against the policy (the address-only verdict did not depend on it).
+    pub(super) fn first_name_observed(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let (name, reason_if_none) = found_name(found);
+        // The verdict for the name: the same as the SYN's when it was final under this policy;
+        // under log-only it is the verdict the record reports, with the reason enforcement
+        // would have given.
+        let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        let reason = if flow.name_decides {
+            found_reason(policy, &v, reason_if_none)
+        } else {
+            rule_reason(&v)
+        };
+        flow.decision = Some(Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            reason,
+            version: policy.version(),
+            name: name.map(|(n, k)| (n.into_boxed_str(), k)),
+        });
+        if flow.record_pending || self.must_log(&v) && !flow.logged {
+            self.emit_decision(now, flow, policy, out);
+        }
+        if v.effective_action != Action::Permit {
+            // Only a policy swap between the SYN and the hello gets here.
+            self.stats.policy_update_cuts += 1;
+            if let Some(d) = flow.decision.as_mut() {
+                d.reason = Reason::PolicyUpdate;
+            }
+            self.emit_decision(now, flow, policy, out);
+            self.reset(flow, true, true, out);
+            self.set_state(flow, State::Cut, Reason::PolicyUpdate);
+        }
+    }
+
+    /// A second ClientHello on a permitted flow: record it; cut the flow if the policy denies
+    /// its name.
+    pub(super) fn second_hello(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        self.stats.second_hellos += 1;
+        let Found::Tls { name, ech, .. } = found else {
+            return;
+        };
+        let kind = NameKind::Sni { ech: *ech };
+        self.later_name(
+            now,
+            flow,
+            name.clone(),
+            kind,
+            Reason::SecondHello,
+            policy,
+            out,
+        );
+    }
+
+    /// A later HTTP request on a permitted plain-HTTP flow (keep-alive, pipelining): a Host other
+    /// than the one the flow was decided on is re-evaluated, and the flow is cut when the policy
+    /// does not permit it.
+    pub(super) fn later_request(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let Found::Http { host, .. } = found else {
+            return;
+        };
+        self.stats.later_requests += 1;
+        if host.as_deref() == flow.name() {
+            return;
+        }
+        self.later_name(
+            now,
+            flow,
+            host.clone(),
+            NameKind::Host,
+            Reason::HostChanged,
+            policy,
+            out,
+        );
+    }
+
+    /// Another name on a permitted flow: record it; cut the flow (`reason`) if the policy denies
+    /// it. The flow keeps its first name when both are permitted.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn later_name(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        name: Option<String>,
+        kind: NameKind,
+        deny_reason: Reason,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let q = flow_query(flow, name.as_deref());
+        let v = policy.evaluate(&q);
+        let first = flow
+            .decision
+            .as_ref()
+            .and_then(|d| d.name.as_ref())
+            .map(|(n, _)| n.clone());
+        let denied = v.effective_action != Action::Permit;
+        let reason = if denied { deny_reason } else { rule_reason(&v) };
+        let decision = Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            reason,
+            version: policy.version(),
+            name: name.map(|n| (n.into_boxed_str(), kind)),
+        };
+        let previous = flow.decision.replace(decision);
+        let log = self.must_log(&v) || flow.logged;
+        if log {
+            self.emit_decision(now, flow, policy, out);
+        }
+        if denied {
+            self.stats.fail_closed += 1;
+            self.reset(flow, true, true, out);
+            self.set_state(flow, State::Cut, deny_reason);
+        } else if first.is_some() {
+            // Keep the first name as the flow's name for re-evaluation; both were allowed.
+            flow.decision = previous;
+        }
+    }
+
+    pub(super) fn finish_watch_if_done(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let Some(insp) = flow.inspect.as_ref() else {
+            return;
+        };
+        if !insp.watching && flow.record_pending {
+            self.emit_decision(now, flow, policy, out);
+        }
+        self.maybe_release_guard(flow);
+    }
+
+    /// Frees the reassembled bytes once the server acknowledged past them and nothing is watched.
+    pub(super) fn maybe_release_guard(&mut self, flow: &mut Flow) {
+        let Some(insp) = flow.inspect.as_ref() else {
+            return;
+        };
+        if insp.watching {
+            return;
+        }
+        let end = flow
+            .tcp
+            .base
+            .wrapping_add(insp.shift)
+            .wrapping_add(insp.buf.contiguous_end().max(insp.guard_end));
+        let acked = flow.tcp.server_ack.is_some_and(|a| !seq_gt(end, a));
+        if acked || flow.tcp.rst {
+            self.drop_inspect(flow);
+        }
+    }
+}
