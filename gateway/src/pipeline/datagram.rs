@@ -6,11 +6,11 @@ use std::time::Instant;
 use policy_engine::{Action, SynDecision};
 
 use crate::record::Reason;
-use crate::wire::{self, ParsedPacket};
+use crate::wire::{self, IpProtocol, ParsedPacket};
 
 use super::decide::rule_reason;
 use super::flow::FlowKey;
-use super::state::{flow_query, Decision, Flow, State};
+use super::state::{flow_query, Decision, Flow, Phase};
 use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared, Transmit};
 
 impl Pipeline {
@@ -26,14 +26,14 @@ impl Pipeline {
         let Some((proto, src, sport, dst, dport)) = quoted_flow(quoted) else {
             return Disposition::Drop(DropReason::Malformed);
         };
-        let (key, _) = FlowKey::new(proto, src, sport, dst, dport);
+        let (key, _) = FlowKey::new(proto.number(), src, sport, dst, dport);
         let Some(id) = self.flows.lookup(&key) else {
             return Disposition::Drop(DropReason::Policy);
         };
         let Some(flow) = self.flows.get_mut(id) else {
             return Disposition::Drop(DropReason::Policy);
         };
-        if flow.state != State::Forwarding {
+        if flow.phase != Phase::Forwarding {
             return Disposition::Drop(DropReason::Policy);
         }
         // Counted with the flow, in the direction of the quoted packet's reply.
@@ -54,16 +54,16 @@ impl Pipeline {
         dport: u16,
         out: &mut Output,
     ) -> Disposition {
-        let proto = p.protocol.number();
-        let (key, side) = FlowKey::new(proto, p.src, sport, p.dst, dport);
+        let proto = p.protocol;
+        let (key, side) = FlowKey::new(proto.number(), p.src, sport, p.dst, dport);
         let len = p.packet.len() as u64;
         if let Some(id) = self.flows.lookup(&key) {
             let Some(flow) = self.flows.get_mut(id) else {
                 return Disposition::Drop(DropReason::Malformed);
             };
             flow.count(side, len, now);
-            return match flow.state {
-                State::Forwarding => Disposition::Forward,
+            return match flow.phase {
+                Phase::Forwarding => Disposition::Forward,
                 _ => {
                     if side == flow.client_side && flow.enforced() == Some(Action::Reject) {
                         self.shared.icmp_unreachable(p.packet, out);
@@ -79,7 +79,7 @@ impl Pipeline {
         let needs_name = matches!(policy.evaluate_without_name(&q), SynDecision::NeedsName);
         let v = policy.evaluate(&q);
         let reason = if needs_name {
-            if proto == 17 && dport == 443 {
+            if proto == IpProtocol::Udp && dport == 443 {
                 Reason::NoSni
             } else {
                 Reason::NotTls
@@ -102,10 +102,10 @@ impl Pipeline {
                 let Some(flow) = self.flows.get_mut(id) else {
                     return Disposition::Drop(DropReason::Malformed);
                 };
-                flow.state = if enforced == Action::Permit {
-                    State::Forwarding
+                flow.phase = if enforced == Action::Permit {
+                    Phase::Forwarding
                 } else {
-                    State::Blocked
+                    Phase::Blocked
                 };
                 if must_log {
                     self.shared.emit_decision(now, flow, &policy, out);
@@ -152,7 +152,7 @@ pub(super) fn icmp_is_error(v6: bool, msg_type: u8) -> bool {
 /// The flow of the packet an ICMP error quotes: (protocol, source, source port, destination,
 /// destination port), ports 0 for protocols without ports. Only the fixed headers are read (an
 /// error quotes at least the IP header and 8 bytes of the transport header).
-pub(super) fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
+pub(super) fn quoted_flow(q: &[u8]) -> Option<(IpProtocol, IpAddr, u16, IpAddr, u16)> {
     let (proto, src, dst, l4): (u8, IpAddr, IpAddr, &[u8]) = match q.first()? >> 4 {
         4 => {
             let ihl = usize::from(q[0] & 0x0f) * 4;
@@ -175,8 +175,9 @@ pub(super) fn quoted_flow(q: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
         }
         _ => return None,
     };
+    let proto = IpProtocol::from(proto);
     let (sport, dport) = match proto {
-        6 | 17 => {
+        IpProtocol::Tcp | IpProtocol::Udp => {
             let p = l4.get(..4)?;
             (
                 u16::from_be_bytes([p[0], p[1]]),
@@ -199,7 +200,7 @@ mod tests {
         ];
         q.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1]);
         let (proto, s, sp, d, dp) = quoted_flow(&q).unwrap();
-        assert_eq!((proto, sp, dp), (6, 40000, 443));
+        assert_eq!((proto, sp, dp), (IpProtocol::Tcp, 40000, 443));
         assert_eq!(
             (s.to_string(), d.to_string()),
             ("10.0.0.1".into(), "192.0.2.1".into())

@@ -10,7 +10,7 @@ use crate::wire::{ParsedPacket, TcpSegment};
 use super::name::{self, Found};
 use super::reasm::Insert;
 use super::state::{
-    data_offset, flow_query, seq_gt, Decision, Flow, Held, Inspect, NameKind, State,
+    data_offset, flow_query, seq_gt, Decision, Flow, Held, Inspect, NameKind, Phase,
 };
 use super::{Disposition, DropReason, Output, PacketMeta, Shared, Transmit};
 
@@ -101,7 +101,7 @@ impl Shared {
                 self.start_watch(&mut insp, found);
                 flow.inspect = Some(insp);
                 self.scan_hellos(now, flow, policy, out);
-                if flow.state != State::Forwarding {
+                if flow.phase != Phase::Forwarding {
                     return;
                 }
                 let mut held = held;
@@ -172,9 +172,9 @@ impl Shared {
             self.emit_decision(now, flow, policy, out);
         }
         match v.effective_action {
-            Action::Permit => flow.state = State::Forwarding,
-            Action::Deny => flow.state = State::Blocked,
-            Action::Reject => self.set_state(flow, State::Cut, reason),
+            Action::Permit => flow.phase = Phase::Forwarding,
+            Action::Deny => flow.phase = Phase::Blocked,
+            Action::Reject => self.cut(flow, reason),
         }
         v.effective_action
     }
@@ -212,12 +212,12 @@ impl Shared {
                 }
                 self.account(-(insp.bytes() as isize));
             }
-            flow.state = State::Forwarding;
+            flow.phase = Phase::Forwarding;
             return Disposition::Held;
         }
         self.emit_decision(now, flow, &policy, out);
         self.reset(flow, true, true, out);
-        self.set_state(flow, State::Cut, reason);
+        self.cut(flow, reason);
         Disposition::Drop(DropReason::FailClosed(reason))
     }
 }

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use policy_engine::{Action, CompiledPolicy, Mode};
 
 use crate::record::{EndReason, Reason};
-use crate::wire::{ParsedPacket, RstTarget};
+use crate::wire::{IpProtocol, ParsedPacket, RstTarget};
 
 use super::flow::{FlowId, FlowKey};
-use super::state::{Decision, Flow, State};
+use super::state::{Decision, Flow, Phase, RstSeen};
 use super::{Disposition, DropReason, Output, Pipeline, Shared};
 
 /// Where a watch looks next, and whether for an HTTP request (else a TLS record).
@@ -22,7 +22,7 @@ pub const EARLY_DROP_MIN_AGE: Duration = Duration::from_secs(1);
 /// A TCP flow that only saw its client's SYN (no answer from the server) and holds nothing:
 /// evicting it loses nothing that a retransmitted SYN would not rebuild.
 pub(super) fn is_half_open(flow: &Flow) -> bool {
-    flow.proto == 6
+    flow.proto == IpProtocol::Tcp
         && flow.tcp.synced
         && !flow.tcp.synack_seen
         && !flow.tcp.established
@@ -41,7 +41,7 @@ impl Pipeline {
         }
         self.shared.drop_inspect(&mut flow);
         let policy = self.shared.policy.load_full();
-        if !flow.ended {
+        if !flow.record.ended() {
             self.shared.end_flow(now, &mut flow, &policy, why, out);
         }
     }
@@ -59,7 +59,7 @@ impl Pipeline {
                 continue;
             }
             flow.timer_at = None;
-            if self.shared.deadline(flow) <= now && flow.state != State::Inspecting {
+            if self.shared.deadline(flow) <= now && flow.phase != Phase::Inspecting {
                 self.expire(now, id, EndReason::IdleTimeout, out);
                 return;
             }
@@ -115,7 +115,7 @@ impl Pipeline {
 impl Shared {
     /// Ends a TCP flow that just closed; see [`Flow::closed`].
     pub(super) fn end_if_closed(&mut self, now: Instant, flow: &mut Flow, out: &mut Output) {
-        if !flow.ended && flow.closed() {
+        if !flow.record.ended() && flow.closed() {
             let policy = self.policy.load_full();
             self.end_flow(now, flow, &policy, EndReason::Fin, out);
         }
@@ -124,10 +124,10 @@ impl Shared {
     pub(super) fn idle_timeout(&self, flow: &Flow) -> Duration {
         let t = &self.config.idle;
         match flow.proto {
-            6 => {
-                if flow.tcp.rst
+            IpProtocol::Tcp => {
+                if flow.tcp.rst != RstSeen::None
                     || (flow.tcp.fin_client && flow.tcp.fin_server)
-                    || matches!(flow.state, State::Cut | State::Blocked)
+                    || matches!(flow.phase, Phase::Cut(_) | Phase::Blocked)
                 {
                     t.tcp_closed
                 } else if flow.tcp.fin_client || flow.tcp.fin_server {
@@ -138,7 +138,7 @@ impl Shared {
                     t.tcp_opening
                 }
             }
-            17 => t.udp,
+            IpProtocol::Udp => t.udp,
             _ => t.other,
         }
     }
@@ -151,8 +151,8 @@ impl Shared {
     /// The flow's real deadline: idle expiry, or the inspection timeout if sooner.
     pub(super) fn deadline(&self, flow: &Flow) -> Instant {
         let idle = flow.last_seen + self.idle_timeout(flow);
-        match (flow.state, self.inspect_deadline(flow)) {
-            (State::Inspecting, Some(i)) => idle.min(i),
+        match (flow.phase, self.inspect_deadline(flow)) {
+            (Phase::Inspecting, Some(i)) => idle.min(i),
             _ => idle,
         }
     }
@@ -186,7 +186,7 @@ impl Shared {
         if policy.mode() == Mode::LogOnly {
             return Disposition::Forward;
         }
-        if flow.proto == 6 && p.tcp().is_some_and(|t| t.flags.syn()) {
+        if flow.proto == IpProtocol::Tcp && p.tcp().is_some_and(|t| t.flags.syn()) {
             // Tell the client at once rather than letting it retry into a full table.
             let seg_len = p.tcp().map_or(1, |t| t.seq_len());
             let fs = flow.flow_seq(seg_len);

@@ -143,7 +143,7 @@ use datagram::icmp_is_error;
 use flow::FlowTable;
 use records::ClockAnchor;
 use shared::Shared;
-use state::{flow_query, Decision, Flow, State};
+use state::{flow_query, Decision, Flow, Phase};
 use timer::DeadlineQueue;
 
 /// The inspection pipeline of one worker. See the module docs.
@@ -289,7 +289,7 @@ impl Pipeline {
                 continue; // stale entry
             }
             flow.timer_at = None;
-            if flow.state == State::Inspecting {
+            if flow.phase == Phase::Inspecting {
                 if let Some(dl) = self.shared.inspect_deadline(flow) {
                     if dl <= now {
                         self.shared
@@ -320,7 +320,7 @@ impl Pipeline {
             let Some(flow) = self.flows.get_mut(id) else {
                 continue;
             };
-            if flow.state != State::Forwarding {
+            if flow.phase != Phase::Forwarding {
                 continue;
             }
             let Some(decision) = &flow.decision else {
@@ -360,7 +360,7 @@ impl Pipeline {
             });
             self.shared.emit_decision(now, flow, &policy, out);
             self.shared.reset(flow, true, true, out);
-            self.shared.set_state(flow, State::Cut, reason);
+            self.shared.cut(flow, reason);
             self.shared.end_if_closed(now, flow, out);
             self.shared.arm(id, flow);
         }

@@ -8,8 +8,9 @@ use crate::record::{
     self, Activity, ConnectionInfo, DecisionRecord, DstEndpoint, EndReason, Http, PolicyRef,
     Reason, RecordAction, SrcEndpoint, Tls,
 };
+use crate::wire::IpProtocol;
 
-use super::state::{Flow, NameKind, State};
+use super::state::{Flow, NameKind, Phase, Record, RstSeen};
 use super::{Output, Shared};
 
 /// Time mapping from the caller's monotonic clock to wall-clock epoch milliseconds.
@@ -45,21 +46,22 @@ impl Shared {
         why: EndReason,
         out: &mut Output,
     ) {
-        if flow.ended {
+        if flow.record.ended() {
             return;
         }
-        flow.ended = true;
-        if flow.record_pending {
+        if flow.record.owed() {
             self.emit_decision(now, flow, policy, out);
         }
-        if !flow.logged {
+        let decision_written = flow.record.decision_written();
+        flow.record = Record::Ended { decision_written };
+        if !decision_written {
             return;
         }
-        let why = if flow.cut_reason.is_some()
-            || (flow.state == State::Blocked && flow.enforced() == Some(Action::Reject))
+        let why = if matches!(flow.phase, Phase::Cut(_))
+            || (flow.phase == Phase::Blocked && flow.enforced() == Some(Action::Reject))
         {
             EndReason::Cut
-        } else if flow.tcp.rst {
+        } else if flow.tcp.rst != RstSeen::None {
             EndReason::Rst
         } else if flow.tcp.fin_client && flow.tcp.fin_server {
             EndReason::Fin
@@ -91,8 +93,7 @@ impl Shared {
         };
         let r = self.base_record(now, flow, policy, activity);
         out.records.push(r);
-        flow.logged = true;
-        flow.record_pending = false;
+        flow.record = flow.record.after_decision();
     }
 
     pub(super) fn base_record(
@@ -157,11 +158,11 @@ impl Shared {
             _ => (None, None),
         };
         let protocol_name = match flow.proto {
-            6 => "tcp".to_owned(),
-            17 => "udp".to_owned(),
-            1 => "icmp".to_owned(),
-            58 => "ipv6-icmp".to_owned(),
-            n => n.to_string(),
+            IpProtocol::Tcp => "tcp".to_owned(),
+            IpProtocol::Udp => "udp".to_owned(),
+            IpProtocol::Icmp => "icmp".to_owned(),
+            IpProtocol::Icmpv6 => "ipv6-icmp".to_owned(),
+            IpProtocol::Unknown(n) => n.to_string(),
         };
         DecisionRecord {
             time: self.clock.epoch_ms(now),
@@ -190,7 +191,7 @@ impl Shared {
             },
             connection_info: ConnectionInfo {
                 protocol_name,
-                protocol_num: flow.proto,
+                protocol_num: flow.proto.number(),
                 direction: Some("Outbound".to_owned()),
                 direction_id: Some(2),
             },

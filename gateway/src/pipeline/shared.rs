@@ -7,7 +7,7 @@ use policy_engine::{Action, PolicyStore, RuleRef, Verdict};
 use crate::record::{Metadata, Reason};
 
 use super::records::ClockAnchor;
-use super::state::{Flow, State};
+use super::state::{Flow, Phase};
 use super::timer::DeadlineQueue;
 use super::{PipelineConfig, PipelineStats};
 
@@ -55,11 +55,9 @@ impl Shared {
         }
     }
 
-    pub(super) fn set_state(&mut self, flow: &mut Flow, state: State, reason: Reason) {
-        flow.state = state;
-        if state == State::Cut {
-            flow.cut_reason = Some(reason);
-            self.drop_inspect(flow);
-        }
+    /// The gateway reset the flow: nothing of it is inspected or passed any more.
+    pub(super) fn cut(&mut self, flow: &mut Flow, reason: Reason) {
+        flow.phase = Phase::Cut(reason);
+        self.drop_inspect(flow);
     }
 }

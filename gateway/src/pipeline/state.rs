@@ -6,24 +6,96 @@ use std::time::Instant;
 use policy_engine::{Action, Query, Transport, Verdict};
 
 use crate::record::{Reason, Traffic};
-use crate::wire::{TcpFlowSeq, TcpSegment};
+use crate::wire::{IpProtocol, TcpFlowSeq, TcpSegment};
 
 use super::flow::Side;
 use super::name;
 use super::reasm::Reassembly;
 use super::PacketMeta;
 
-/// Where the flow stands.
+/// Where the flow stands: what the data path does with its packets. One value, so that a reason
+/// for a cut exists exactly when the flow is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum State {
+pub(super) enum Phase {
     /// Waiting for the name: client data is held.
     Inspecting,
     /// Allowed: forward.
     Forwarding,
     /// Denied on the SYN, or denied after inspection (client packets dropped silently).
     Blocked,
-    /// The gateway reset the flow: drop everything until it expires.
-    Cut,
+    /// The gateway reset the flow, for this reason: drop everything until it expires.
+    Cut(Reason),
+}
+
+/// What the decision log has of the flow. One value, so that a decision cannot be both owed and
+/// written, nor a flow end written twice.
+///
+/// The end of the flow lives here and not in [`Phase`]: a TCP connection that closed lingers
+/// with its phase unchanged (stray packets of a forwarded flow still pass, those of a cut one
+/// are still dropped), but it is counted nowhere any more and writes no second flow-end record.
+/// Log-only's `name_decides` lives here too: it only changes the reason the owed record gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Record {
+    /// No decision record yet, none owed: one is written when a later verdict must be logged.
+    Unwritten,
+    /// The decision must be recorded once the name is known (or known absent): a flow decided on
+    /// the SYN whose first bytes are watched. `name_decides`: log-only passed the SYN although
+    /// the verdict needed the name, so the name (or its absence) decides the recorded reason as
+    /// it would have under enforcement.
+    Owed { name_decides: bool },
+    /// The decision was recorded: the flow end will be too.
+    Written,
+    /// The flow ended: its flow-end record was written if `decision_written` (a flow whose
+    /// decision was never recorded gets none). Whatever arrives after this is counted nowhere.
+    Ended { decision_written: bool },
+}
+
+impl Record {
+    /// True once a decision record was written (before or after the flow ended).
+    pub(super) fn decision_written(self) -> bool {
+        matches!(
+            self,
+            Record::Written
+                | Record::Ended {
+                    decision_written: true
+                }
+        )
+    }
+
+    /// True when the decision record is owed.
+    pub(super) fn owed(self) -> bool {
+        matches!(self, Record::Owed { .. })
+    }
+
+    /// True when the flow ended (see [`Record::Ended`]).
+    pub(super) fn ended(self) -> bool {
+        matches!(self, Record::Ended { .. })
+    }
+
+    /// The state after a decision record is written: a record written after the flow ended (a
+    /// lingering flow cut or re-decided) owes no second flow-end record.
+    pub(super) fn after_decision(self) -> Record {
+        if self.ended() {
+            Record::Ended {
+                decision_written: true,
+            }
+        } else {
+            Record::Written
+        }
+    }
+}
+
+/// What is known about a RST on the flow.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RstSeen {
+    /// None seen.
+    #[default]
+    None,
+    /// One was seen, but it may be blind or stale: the connection may live on.
+    Any,
+    /// One whose sequence number its receiver accepts at once (the sender's next sequence
+    /// number, or what its peer acknowledged last): the connection is over.
+    Accepted,
 }
 
 /// Where the name came from.
@@ -101,6 +173,11 @@ impl Inspect {
 }
 
 /// TCP sequence state as seen by the gateway.
+///
+/// The booleans here are separate observations of the two directions (which end sent a FIN,
+/// whether the SYN and the SYN-ACK were seen), each set by its own packet in any order and
+/// never cleared: a flow first seen mid-stream is established without a SYN, and may see one
+/// later. They belong neither to the flow's [`Phase`] (the verdict) nor to its [`Record`].
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct TcpTrack {
     /// Client ISN + 1: stream offset 0 of the client's data.
@@ -120,39 +197,27 @@ pub(super) struct TcpTrack {
     pub(super) synack_seen: bool,
     pub(super) fin_client: bool,
     pub(super) fin_server: bool,
-    pub(super) rst: bool,
-    /// A RST whose sequence number the receiver accepts at once (the sender's next sequence
-    /// number, or what its peer acknowledged last) was seen.
-    pub(super) rst_exact: bool,
+    /// RSTs seen from either end.
+    pub(super) rst: RstSeen,
 }
 
+/// One flow: its endpoints, counters, verdict and what is left to inspect.
 #[derive(Debug)]
 pub(super) struct Flow {
     pub(super) client: SocketAddr,
     pub(super) server: SocketAddr,
     pub(super) client_side: Side,
-    pub(super) proto: u8,
+    pub(super) proto: IpProtocol,
     pub(super) start: Instant,
     pub(super) last_seen: Instant,
     pub(super) traffic: Traffic,
-    pub(super) state: State,
+    pub(super) phase: Phase,
+    pub(super) record: Record,
     pub(super) tcp: TcpTrack,
     pub(super) decision: Option<Decision>,
     pub(super) inspect: Option<Box<Inspect>>,
     /// The deadline of the flow's live entry in the deadline queue.
     pub(super) timer_at: Option<Instant>,
-    /// The decision must be recorded, once the name is known (or known absent).
-    pub(super) record_pending: bool,
-    /// The decision was recorded: record the flow end too.
-    pub(super) logged: bool,
-    /// Why the gateway ended the flow (reset or blocked).
-    pub(super) cut_reason: Option<Reason>,
-    /// The TCP connection closed and its flow-end record (if any) was written: the entry only
-    /// lingers for stray packets, which are counted nowhere.
-    pub(super) ended: bool,
-    /// Log-only passed the SYN although the verdict needed the name: the name (or its absence)
-    /// decides the recorded reason as it would have under enforcement.
-    pub(super) name_decides: bool,
 }
 
 impl Flow {
@@ -163,7 +228,7 @@ impl Flow {
         server: IpAddr,
         sport: u16,
         client_side: Side,
-        proto: u8,
+        proto: IpProtocol,
     ) -> Flow {
         Flow {
             client: SocketAddr::new(client, cport),
@@ -173,16 +238,12 @@ impl Flow {
             start: now,
             last_seen: now,
             traffic: Traffic::default(),
-            state: State::Inspecting,
+            phase: Phase::Inspecting,
+            record: Record::Unwritten,
             tcp: TcpTrack::default(),
             decision: None,
             inspect: None,
             timer_at: None,
-            record_pending: false,
-            logged: false,
-            cut_reason: None,
-            ended: false,
-            name_decides: false,
         }
     }
 
@@ -203,15 +264,15 @@ impl Flow {
     /// the tracked sequence numbers ([`Flow::track_plain`]), and is forwarded.
     #[inline]
     pub(super) fn is_settled(&self) -> bool {
-        self.state == State::Forwarding
+        self.phase == Phase::Forwarding
             && self.inspect.is_none()
-            && !self.ended
-            && !self.tcp.rst
+            && !self.record.ended()
+            && self.tcp.rst == RstSeen::None
             && !self.tcp.fin_client
             && !self.tcp.fin_server
     }
 
-    /// The sequence tracking of [`Ctx::tcp_existing`] for a segment without SYN, FIN or RST on a
+    /// The sequence tracking of [`Shared::tcp_existing`](super::Shared) for a segment without SYN, FIN or RST on a
     /// settled flow ([`Flow::is_settled`]).
     #[inline]
     pub(super) fn track_plain(&mut self, from_client: bool, seg: &TcpSegment<'_>) {
@@ -236,21 +297,21 @@ impl Flow {
     /// True when a client SYN with sequence number `seq` opens a new connection rather than
     /// repeating the flow's own SYN.
     pub(super) fn reusable_by(&self, seq: u32) -> bool {
-        let closed = self.tcp.rst || (self.tcp.fin_client && self.tcp.fin_server);
+        let closed = self.tcp.rst != RstSeen::None || (self.tcp.fin_client && self.tcp.fin_server);
         let new_isn = self.tcp.synced && seq.wrapping_add(1) != self.tcp.base;
-        (closed || new_isn) && !matches!(self.state, State::Blocked | State::Cut)
+        (closed || new_isn) && !matches!(self.phase, Phase::Blocked | Phase::Cut(_))
     }
 
     /// True when the TCP connection is over for both ends: FINs both ways, a RST either end
     /// accepts, or a reset or refusal by the gateway. A flow still under inspection is not over:
     /// after a client RST its ports are inspected afresh.
     pub(super) fn closed(&self) -> bool {
-        self.proto == 6
-            && self.state != State::Inspecting
-            && (self.tcp.rst_exact
+        self.proto == IpProtocol::Tcp
+            && self.phase != Phase::Inspecting
+            && (self.tcp.rst == RstSeen::Accepted
                 || (self.tcp.fin_client && self.tcp.fin_server)
-                || self.state == State::Cut
-                || (self.state == State::Blocked && self.enforced() == Some(Action::Reject)))
+                || matches!(self.phase, Phase::Cut(_))
+                || (self.phase == Phase::Blocked && self.enforced() == Some(Action::Reject)))
     }
 
     pub(super) fn enforced(&self) -> Option<Action> {
@@ -278,9 +339,9 @@ impl Flow {
 
 pub(super) fn flow_query<'a>(flow: &Flow, name: Option<&'a str>) -> Query<'a> {
     let transport = match flow.proto {
-        6 => Transport::Tcp,
-        17 => Transport::Udp,
-        n => Transport::Other(n),
+        IpProtocol::Tcp => Transport::Tcp,
+        IpProtocol::Udp => Transport::Udp,
+        other => Transport::Other(other.number()),
     };
     Query {
         src: flow.client.ip(),

@@ -10,7 +10,9 @@ use crate::wire::TcpSegment;
 use super::decide::{found_name, found_reason, rule_reason};
 use super::name::{self, ChunkStep, Found, Watch};
 use super::reasm::Insert;
-use super::state::{data_offset, flow_query, seq_gt, Decision, Flow, NameKind, State, REBASE_FROM};
+use super::state::{
+    data_offset, flow_query, seq_gt, Decision, Flow, NameKind, Phase, Record, RstSeen, REBASE_FROM,
+};
 use super::{Disposition, DropReason, Output, Shared};
 
 impl Shared {
@@ -90,8 +92,11 @@ impl Shared {
         if insp.watching {
             self.scan_hellos(now, flow, policy, out);
         }
-        if flow.state != State::Forwarding {
-            let reason = flow.cut_reason.unwrap_or(Reason::SecondHello);
+        if flow.phase != Phase::Forwarding {
+            let reason = match flow.phase {
+                Phase::Cut(reason) => reason,
+                _ => Reason::SecondHello,
+            };
             return Disposition::Drop(DropReason::FailClosed(reason));
         }
         self.finish_watch_if_done(now, flow, policy, out);
@@ -149,7 +154,7 @@ impl Shared {
                                 None => insp.watching = false,
                             }
                             self.later_request(now, flow, &found, policy, out);
-                            if flow.state != State::Forwarding {
+                            if flow.phase != Phase::Forwarding {
                                 return;
                             }
                         }
@@ -205,7 +210,7 @@ impl Shared {
                     found @ Found::Tls { end, .. } => {
                         insp.watch = Watch::Tls(at + end);
                         self.second_hello(now, flow, &found, policy, out);
-                        if flow.state != State::Forwarding {
+                        if flow.phase != Phase::Forwarding {
                             return;
                         }
                     }
@@ -249,7 +254,10 @@ impl Shared {
         // under log-only it is the verdict the record reports, with the reason enforcement
         // would have given.
         let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
-        let reason = if flow.name_decides {
+        // The name decides the reason only while the record that reports it is owed: once a
+        // record was written, the reason computed here is never reported (a cut replaces it).
+        let name_decides = matches!(flow.record, Record::Owed { name_decides: true });
+        let reason = if name_decides {
             found_reason(policy, &v, reason_if_none)
         } else {
             rule_reason(&v)
@@ -261,7 +269,7 @@ impl Shared {
             version: policy.version(),
             name: name.map(|(n, k)| (n.into_boxed_str(), k)),
         });
-        if flow.record_pending || self.must_log(&v) && !flow.logged {
+        if flow.record.owed() || self.must_log(&v) && !flow.record.decision_written() {
             self.emit_decision(now, flow, policy, out);
         }
         if v.effective_action != Action::Permit {
@@ -272,7 +280,7 @@ impl Shared {
             }
             self.emit_decision(now, flow, policy, out);
             self.reset(flow, true, true, out);
-            self.set_state(flow, State::Cut, Reason::PolicyUpdate);
+            self.cut(flow, Reason::PolicyUpdate);
         }
     }
 
@@ -361,14 +369,14 @@ impl Shared {
             name: name.map(|n| (n.into_boxed_str(), kind)),
         };
         let previous = flow.decision.replace(decision);
-        let log = self.must_log(&v) || flow.logged;
+        let log = self.must_log(&v) || flow.record.decision_written();
         if log {
             self.emit_decision(now, flow, policy, out);
         }
         if denied {
             self.stats.fail_closed += 1;
             self.reset(flow, true, true, out);
-            self.set_state(flow, State::Cut, deny_reason);
+            self.cut(flow, deny_reason);
         } else if first.is_some() {
             // Keep the first name as the flow's name for re-evaluation; both were allowed.
             flow.decision = previous;
@@ -385,7 +393,7 @@ impl Shared {
         let Some(insp) = flow.inspect.as_ref() else {
             return;
         };
-        if !insp.watching && flow.record_pending {
+        if !insp.watching && flow.record.owed() {
             self.emit_decision(now, flow, policy, out);
         }
         self.maybe_release_guard(flow);
@@ -405,7 +413,7 @@ impl Shared {
             .wrapping_add(insp.shift)
             .wrapping_add(insp.buf.contiguous_end().max(insp.guard_end));
         let acked = flow.tcp.server_ack.is_some_and(|a| !seq_gt(end, a));
-        if acked || flow.tcp.rst {
+        if acked || flow.tcp.rst != RstSeen::None {
             self.drop_inspect(flow);
         }
     }

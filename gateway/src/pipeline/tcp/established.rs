@@ -7,7 +7,7 @@ use policy_engine::Action;
 use crate::record::Reason;
 use crate::wire::{ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment};
 
-use crate::pipeline::state::{seq_gt, Flow, Inspect, State};
+use crate::pipeline::state::{seq_gt, Flow, Inspect, Phase, RstSeen};
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Shared};
 
 impl Shared {
@@ -25,14 +25,15 @@ impl Shared {
     ) -> Disposition {
         let flags = seg.flags;
         if flags.rst() {
-            flow.tcp.rst = true;
             let (next, peer_ack) = if from_client {
                 (Some(flow.tcp.client_next), flow.tcp.server_ack)
             } else {
                 (flow.tcp.server_next, flow.tcp.client_ack)
             };
             if next == Some(seg.seq) || peer_ack == Some(seg.seq) {
-                flow.tcp.rst_exact = true;
+                flow.tcp.rst = RstSeen::Accepted;
+            } else if flow.tcp.rst == RstSeen::None {
+                flow.tcp.rst = RstSeen::Any;
             }
         }
         if from_client {
@@ -65,9 +66,9 @@ impl Shared {
                 flow.tcp.server_ack = Some(seg.ack);
             }
         }
-        match flow.state {
-            State::Cut => Disposition::Drop(DropReason::Cut),
-            State::Blocked => {
+        match flow.phase {
+            Phase::Cut(_) => Disposition::Drop(DropReason::Cut),
+            Phase::Blocked => {
                 if from_client && flags.syn() && flow.enforced() == Some(Action::Reject) {
                     let fs = TcpFlowSeq {
                         client_next_seq: seg.seq.wrapping_add(seg.seq_len()),
@@ -82,7 +83,7 @@ impl Shared {
                 }
                 Disposition::Drop(DropReason::Policy)
             }
-            State::Forwarding => {
+            Phase::Forwarding => {
                 if from_client {
                     if flow.inspect.is_some() && !seg.payload.is_empty() {
                         if !meta.partial_checksum()
@@ -106,7 +107,7 @@ impl Shared {
                 }
                 Disposition::Forward
             }
-            State::Inspecting => {
+            Phase::Inspecting => {
                 if !from_client {
                     if !seg.payload.is_empty() && !flow.tcp.synack_seen {
                         // Data from the server before it answered the SYN: the two ends do not
@@ -122,7 +123,8 @@ impl Shared {
                         self.drop_inspect(flow);
                         flow.inspect =
                             Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
-                        flow.tcp.rst_exact = false;
+                        // Still seen, but no longer taken as the end of the connection.
+                        flow.tcp.rst = RstSeen::Any;
                     }
                     return Disposition::Forward;
                 }

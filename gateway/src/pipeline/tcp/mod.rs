@@ -7,10 +7,10 @@ mod syn;
 use std::time::Instant;
 
 use crate::record::EndReason;
-use crate::wire::{ParsedPacket, TcpSegment};
+use crate::wire::{IpProtocol, ParsedPacket, TcpSegment};
 
 use super::flow::FlowKey;
-use super::state::State;
+use super::state::{Phase, RstSeen};
 use super::{Disposition, DropReason, Output, PacketMeta, Pipeline};
 
 impl Pipeline {
@@ -22,7 +22,13 @@ impl Pipeline {
         meta: PacketMeta,
         out: &mut Output,
     ) -> Disposition {
-        let (key, side) = FlowKey::new(6, p.src, seg.src_port, p.dst, seg.dst_port);
+        let (key, side) = FlowKey::new(
+            IpProtocol::Tcp.number(),
+            p.src,
+            seg.src_port,
+            p.dst,
+            seg.dst_port,
+        );
         let Some(id) = self.flows.lookup(&key) else {
             return self.tcp_new(now, key, side, p, seg, meta, out);
         };
@@ -48,7 +54,7 @@ impl Pipeline {
             return self.tcp_new(now, key, side, p, seg, meta, out);
         }
         if bare_syn && !from_client {
-            if flow.tcp.synack_seen || matches!(flow.state, State::Blocked | State::Cut) {
+            if flow.tcp.synack_seen || matches!(flow.phase, Phase::Blocked | Phase::Cut(_)) {
                 // A SYN from the server of an established flow is bogus.
                 return Disposition::Drop(DropReason::OutOfState);
             }
@@ -58,7 +64,7 @@ impl Pipeline {
             self.expire(now, id, EndReason::Shutdown, out);
             return self.tcp_new(now, key, side, p, seg, meta, out);
         }
-        if flow.ended {
+        if flow.record.ended() {
             flow.last_seen = now;
         } else {
             flow.count(side, p.packet.len() as u64, now);
@@ -66,8 +72,8 @@ impl Pipeline {
         let before = (
             flow.tcp.fin_client,
             flow.tcp.fin_server,
-            flow.tcp.rst,
-            flow.state,
+            flow.tcp.rst != RstSeen::None,
+            flow.phase,
         );
         let d = self
             .shared
@@ -76,10 +82,10 @@ impl Pipeline {
         let after = (
             flow.tcp.fin_client,
             flow.tcp.fin_server,
-            flow.tcp.rst,
-            flow.state,
+            flow.tcp.rst != RstSeen::None,
+            flow.phase,
         );
-        if before != after || flow.state == State::Inspecting || flow.timer_at.is_none() {
+        if before != after || flow.phase == Phase::Inspecting || flow.timer_at.is_none() {
             self.shared.arm(id, flow);
         }
         d

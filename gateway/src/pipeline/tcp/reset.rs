@@ -1,6 +1,6 @@
 //! Resets the gateway sends.
 
-use crate::wire::{self, RstTarget, TcpFlowSeq};
+use crate::wire::{self, IpProtocol, RstTarget, TcpFlowSeq};
 
 use crate::pipeline::state::Flow;
 use crate::pipeline::{Output, PacketMeta, Shared, Transmit};
@@ -30,7 +30,7 @@ impl Shared {
         server: bool,
         out: &mut Output,
     ) {
-        if flow.proto != 6 {
+        if flow.proto != IpProtocol::Tcp {
             // Nothing to reset: the flow's further packets are dropped.
             return;
         }

@@ -5,12 +5,12 @@ use std::time::Instant;
 use policy_engine::{Action, Mode, SynDecision};
 
 use crate::record::Reason;
-use crate::wire::{ChecksumStatus, ParsedPacket, RstTarget, TcpSegment};
+use crate::wire::{ChecksumStatus, IpProtocol, ParsedPacket, RstTarget, TcpSegment};
 
 use crate::pipeline::decide::rule_reason;
 use crate::pipeline::flow::{FlowKey, Side};
 use crate::pipeline::name::{self, Found};
-use crate::pipeline::state::{flow_query, Decision, Flow, Inspect, State};
+use crate::pipeline::state::{flow_query, Decision, Flow, Inspect, Phase, Record};
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Pipeline};
 
 impl Pipeline {
@@ -30,7 +30,15 @@ impl Pipeline {
         let syn = flags.syn() && !flags.ack();
         if flags.rst() {
             // A reset of a flow the gateway does not know: nothing to protect, nothing to track.
-            let flow = Flow::new(now, p.src, seg.src_port, p.dst, seg.dst_port, side, 6);
+            let flow = Flow::new(
+                now,
+                p.src,
+                seg.src_port,
+                p.dst,
+                seg.dst_port,
+                side,
+                IpProtocol::Tcp,
+            );
             return match policy.evaluate_without_name(&flow_query(&flow, None)) {
                 SynDecision::Final(v) if v.effective_action == Action::Permit => {
                     Disposition::Forward
@@ -39,11 +47,27 @@ impl Pipeline {
             };
         }
         let mut flow = if syn || seg.src_port >= seg.dst_port || seg.src_port >= 1024 {
-            Flow::new(now, p.src, seg.src_port, p.dst, seg.dst_port, side, 6)
+            Flow::new(
+                now,
+                p.src,
+                seg.src_port,
+                p.dst,
+                seg.dst_port,
+                side,
+                IpProtocol::Tcp,
+            )
         } else {
             // Mid-stream, from a low port to a high one: the source is most likely the server.
             let other = if side == Side::Lo { Side::Hi } else { Side::Lo };
-            Flow::new(now, p.dst, seg.dst_port, p.src, seg.src_port, other, 6)
+            Flow::new(
+                now,
+                p.dst,
+                seg.dst_port,
+                p.src,
+                seg.src_port,
+                other,
+                IpProtocol::Tcp,
+            )
         };
         let from_client = flow.client_side == side;
         flow.count(side, p.packet.len() as u64, now);
@@ -64,11 +88,12 @@ impl Pipeline {
         }
         let q = flow_query(&flow, None);
         let mut decision = policy.evaluate_without_name(&q);
+        let mut name_decides = false;
         if syn && policy.mode() == Mode::LogOnly && matches!(decision, SynDecision::NeedsName) {
             // Log-only never holds traffic: the flow passes and is watched; its record is
             // written with the verdict for the name once the name is seen.
             decision = SynDecision::Final(policy.evaluate(&q));
-            flow.name_decides = true;
+            name_decides = true;
         }
         if !syn && seg.payload.is_empty() && matches!(decision, SynDecision::NeedsName) {
             // Seen mid-stream without data (a late ACK or FIN of a flow that expired): nothing to
@@ -111,14 +136,19 @@ impl Pipeline {
                 let log = self.shared.must_log(&v);
                 match v.effective_action {
                     Action::Permit => {
-                        flow.state = State::Forwarding;
+                        flow.phase = Phase::Forwarding;
                         if syn {
                             // Watch the first client bytes without holding them, so the record
                             // and later re-evaluations know the name.
                             let mut i = Inspect::new(self.shared.config.max_held_bytes_per_flow);
                             i.watching = true;
                             flow.inspect = Some(Box::new(i));
-                            flow.record_pending = log;
+                            // Log-only reports every verdict (none is enforced), so a record
+                            // whose reason the name decides is always owed.
+                            debug_assert!(log || !name_decides);
+                            if log {
+                                flow.record = Record::Owed { name_decides };
+                            }
                             if !seg.payload.is_empty() {
                                 self.shared.watch(now, flow, seg, &policy, out);
                             }
@@ -131,7 +161,7 @@ impl Pipeline {
                         if log {
                             self.shared.emit_decision(now, flow, &policy, out);
                         }
-                        flow.state = State::Blocked;
+                        flow.phase = Phase::Blocked;
                         if action == Action::Reject {
                             if syn {
                                 let fs = flow.flow_seq(seg.payload.len() as u32);
@@ -154,14 +184,14 @@ impl Pipeline {
                     name: None,
                 });
                 if policy.mode() == Mode::LogOnly {
-                    flow.state = State::Forwarding;
+                    flow.phase = Phase::Forwarding;
                     self.shared.emit_decision(now, flow, &policy, out);
                     Disposition::Forward
                 } else {
                     self.shared.stats.fail_closed += 1;
                     self.shared.emit_decision(now, flow, &policy, out);
                     self.shared.reset(flow, true, true, out);
-                    self.shared.set_state(flow, State::Cut, Reason::Midstream);
+                    self.shared.cut(flow, Reason::Midstream);
                     Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
                 }
             }
@@ -187,7 +217,7 @@ impl Pipeline {
                     }
                 }
                 None => {
-                    flow.state = State::Inspecting;
+                    flow.phase = Phase::Inspecting;
                     flow.inspect = Some(Box::new(Inspect::new(
                         self.shared.config.max_held_bytes_per_flow,
                     )));
