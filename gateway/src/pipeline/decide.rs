@@ -100,7 +100,7 @@ impl Shared {
                 // checked before anything is released.
                 self.start_watch(&mut insp, found);
                 flow.inspect = Some(insp);
-                self.scan_hellos(now, flow, policy, out);
+                self.scan_watched(now, flow, policy, out);
                 if flow.phase != Phase::Forwarding {
                     return;
                 }

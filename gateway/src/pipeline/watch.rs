@@ -8,10 +8,13 @@ use crate::record::Reason;
 use crate::wire::TcpSegment;
 
 use super::decide::{found_name, found_reason, rule_reason};
-use super::name::{self, ChunkStep, Found, Watch};
+use crate::inspect::http::framing::{chunk_step, ChunkPart, ChunkStep};
+
+use super::name::{self, Found, Watch};
 use super::reasm::Insert;
 use super::state::{
-    data_offset, flow_query, seq_gt, Decision, Flow, NameKind, Phase, Record, RstSeen, REBASE_FROM,
+    data_offset, flow_query, seq_gt, Decision, Flow, Inspect, NameKind, Phase, Record, RstSeen,
+    REBASE_FROM,
 };
 use super::{Disposition, DropReason, Output, Shared};
 
@@ -90,7 +93,7 @@ impl Shared {
         let after = insp.bytes();
         self.account(after as isize - before as isize);
         if insp.watching {
-            self.scan_hellos(now, flow, policy, out);
+            self.scan_watched(now, flow, policy, out);
         }
         if flow.phase != Phase::Forwarding {
             let reason = match flow.phase {
@@ -103,138 +106,198 @@ impl Shared {
         Disposition::Forward
     }
 
-    /// Walks the client's TLS records after the first ClientHello.
-    pub(super) fn scan_hellos(
+    /// Looks at what the watch of a permitted flow has reassembled, for as long as it can go on:
+    /// the first name of a flow decided on the SYN, later ClientHellos in the TLS records, later
+    /// HTTP request heads and the chunked bodies between them.
+    pub(super) fn scan_watched(
         &mut self,
         now: Instant,
         flow: &mut Flow,
         policy: &CompiledPolicy,
         out: &mut Output,
     ) {
-        loop {
-            let Some(insp) = flow.inspect.as_mut() else {
-                return;
-            };
-            if !insp.watching {
-                return;
-            }
-            let bytes = insp.buf.contiguous();
-            if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && insp.watch.at() == 0 {
-                // Decided on the SYN: the first hello is at offset 0.
-                match name::classify(bytes) {
-                    Found::Incomplete => return,
-                    found => {
-                        match name::watch_from(&found) {
-                            Some(w) => insp.watch = w,
-                            None => insp.watching = false,
-                        }
-                        self.first_name_observed(now, flow, &found, policy, out);
-                        continue;
-                    }
+        while self.scan_step(now, flow, policy, out) == Scan::Again {}
+    }
+
+    /// One step of [`Shared::scan_watched`].
+    fn scan_step(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Scan {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Scan::Stop;
+        };
+        if !insp.watching {
+            return Scan::Stop;
+        }
+        if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && insp.watch.at() == 0 {
+            // Decided on the SYN: the first hello is at offset 0.
+            return self.scan_first_name(now, flow, policy, out);
+        }
+        match insp.watch {
+            Watch::Tls(at) => self.scan_tls_record(now, flow, at, policy, out),
+            Watch::Http(at) => self.scan_request_head(now, flow, at, policy, out),
+            Watch::Chunked(part, at) => self.scan_chunk(now, flow, part, at, out),
+        }
+    }
+
+    /// The first name of a flow decided on the SYN.
+    fn scan_first_name(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Scan {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Scan::Stop;
+        };
+        let found = match name::classify(insp.buf.contiguous()) {
+            Found::Incomplete => return Scan::Stop,
+            found => found,
+        };
+        match name::watch_from(&found) {
+            Some(w) => insp.watch = w,
+            None => insp.watching = false,
+        }
+        self.first_name_observed(now, flow, &found, policy, out);
+        Scan::Again
+    }
+
+    /// The TLS record at `at`: a ClientHello is checked, a ChangeCipherSpec or another handshake
+    /// record skipped; anything else ends the plaintext handshake and the watch.
+    fn scan_tls_record(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        at: usize,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Scan {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Scan::Stop;
+        };
+        let rest = watched_from(insp, at);
+        if rest.len() < 5 {
+            return Scan::Stop;
+        }
+        let rlen = 5 + usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        match rest[0] {
+            22 => match name::classify(rest) {
+                Found::Incomplete => Scan::Stop,
+                found @ Found::Tls { end, .. } => {
+                    insp.watch = Watch::Tls(at + end);
+                    self.second_hello(now, flow, &found, policy, out);
+                    Scan::again_if_forwarding(flow)
                 }
-            }
-            // `bytes` starts at the buffer's origin, which is never past what is watched.
-            let at = insp.watch.at();
-            let rel = at.saturating_sub(insp.buf.origin() as usize);
-            let rest = &bytes[rel.min(bytes.len())..];
-            match insp.watch {
-                Watch::Tls(_) => {}
-                Watch::Http(_) => {
-                    if rel >= bytes.len() {
-                        return;
-                    }
-                    match name::classify_request(rest) {
-                        Found::Incomplete => return,
-                        found @ Found::Http { end, .. } => {
-                            let head_end =
-                                u32::try_from(at.saturating_add(end)).unwrap_or(u32::MAX);
-                            insp.inspected_end = insp.inspected_end.max(head_end);
-                            match name::watch_from(&found) {
-                                Some(w) => insp.watch = w.moved_to(at.saturating_add(w.at())),
-                                None => insp.watching = false,
-                            }
-                            self.later_request(now, flow, &found, policy, out);
-                            if flow.phase != Phase::Forwarding {
-                                return;
-                            }
-                        }
-                        Found::Malformed => {
-                            // An ambiguous head (conflicting Host fields, a Host that contradicts
-                            // the target, line folding, a body of uncertain length) after the
-                            // first: fail closed as on the first request.
-                            insp.watching = false;
-                            self.fail_closed(now, flow, Reason::ParseError, out);
-                            return;
-                        }
-                        _ => {
-                            // Not HTTP any more (a protocol upgrade): nothing more to watch.
-                            insp.watching = false;
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                Watch::ChunkSize(_) | Watch::ChunkEnd(_) | Watch::Trailers(_) => {
-                    // A chunked request body, followed piece by piece to the next request.
-                    if rel >= bytes.len() {
-                        return;
-                    }
-                    match name::chunk_step(insp.watch, rest) {
-                        ChunkStep::Incomplete => return,
-                        ChunkStep::Next {
-                            read,
-                            advance,
-                            next,
-                        } => {
-                            let read_end =
-                                u32::try_from(at.saturating_add(read)).unwrap_or(u32::MAX);
-                            insp.inspected_end = insp.inspected_end.max(read_end);
-                            insp.watch = next.moved_to(at.saturating_add(advance));
-                        }
-                        ChunkStep::Malformed => {
-                            insp.watching = false;
-                            self.fail_closed(now, flow, Reason::ParseError, out);
-                            return;
-                        }
-                    }
-                    continue;
-                }
-            }
-            if rest.len() < 5 {
-                return;
-            }
-            let rlen = 5 + usize::from(u16::from_be_bytes([rest[3], rest[4]]));
-            match rest[0] {
-                22 => match name::classify(rest) {
-                    Found::Incomplete => return,
-                    found @ Found::Tls { end, .. } => {
-                        insp.watch = Watch::Tls(at + end);
-                        self.second_hello(now, flow, &found, policy, out);
-                        if flow.phase != Phase::Forwarding {
-                            return;
-                        }
-                    }
-                    _ => {
-                        // Another handshake message: skip its record.
-                        if rest.len() < rlen {
-                            return;
-                        }
-                        insp.watch = Watch::Tls(at + rlen);
-                    }
-                },
-                // ChangeCipherSpec: TLS 1.3 clients in middlebox-compatibility mode send one
-                // before the second ClientHello that answers a HelloRetryRequest.
-                20 => {
+                _ => {
+                    // Another handshake message: skip its record.
                     if rest.len() < rlen {
-                        return;
+                        return Scan::Stop;
                     }
                     insp.watch = Watch::Tls(at + rlen);
+                    Scan::Again
                 }
-                // Alert, application data, anything else: the plaintext handshake is over.
-                _ => {
-                    insp.watching = false;
-                    return;
+            },
+            // ChangeCipherSpec: TLS 1.3 clients in middlebox-compatibility mode send one before
+            // the second ClientHello that answers a HelloRetryRequest.
+            20 => {
+                if rest.len() < rlen {
+                    return Scan::Stop;
                 }
+                insp.watch = Watch::Tls(at + rlen);
+                Scan::Again
+            }
+            // Alert, application data, anything else: the plaintext handshake is over.
+            _ => {
+                insp.watching = false;
+                Scan::Stop
+            }
+        }
+    }
+
+    /// The HTTP request head at `at` (keep-alive, pipelining).
+    fn scan_request_head(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        at: usize,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Scan {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Scan::Stop;
+        };
+        let rest = watched_from(insp, at);
+        if rest.is_empty() {
+            return Scan::Stop;
+        }
+        match name::classify_request(rest) {
+            Found::Incomplete => Scan::Stop,
+            found @ Found::Http { end, .. } => {
+                mark_inspected(insp, at, end);
+                match name::watch_from(&found) {
+                    Some(w) => insp.watch = w.moved_to(at.saturating_add(w.at())),
+                    None => insp.watching = false,
+                }
+                self.later_request(now, flow, &found, policy, out);
+                Scan::again_if_forwarding(flow)
+            }
+            Found::Malformed => {
+                // An ambiguous head (conflicting Host fields, a Host that contradicts the target,
+                // line folding, a body of uncertain length) after the first: fail closed as on
+                // the first request.
+                insp.watching = false;
+                self.fail_closed(now, flow, Reason::ParseError, out);
+                Scan::Stop
+            }
+            _ => {
+                // Not HTTP any more (a protocol upgrade): nothing more to watch.
+                insp.watching = false;
+                Scan::Stop
+            }
+        }
+    }
+
+    /// One part of a chunked request body at `at`, followed piece by piece to the next request.
+    fn scan_chunk(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        part: ChunkPart,
+        at: usize,
+        out: &mut Output,
+    ) -> Scan {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Scan::Stop;
+        };
+        let rest = watched_from(insp, at);
+        if rest.is_empty() {
+            return Scan::Stop;
+        }
+        match chunk_step(part, rest) {
+            ChunkStep::Incomplete => Scan::Stop,
+            ChunkStep::Next {
+                read,
+                advance,
+                next,
+            } => {
+                mark_inspected(insp, at, read);
+                insp.watch = Watch::Chunked(next, at.saturating_add(advance));
+                Scan::Again
+            }
+            ChunkStep::End { read } => {
+                mark_inspected(insp, at, read);
+                insp.watch = Watch::Http(at.saturating_add(read));
+                Scan::Again
+            }
+            ChunkStep::Malformed => {
+                insp.watching = false;
+                self.fail_closed(now, flow, Reason::ParseError, out);
+                Scan::Stop
             }
         }
     }
@@ -417,4 +480,39 @@ impl Shared {
             self.drop_inspect(flow);
         }
     }
+}
+
+/// Whether [`Shared::scan_watched`] goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// The watch moved on: look again.
+    Again,
+    /// More bytes are needed, or the watch (or the flow) is over.
+    Stop,
+}
+
+impl Scan {
+    /// Go on unless the step cut the flow.
+    fn again_if_forwarding(flow: &Flow) -> Scan {
+        if flow.phase == Phase::Forwarding {
+            Scan::Again
+        } else {
+            Scan::Stop
+        }
+    }
+}
+
+/// The reassembled bytes from stream offset `at` on (empty when none are there yet). The
+/// buffer's origin is never past what is watched.
+fn watched_from(insp: &Inspect, at: usize) -> &[u8] {
+    let bytes = insp.buf.contiguous();
+    let rel = at.saturating_sub(insp.buf.origin() as usize);
+    &bytes[rel.min(bytes.len())..]
+}
+
+/// The watch parsed `read` bytes from stream offset `at` (a request head, a chunk-size line):
+/// they stay until the server acknowledged them, so a retransmission must repeat them.
+fn mark_inspected(insp: &mut Inspect, at: usize, read: usize) {
+    let read_end = u32::try_from(at.saturating_add(read)).unwrap_or(u32::MAX);
+    insp.inspected_end = insp.inspected_end.max(read_end);
 }
