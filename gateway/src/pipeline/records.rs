@@ -10,7 +10,7 @@ use crate::record::{
 };
 use crate::wire::IpProtocol;
 
-use super::state::{Flow, NameKind, Phase, Record, RstSeen};
+use super::state::{Decision, Flow, NameKind, Phase, Record, RstSeen};
 use super::{Output, Shared};
 
 /// Time mapping from the caller's monotonic clock to wall-clock epoch milliseconds.
@@ -104,28 +104,7 @@ impl Shared {
         activity: Activity,
     ) -> DecisionRecord {
         let d = flow.decision.as_ref();
-        let verdict = d.and_then(|d| d.verdict);
-        let enforced = d.map_or(Action::Deny, |d| d.enforced);
-        let log_only = policy.mode() == Mode::LogOnly;
-        let reported = match verdict {
-            Some(v) => v.action,
-            None => Action::Deny,
-        };
-        let action = if reported == Action::Permit {
-            RecordAction::Allowed
-        } else {
-            RecordAction::Denied
-        };
-        let disposition = if enforced != Action::Permit && !(verdict.is_none() && log_only) {
-            record::Disposition::Blocked
-        } else if verdict.is_some_and(|v| !v.enforced)
-            || (verdict.is_none() && log_only)
-            || reported != Action::Permit
-        {
-            record::Disposition::Detected
-        } else {
-            record::Disposition::Allowed
-        };
+        let (action, disposition) = outcome(d, policy);
         let reason = d.map_or(Reason::Unknown, |d| d.reason);
         let severity = match disposition {
             record::Disposition::Allowed => 1,
@@ -133,30 +112,9 @@ impl Shared {
             record::Disposition::Blocked if reason.is_fail_closed() => 4,
             record::Disposition::Blocked => 3,
         };
-        let same_version = d.is_some_and(|d| d.version == policy.version());
-        let (rule, src_groups, dst_groups) = match verdict {
-            Some(v) if same_version => (
-                policy.rule_name(v.rule).to_owned(),
-                policy.src_groups(&v).map(str::to_owned).collect(),
-                policy.dst_groups(&v).map(str::to_owned).collect(),
-            ),
-            Some(v) if v.rule == RuleRef::Default => ("default".to_owned(), Vec::new(), Vec::new()),
-            Some(_) => ("(previous policy)".to_owned(), Vec::new(), Vec::new()),
-            None => ("fail-closed".to_owned(), Vec::new(), Vec::new()),
-        };
+        let (rule, src_groups, dst_groups) = rule_and_groups(d, policy);
         let name = flow.name().map(str::to_owned);
-        let kind = d.and_then(|d| d.name.as_ref()).map(|(_, k)| *k);
-        let (tls, http) = match (kind, &name) {
-            (Some(NameKind::Sni { ech }), Some(n)) => (
-                Some(Tls {
-                    sni: n.clone(),
-                    ech,
-                }),
-                None,
-            ),
-            (Some(NameKind::Host), Some(n)) => (None, Some(Http { host: n.clone() })),
-            _ => (None, None),
-        };
+        let (tls, http) = name_fields(d, &name);
         let protocol_name = match flow.proto {
             IpProtocol::Tcp => "tcp".to_owned(),
             IpProtocol::Udp => "udp".to_owned(),
@@ -211,5 +169,69 @@ impl Shared {
             end_time: None,
             end_reason: None,
         }
+    }
+}
+
+/// The record's `action` (what the verdict says) and `disposition` (what was done: a flow that
+/// failed closed under log-only was let through, so it is Detected, not Blocked).
+fn outcome(d: Option<&Decision>, policy: &CompiledPolicy) -> (RecordAction, record::Disposition) {
+    let verdict = d.and_then(|d| d.verdict);
+    let enforced = d.map_or(Action::Deny, |d| d.enforced);
+    let log_only = policy.mode() == Mode::LogOnly;
+    let reported = match verdict {
+        Some(v) => v.action,
+        None => Action::Deny,
+    };
+    let action = if reported == Action::Permit {
+        RecordAction::Allowed
+    } else {
+        RecordAction::Denied
+    };
+    let disposition = if enforced != Action::Permit && !(verdict.is_none() && log_only) {
+        record::Disposition::Blocked
+    } else if verdict.is_some_and(|v| !v.enforced)
+        || (verdict.is_none() && log_only)
+        || reported != Action::Permit
+    {
+        record::Disposition::Detected
+    } else {
+        record::Disposition::Allowed
+    };
+    (action, disposition)
+}
+
+/// The rule and groups of the verdict, named by the policy it was given under. A verdict given
+/// under an older policy cannot be named by the current one (rule indexes do not carry over):
+/// only `default` is, anything else is `(previous policy)`.
+fn rule_and_groups(
+    d: Option<&Decision>,
+    policy: &CompiledPolicy,
+) -> (String, Vec<String>, Vec<String>) {
+    let same_version = d.is_some_and(|d| d.version == policy.version());
+    match d.and_then(|d| d.verdict) {
+        Some(v) if same_version => (
+            policy.rule_name(v.rule).to_owned(),
+            policy.src_groups(&v).map(str::to_owned).collect(),
+            policy.dst_groups(&v).map(str::to_owned).collect(),
+        ),
+        Some(v) if v.rule == RuleRef::Default => ("default".to_owned(), Vec::new(), Vec::new()),
+        Some(_) => ("(previous policy)".to_owned(), Vec::new(), Vec::new()),
+        None => ("fail-closed".to_owned(), Vec::new(), Vec::new()),
+    }
+}
+
+/// `tls{sni, ech}` or `http{host}`, from where the name came from.
+fn name_fields(d: Option<&Decision>, name: &Option<String>) -> (Option<Tls>, Option<Http>) {
+    let kind = d.and_then(|d| d.name.as_ref()).map(|(_, k)| *k);
+    match (kind, name) {
+        (Some(NameKind::Sni { ech }), Some(n)) => (
+            Some(Tls {
+                sni: n.clone(),
+                ech,
+            }),
+            None,
+        ),
+        (Some(NameKind::Host), Some(n)) => (None, Some(Http { host: n.clone() })),
+        _ => (None, None),
     }
 }

@@ -1,19 +1,40 @@
-//! TCP.
+//! TCP: a segment finds its flow, or opens one.
+//!
+//! - [`syn`]: a client's SYN creates the flow and decides it by address, or leaves it
+//!   inspecting until its name is known.
+//! - [`midstream`]: a flow first seen without its SYN is decided by address only.
+//! - [`established`]: every later segment: connection tracking, then what the flow's phase
+//!   says (hold while inspecting, watch while forwarding, drop when blocked or cut).
+//! - [`reset`]: the RSTs the gateway sends.
+//!
+//! The common case stays in [`Pipeline::tcp`] and allocates nothing: a segment without SYN, FIN
+//! or RST on a settled flow (forwarded, nothing left to inspect or record) only moves the
+//! counters and the tracked sequence numbers.
+//!
+//! A new SYN on ports whose connection is over (a RST, FINs both ways, or a new ISN) ends the old
+//! flow and starts a new one, decided afresh. A SYN from the server side of a flow whose first
+//! SYN came from the other end makes its sender the client: the side whose data is inspected is
+//! never chosen by whoever spoke first.
 
 mod established;
+mod midstream;
 mod reset;
 mod syn;
 
 use std::time::Instant;
 
+use policy_engine::{Action, CompiledPolicy, SynDecision, Verdict};
+
 use crate::record::EndReason;
 use crate::wire::{IpProtocol, ParsedPacket, TcpSegment};
 
-use super::flow::FlowKey;
-use super::state::{Phase, RstSeen};
-use super::{Disposition, DropReason, Output, PacketMeta, Pipeline};
+use super::decide::rule_reason;
+use super::flow::{FlowKey, Side};
+use super::state::{flow_query, Decision, Flow, Phase, RstSeen};
+use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared};
 
 impl Pipeline {
+    /// A TCP segment (not an IP fragment).
     pub(in crate::pipeline) fn tcp(
         &mut self,
         now: Instant,
@@ -89,5 +110,59 @@ impl Pipeline {
             self.shared.arm(id, flow);
         }
         d
+    }
+
+    /// The first segment of a flow the table does not know.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::pipeline) fn tcp_new(
+        &mut self,
+        now: Instant,
+        key: FlowKey,
+        side: Side,
+        p: &ParsedPacket<'_>,
+        seg: &TcpSegment<'_>,
+        meta: PacketMeta,
+        out: &mut Output,
+    ) -> Disposition {
+        let policy = self.shared.policy.load_full();
+        if seg.flags.rst() {
+            // A reset of a flow the gateway does not know: nothing to protect, nothing to track.
+            let flow = Flow::new(
+                now,
+                p.src,
+                seg.src_port,
+                p.dst,
+                seg.dst_port,
+                side,
+                IpProtocol::Tcp,
+            );
+            return match policy.evaluate_without_name(&flow_query(&flow, None)) {
+                SynDecision::Final(v) if v.effective_action == Action::Permit => {
+                    Disposition::Forward
+                }
+                _ => Disposition::Drop(DropReason::Policy),
+            };
+        }
+        if seg.flags.syn() && !seg.flags.ack() {
+            self.tcp_syn(now, key, side, p, seg, meta, &policy, out)
+        } else {
+            self.tcp_midstream(now, key, side, p, seg, &policy, out)
+        }
+    }
+}
+
+impl Shared {
+    /// Gives a new flow its verdict by address (no name) and counts it. True when the decision
+    /// must be recorded.
+    fn decide_on_address(&mut self, flow: &mut Flow, v: Verdict, policy: &CompiledPolicy) -> bool {
+        flow.decision = Some(Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            reason: rule_reason(&v),
+            version: policy.version(),
+            name: None,
+        });
+        self.count_decision(v.effective_action);
+        self.must_log(&v)
     }
 }
