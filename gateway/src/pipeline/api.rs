@@ -1,4 +1,7 @@
-//! The pipeline's public types.
+//! The pipeline's public types: its settings ([`PipelineConfig`], [`IdleTimeouts`]), what a call
+//! takes besides the packet ([`PacketMeta`]) and gives back ([`Disposition`], [`Output`] with its
+//! [`Transmit`]s and records), and its counters ([`PipelineStats`], drops by [`DropReason`]).
+//! They are re-exported from [`crate::pipeline`].
 
 use std::time::Duration;
 
@@ -172,7 +175,7 @@ impl DropReason {
     ];
 }
 
-/// What to do with the packet given to [`Pipeline::process`].
+/// What to do with the packet given to [`Pipeline::process`](super::Pipeline::process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Write it back to the TUN device unchanged.

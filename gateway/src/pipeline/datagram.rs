@@ -1,4 +1,12 @@
-//! UDP, ICMP and other protocols.
+//! UDP, ICMP and other protocols: decided on the first packet, by address and port.
+//!
+//! UDP 443 (QUIC) carries no name yet: a verdict that needs one is given without it, with reason
+//! `no_sni` (`not_tls` for other ports). A rejected flow answers each client packet with an ICMP
+//! administratively-prohibited error. These flows end on their idle timeout.
+//!
+//! An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded, parameter
+//! problem) belongs to the flow of the packet it quotes: it passes when that flow is forwarded,
+//! so that path MTU discovery keeps working, and is dropped otherwise.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;

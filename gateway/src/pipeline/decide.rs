@@ -1,4 +1,33 @@
-//! Holding and deciding.
+//! Holding a TCP flow's first client bytes until they name it, and the verdict.
+//!
+//! While a flow is [`Phase::Inspecting`], every client segment that carries data (or a FIN) is
+//! held: a copy is kept, nothing is forwarded, and its bytes are reassembled from the client's
+//! ISN + 1 ([`super::reasm`]), out of order, retransmitted or overlapping. As soon as the
+//! contiguous bytes parse to a complete ClientHello (SNI), a complete HTTP request head (Host or
+//! CONNECT authority), or prove to be neither ([`super::name`]), the policy is asked
+//! [`CompiledPolicy::evaluate`] with the name, and:
+//!
+//! - permit: whatever else the held bytes hold (a pipelined request, another hello) is checked
+//!   ([`super::watch`]), then the held segments are released in sequence order;
+//! - reject: the held segments are discarded and both ends get a RST (the client sees a
+//!   connection reset at once);
+//! - deny: the held segments are discarded, the server gets a RST (so it frees its state) and
+//!   the client gets nothing: its further packets are dropped silently, and it times out, as a
+//!   silent drop on the SYN would have made it.
+//!
+//! # Failing closed
+//!
+//! Held bytes per flow ([`PipelineConfig::max_held_bytes_per_flow`], reason `inspect_overflow`),
+//! held bytes over all flows ([`PipelineConfig::max_held_bytes_total`], `memory_pressure`),
+//! inspection time from the first held byte ([`PipelineConfig::inspect_timeout`],
+//! `inspect_timeout`), overlapping segments whose bytes disagree (`ambiguous_overlap`): past any
+//! of them the held data is discarded and both ends are reset ([`Shared::fail_closed`]). A client
+//! that closes its side before its bytes are complete gets `parse_error`. Log-only never
+//! enforces: it records the same reason, releases what was held and stops inspecting.
+//!
+//! [`PipelineConfig::max_held_bytes_per_flow`]: super::PipelineConfig::max_held_bytes_per_flow
+//! [`PipelineConfig::max_held_bytes_total`]: super::PipelineConfig::max_held_bytes_total
+//! [`PipelineConfig::inspect_timeout`]: super::PipelineConfig::inspect_timeout
 
 use std::time::Instant;
 

@@ -1,4 +1,24 @@
-//! Expiry, reclaim and early drop.
+//! Deadlines and the flow table's bounds: expiry, reclaim, early drop, `flow_limit`.
+//!
+//! Every flow has one deadline: its idle timeout by phase and TCP state ([`IdleTimeouts`]), or
+//! the inspection timeout while its name is awaited if that comes sooner (the flow then fails
+//! closed, `inspect_timeout`). The deadline queue holds at most one live entry per flow
+//! ([`Shared::arm`]); an idle flow is removed when its deadline passes, with its flow-end record.
+//!
+//! The table has a fixed capacity. When it is full, a new flow first reclaims flows whose
+//! deadline already passed; then it evicts a half-open TCP flow (a client's SYN that the server
+//! has not answered for at least [`EARLY_DROP_MIN_AGE`], nothing held) found among a few slots
+//! probed from a rotating cursor. This is conntrack's early drop: once a SYN flood stops, new
+//! connections get in within a second instead of waiting out the opening timeout, and a
+//! connection whose handshake is under way is not evicted by the flood. If neither frees a slot,
+//! the new flow fails closed with reason `flow_limit` (a client's SYN gets a RST at once);
+//! established flows go on.
+//!
+//! A closed TCP connection lingers for [`IdleTimeouts::tcp_closed`] so that retransmitted FINs,
+//! the last ACK and stray segments still find their flow (and its verdict).
+//!
+//! [`IdleTimeouts`]: super::IdleTimeouts
+//! [`IdleTimeouts::tcp_closed`]: super::IdleTimeouts::tcp_closed
 
 use std::time::{Duration, Instant};
 

@@ -4,112 +4,30 @@
 //! time, and returns a [`Disposition`] for that packet; packets the pipeline releases or builds
 //! (held segments in order, TCP resets, ICMP errors) and decision-log records are appended to an
 //! [`Output`]. Nothing here reads a clock, a socket or a file: the TUN runtime, `bulkhead replay`,
-//! the tests (with a fake clock) and the benches all drive the same code.
+//! the tests (with a fake clock) and the benches all drive the same code. Time moves through
+//! [`Pipeline::next_timeout`] / [`Pipeline::handle_timeout`]; a policy change reaches open flows
+//! through [`Pipeline::reevaluate`]. `docs/pipeline.md` tells the whole behaviour in one place.
 //!
-//! # Flow life
+//! # Map
 //!
-//! Packets are grouped into flows by a canonical 5-tuple ([`flow::FlowKey`]): both directions find
-//! the same entry. The side that sent the first packet (the SYN for TCP) is the client. The table
-//! has a fixed capacity; when it is full, expired flows due in the deadline queue are reclaimed
-//! first; then a half-open TCP flow (a client's SYN that the server has not answered for at
-//! least [`EARLY_DROP_MIN_AGE`], nothing held) is evicted to make room (early drop, as Linux
-//! conntrack does: once a SYN flood stops, new connections get in within a second instead of
-//! waiting out the opening timeout, and a connection whose handshake is under way is not
-//! evicted by the flood); if neither frees a slot, the new flow fails closed with reason
-//! `flow_limit` (nothing is counted against established flows, which go on).
+//! A packet goes through this module (parse, dispatch, counters), then one of the handlers; the
+//! handlers work on one `state::Flow` taken from the flow table and on `shared::Shared`
+//! (settings, policy, deadline queue, counters, clock), which are kept apart so that both can be
+//! borrowed at once.
 //!
-//! - **TCP, SYN seen.** The policy is asked [`CompiledPolicy::evaluate_without_name`]. A `Final`
-//!   verdict is applied at once: permit forwards the SYN; deny drops it silently; reject answers
-//!   it with a RST to the client. `NeedsName`: the handshake passes, and every client segment that
-//!   carries data (or a FIN) is held (a copy is kept, nothing is forwarded) and its bytes are
-//!   reassembled from the client's ISN + 1 ([`reasm`]), out of order, retransmitted or
-//!   overlapping. As soon as the contiguous bytes parse to a complete ClientHello (SNI), a complete
-//!   HTTP request head (Host or CONNECT authority), or prove to be neither, the policy is asked
-//!   [`CompiledPolicy::evaluate`] with the name, and:
-//!   - permit: the held segments are released in sequence order;
-//!   - reject: the held segments are discarded and both ends get a RST (the client sees a
-//!     connection reset at once);
-//!   - deny: the held segments are discarded, the server gets a RST (so it frees its state) and
-//!     the client gets nothing: its further packets are dropped silently, and it times out, as a
-//!     silent drop on the SYN would have made it.
-//! - **Data on the SYN (TCP Fast Open).** If the SYN's data holds a complete ClientHello the flow
-//!   is decided on the SYN. If not, the SYN is dropped (without creating the flow): the client's
-//!   SYN retransmission carries no data, and the hello then comes after the handshake.
-//! - **Flows seen mid-stream** (no SYN: the gateway restarted, or the flow expired) are decided by
-//!   address only. If the verdict would need a name, the flow fails closed (`midstream`): data is
-//!   dropped and, because the client would otherwise hang, both ends are reset.
-//! - **Log-only mode** never holds, drops or resets anything: flows whose verdict needs a name are
-//!   forwarded and watched like flows decided on the SYN, and their record carries the verdict for
-//!   the name once it is seen (`disposition` Detected when that verdict is not a permit), with
-//!   the reason enforcement would give (`no_sni`, `not_tls` for a flow without a name).
-//! - **UDP and other protocols** are decided on the first packet by address and port. UDP 443
-//!   (QUIC) carries no name yet: `no_sni`. A rejected UDP flow answers each packet with an ICMP
-//!   administratively-prohibited error.
-//!
-//! # Fail-closed bounds
-//!
-//! Held bytes per flow ([`PipelineConfig::max_held_bytes_per_flow`], reason `inspect_overflow`),
-//! held bytes over all flows ([`PipelineConfig::max_held_bytes_total`], `memory_pressure`),
-//! inspection time from the first held byte ([`PipelineConfig::inspect_timeout`],
-//! `inspect_timeout`), overlapping segments whose bytes disagree (`ambiguous_overlap`). Past any of
-//! them the held data is discarded and both ends are reset. A client segment with a bad TCP
-//! checksum is never inspected (unless the packet's metadata says the checksum is left to
-//! offload): it is dropped and counted, and the flow goes on, so a bogus hello with a bad checksum
-//! sent ahead of the real one cannot decide the flow. TCP fragments, and fragments that cut a
-//! transport header, are dropped and counted.
-//!
-//! # After the decision
-//!
-//! A permitted TCP flow keeps the reassembled bytes while they can still matter (bounded by the
-//! same per-flow limit): retransmissions that overlap them must carry the same bytes, or the flow
-//! is cut (`ambiguous_overlap`), because the server may take the retransmission for the bytes the
-//! gateway inspected. The bytes are freed once the server has acknowledged past them. On TLS
-//! flows the client's handshake records that follow the first ClientHello are watched until the
-//! first ChangeCipherSpec or application-data record: a second ClientHello (after a
-//! HelloRetryRequest, or a duplicate) is parsed; its name is recorded, and when the policy denies
-//! that name the flow is cut (`second_hello`). On plain-HTTP flows every later request head is
-//! parsed the same way (keep-alive, pipelining; a body is skipped by its `Content-Length`, or
-//! followed chunk by chunk when it is `chunked`, without reading the chunk data): a Host other
-//! than the one the flow was decided on is re-evaluated and recorded, and when the policy does
-//! not permit it the flow is cut (`host_changed`). An ambiguous head fails closed
-//! (`parse_error`), and so does a body whose end is ambiguous (`Content-Length` together with
-//! `Transfer-Encoding`, codings that do not end in `chunked`, a malformed chunk), because the
-//! gateway and the server could then disagree on where the next request starts. Requests
-//! pipelined with the first are checked before the held segments are released. The watch of
-//! requests follows the connection with a window of [`PipelineConfig::max_held_bytes_per_flow`]
-//! bytes: what the watch parsed (request heads, chunk-size lines) stays until the server has
-//! acknowledged it, so that a retransmission of an inspected request must carry the same bytes
-//! (`ambiguous_overlap`); request body, which the watch skips, is let go of as soon as what came
-//! before it is acknowledged, and from then on segments that carry only body are not stored.
-//! Offsets are renumbered every GiB, so the watch lasts as long as the connection. It stops (and
-//! later requests pass unchecked) when what it must keep outgrows the window (a single head
-//! larger than the window, or heads and body arriving faster than the server acknowledges them),
-//! when the held-bytes total is reached, and when the bytes stop being HTTP (a protocol upgrade).
-//! The TLS watch uses the first window only: the plaintext handshake ends within it. Flows whose
-//! verdict was final on the SYN are watched the same way without holding anything, so that
-//! their records and policy re-evaluation know the name.
-//!
-//! [`Pipeline::reevaluate`] re-asks the policy for every decided flow after a policy change, with
-//! the name the flow was decided on; flows now denied are cut with RSTs both ways
-//! (`policy_update`).
-//!
-//! # Records
-//!
-//! One decision record per flow (when the verdict denies, or the rule has `log = true`, or
-//! [`PipelineConfig::log_all`]), one more per second ClientHello, and a flow-end record for every
-//! flow whose decision was recorded. Wall-clock times come from the anchor the caller sets with
-//! [`Pipeline::set_clock_anchor`].
-//!
-//! A TCP flow's flow-end record is written when the connection closes: FINs both ways, a RST
-//! that its receiver accepts at once (its sequence number is the sender's next one, or what the
-//! peer acknowledged last: a blind or stale RST does not end the record), or a reset or refusal
-//! by the gateway. Its traffic counts include the packet that closed it. The entry then lingers
-//! for [`IdleTimeouts::tcp_closed`] so that retransmitted FINs, the last ACK and stray segments
-//! still find their flow (and its verdict) instead of opening a new one; what arrives in that
-//! linger is counted nowhere and writes no second record. A client SYN with a new ISN still
-//! starts a new flow on the same ports. Flows the gateway dropped silently (deny), UDP and other
-//! protocols, and TCP flows that go idle, end on their idle timeout; [`Pipeline::shutdown`] ends
-//! the rest.
+//! | File | Job |
+//! |---|---|
+//! | `api.rs` | The public types: [`PipelineConfig`], [`PacketMeta`], [`Disposition`], [`Output`], [`PipelineStats`]... |
+//! | `state.rs` | Per-flow state: the flow's phase and record state (one enum each), TCP tracking, what is held |
+//! | `shared.rs` | What every flow shares, and the bookkeeping of held bytes and decisions |
+//! | `housekeeping.rs` | Deadlines, expiry, reclaim and early drop in a full table, `flow_limit` |
+//! | `datagram.rs` | UDP and other protocols, ICMP errors |
+//! | `tcp/` | TCP: a SYN (`syn.rs`), a flow seen mid-stream (`midstream.rs`), later segments (`established.rs`), resets (`reset.rs`) |
+//! | `decide.rs` | Holding client bytes until the name is known, the verdict, failing closed |
+//! | `watch.rs` | After the verdict: second ClientHellos, later HTTP requests, retransmissions |
+//! | `records.rs` | Decision and flow-end records |
+//! | `name.rs` | What the first client bytes say about the name (over [`crate::inspect`]) |
+//! | [`flow`], [`reasm`], [`timer`] | The flow table, the reassembly buffer, the deadline queue |
 
 mod api;
 mod datagram;

@@ -1,4 +1,22 @@
-//! Decision and flow-end records.
+//! Decision and flow-end records (OCSF Network Activity, see `docs/log-schema.md`).
+//!
+//! One decision record per flow (when the verdict denies, the rule has `log = true`, the verdict
+//! is not enforced, the default decided, or [`PipelineConfig::log_all`]), one more per later name
+//! (a second ClientHello, another HTTP Host), and a flow-end record for every flow whose decision
+//! was recorded. Wall-clock times come from the anchor the caller sets with
+//! [`Pipeline::set_clock_anchor`].
+//!
+//! A TCP flow's flow-end record is written when the connection closes: FINs both ways, a RST
+//! that its receiver accepts at once (its sequence number is the sender's next one, or what the
+//! peer acknowledged last: a blind or stale RST does not end the record), or a reset or refusal
+//! by the gateway. Its traffic counts include the packet that closed it. What arrives while the
+//! entry lingers afterwards is counted nowhere and writes no second record. Flows the gateway
+//! dropped silently (deny), UDP and other protocols, and TCP flows that go idle, end on their
+//! idle timeout; [`Pipeline::shutdown`] ends the rest.
+//!
+//! [`PipelineConfig::log_all`]: super::PipelineConfig::log_all
+//! [`Pipeline::set_clock_anchor`]: super::Pipeline::set_clock_anchor
+//! [`Pipeline::shutdown`]: super::Pipeline::shutdown
 
 use std::time::Instant;
 

@@ -1,4 +1,7 @@
-//! What every flow shares.
+//! What every flow shares: the settings, the policy store, the deadline queue, the counters and
+//! the clock anchor. It is kept apart from the flow table so that a handler can hold one flow and
+//! this at once (`&mut Flow` and `&mut Shared`); it also keeps the count of held bytes, which
+//! every change to a flow's inspection state must go through ([`Shared::account`]).
 
 use std::sync::Arc;
 

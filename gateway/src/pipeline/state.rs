@@ -1,4 +1,15 @@
-//! Per-flow state.
+//! Per-flow state: what the table holds for each flow.
+//!
+//! A flow's life is two enums. Its [`Phase`] says what the data path does with its packets:
+//! [`Phase::Inspecting`] (a TCP flow whose verdict needs the name: client data is held),
+//! [`Phase::Forwarding`], [`Phase::Blocked`] (denied: dropped silently, or refused with a RST or
+//! an ICMP error), [`Phase::Cut`] (reset by the gateway, with the reason). Its [`Record`] says
+//! what the decision log has of it: nothing yet, a decision owed until the name is seen, the
+//! decision written, the flow ended. TCP tracking ([`TcpTrack`]) and what is held or watched
+//! ([`Inspect`]) sit beside them.
+//!
+//! The table holds up to a quarter of a million of these, so [`Flow`] stays small (a test bounds
+//! its size): the inspection state is boxed and absent on most flows.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;

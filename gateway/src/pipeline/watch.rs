@@ -1,4 +1,36 @@
-//! The watch after the first name.
+//! The watch of a permitted TCP flow after its verdict.
+//!
+//! A permitted flow keeps the reassembled bytes while they can still matter (bounded by the
+//! per-flow limit): retransmissions that overlap them must carry the same bytes, or the flow is
+//! cut (`ambiguous_overlap`), because the server may take the retransmission for the bytes the
+//! gateway inspected. The bytes are freed once the server has acknowledged past them.
+//!
+//! - **TLS**: the client's handshake records that follow the first ClientHello are watched until
+//!   the first ChangeCipherSpec or application-data record. A second ClientHello (after a
+//!   HelloRetryRequest, or a duplicate) is parsed; its name is recorded, and when the policy
+//!   denies that name the flow is cut (`second_hello`). The TLS watch uses the first window
+//!   only: the plaintext handshake ends within it.
+//! - **Plain HTTP**: every later request head is parsed the same way (keep-alive, pipelining; a
+//!   body is skipped by its `Content-Length`, or followed chunk by chunk when it is `chunked`,
+//!   without reading the chunk data: [`crate::inspect::http::framing`]). A Host other than the
+//!   one the flow was decided on is re-evaluated and recorded, and when the policy does not
+//!   permit it the flow is cut (`host_changed`). An ambiguous head fails closed (`parse_error`),
+//!   and so does a body whose end is ambiguous, because the gateway and the server could then
+//!   disagree on where the next request starts. Requests pipelined with the first are checked
+//!   before the held segments are released.
+//!
+//! The watch of requests follows the connection with a window of the per-flow limit: what the
+//! watch parsed (request heads, chunk-size lines) stays until the server has acknowledged it, so
+//! that a retransmission of an inspected request must carry the same bytes; request body, which
+//! the watch skips, is let go of as soon as what came before it is acknowledged, and from then on
+//! segments that carry only body are not stored. Offsets are renumbered every GiB
+//! ([`REBASE_FROM`]), so the watch lasts as long as the connection. It stops (and later requests
+//! pass unchecked) when what it must keep outgrows the window (a single head larger than the
+//! window, or heads and body arriving faster than the server acknowledges them), when the
+//! held-bytes total is reached, and when the bytes stop being HTTP (a protocol upgrade).
+//!
+//! Flows whose verdict was final on the SYN are watched the same way without holding anything,
+//! so that their records and policy re-evaluation know the name ([`Shared::first_name_observed`]).
 
 use std::time::Instant;
 
