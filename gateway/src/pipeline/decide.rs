@@ -166,13 +166,7 @@ impl Shared {
     pub(super) fn start_watch(&mut self, insp: &mut Inspect, found: &Found) {
         insp.started = None;
         insp.guard_end = insp.buf.contiguous_end();
-        match name::watch_from(found) {
-            Some(w) => {
-                insp.watch = w;
-                insp.watching = true;
-            }
-            None => insp.watching = false,
-        }
+        insp.watch = name::watch_from(found);
     }
 
     /// Applies a name (or the proof there is none) to a flow: the verdict, the record, the state.

@@ -246,7 +246,7 @@ impl Pipeline {
             };
             let name = decision.name.as_ref().map(|(n, _)| &**n);
             let q = flow_query(flow, name);
-            let v = if name.is_none() && flow.inspect.as_ref().is_some_and(|i| i.watching) {
+            let v = if name.is_none() && flow.inspect.as_ref().is_some_and(|i| i.watch.is_some()) {
                 // Decided on the SYN and the name is not known yet: it will be checked when
                 // found; meanwhile the address-only question decides.
                 match policy.evaluate_without_name(&q) {

@@ -146,13 +146,13 @@ pub(super) struct Inspect {
     pub(super) held_packet_bytes: usize,
     /// First held byte: the inspection deadline counts from here.
     pub(super) started: Option<Instant>,
-    /// After the verdict, while `watching`: what to look for next (another ClientHello, the
-    /// next HTTP request head, the next piece of a chunked body) and at which stream offset.
-    pub(super) watch: name::Watch,
-    pub(super) watching: bool,
+    /// After the verdict: what the watch looks for next (the first name of a flow decided on the
+    /// SYN, another ClientHello, the next HTTP request head, the next piece of a chunked body)
+    /// and at which stream offset; `None` when nothing is watched (any more).
+    pub(super) watch: Option<name::Watch>,
     /// After the verdict: stream offset the server must acknowledge before the bytes are freed.
     pub(super) guard_end: u32,
-    /// While watching HTTP requests: the stream offset after the last byte the watch parsed (a
+    /// While the watch follows HTTP requests: the stream offset after the last byte the watch parsed (a
     /// request head, a chunk-size line). Bytes after it and before the watch position are request
     /// body, never inspected: once the server has acknowledged everything up to here, the window
     /// skips straight to the watch position.
@@ -170,8 +170,7 @@ impl Inspect {
             held: Vec::new(),
             held_packet_bytes: 0,
             started: None,
-            watch: name::Watch::Tls(0),
-            watching: false,
+            watch: None,
             guard_end: 0,
             inspected_end: 0,
             shift: 0,

@@ -67,7 +67,7 @@ impl Shared {
         let Some(insp) = flow.inspect.as_mut() else {
             return Disposition::Forward;
         };
-        if insp.watching && insp.watch.follows_requests() {
+        if let Some(watch) = insp.watch.filter(|w| w.follows_requests()) {
             // Keep-alive HTTP: let go of what the server acknowledged and the watch has passed,
             // so the window follows the connection from request to request. Bytes the server
             // has not acknowledged stay, to be compared with retransmissions, unless they are
@@ -75,7 +75,7 @@ impl Shared {
             // window jumps to where it looks next.
             let origin = base.wrapping_add(insp.shift);
             let acked = server_ack.map_or(0, |a| (a.wrapping_sub(origin) as i32).max(0) as u32);
-            let at = u32::try_from(insp.watch.at()).unwrap_or(u32::MAX);
+            let at = u32::try_from(watch.at()).unwrap_or(u32::MAX);
             let inspected_end = insp.inspected_end.max(insp.guard_end);
             let to = if acked >= inspected_end {
                 at
@@ -87,7 +87,7 @@ impl Shared {
             let by = insp.buf.origin();
             if by >= REBASE_FROM {
                 insp.buf.rebase(by);
-                insp.watch = insp.watch.moved_to(insp.watch.at() - by as usize);
+                insp.watch = Some(watch.moved_to(watch.at() - by as usize));
                 insp.guard_end = insp.guard_end.saturating_sub(by);
                 insp.inspected_end = insp.inspected_end.saturating_sub(by);
                 insp.shift = insp.shift.wrapping_add(by);
@@ -96,7 +96,7 @@ impl Shared {
         let offset = data_offset(base, insp.shift, seg);
         let before = insp.bytes();
         let start = offset.max(0) as u32;
-        let res = if insp.watching && total_ok {
+        let res = if insp.watch.is_some() && total_ok {
             insp.buf.insert(offset, seg.payload)
         } else if offset + seg.payload.len() as i64 > 0
             && !insp
@@ -116,15 +116,15 @@ impl Shared {
                     d
                 };
             }
-            Insert::Overflow => insp.watching = false,
+            Insert::Overflow => insp.watch = None,
             Insert::Stored { .. } | Insert::Old => {}
         }
         if !total_ok {
-            insp.watching = false;
+            insp.watch = None;
         }
         let after = insp.bytes();
         self.account(after as isize - before as isize);
-        if insp.watching {
+        if insp.watch.is_some() {
             self.scan_watched(now, flow, policy, out);
         }
         if flow.phase != Phase::Forwarding {
@@ -162,14 +162,14 @@ impl Shared {
         let Some(insp) = flow.inspect.as_mut() else {
             return Scan::Stop;
         };
-        if !insp.watching {
+        let Some(watch) = insp.watch else {
             return Scan::Stop;
-        }
-        if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && insp.watch.at() == 0 {
+        };
+        if flow.decision.as_ref().is_some_and(|d| d.name.is_none()) && watch.at() == 0 {
             // Decided on the SYN: the first hello is at offset 0.
             return self.scan_first_name(now, flow, policy, out);
         }
-        match insp.watch {
+        match watch {
             Watch::Tls(at) => self.scan_tls_record(now, flow, at, policy, out),
             Watch::Http(at) => self.scan_request_head(now, flow, at, policy, out),
             Watch::Chunked(part, at) => self.scan_chunk(now, flow, part, at, out),
@@ -191,10 +191,7 @@ impl Shared {
             Found::Incomplete => return Scan::Stop,
             found => found,
         };
-        match name::watch_from(&found) {
-            Some(w) => insp.watch = w,
-            None => insp.watching = false,
-        }
+        insp.watch = name::watch_from(&found);
         self.first_name_observed(now, flow, &found, policy, out);
         Scan::Again
     }
@@ -221,7 +218,7 @@ impl Shared {
             22 => match name::classify(rest) {
                 Found::Incomplete => Scan::Stop,
                 found @ Found::Tls { end, .. } => {
-                    insp.watch = Watch::Tls(at + end);
+                    insp.watch = Some(Watch::Tls(at + end));
                     self.second_hello(now, flow, &found, policy, out);
                     Scan::again_if_forwarding(flow)
                 }
@@ -230,7 +227,7 @@ impl Shared {
                     if rest.len() < rlen {
                         return Scan::Stop;
                     }
-                    insp.watch = Watch::Tls(at + rlen);
+                    insp.watch = Some(Watch::Tls(at + rlen));
                     Scan::Again
                 }
             },
@@ -240,12 +237,12 @@ impl Shared {
                 if rest.len() < rlen {
                     return Scan::Stop;
                 }
-                insp.watch = Watch::Tls(at + rlen);
+                insp.watch = Some(Watch::Tls(at + rlen));
                 Scan::Again
             }
             // Alert, application data, anything else: the plaintext handshake is over.
             _ => {
-                insp.watching = false;
+                insp.watch = None;
                 Scan::Stop
             }
         }
@@ -271,10 +268,8 @@ impl Shared {
             Found::Incomplete => Scan::Stop,
             found @ Found::Http { end, .. } => {
                 mark_inspected(insp, at, end);
-                match name::watch_from(&found) {
-                    Some(w) => insp.watch = w.moved_to(at.saturating_add(w.at())),
-                    None => insp.watching = false,
-                }
+                insp.watch =
+                    name::watch_from(&found).map(|w| w.moved_to(at.saturating_add(w.at())));
                 self.later_request(now, flow, &found, policy, out);
                 Scan::again_if_forwarding(flow)
             }
@@ -282,13 +277,13 @@ impl Shared {
                 // An ambiguous head (conflicting Host fields, a Host that contradicts the target,
                 // line folding, a body of uncertain length) after the first: fail closed as on
                 // the first request.
-                insp.watching = false;
+                insp.watch = None;
                 self.fail_closed(now, flow, Reason::ParseError, out);
                 Scan::Stop
             }
             _ => {
                 // Not HTTP any more (a protocol upgrade): nothing more to watch.
-                insp.watching = false;
+                insp.watch = None;
                 Scan::Stop
             }
         }
@@ -318,16 +313,16 @@ impl Shared {
                 next,
             } => {
                 mark_inspected(insp, at, read);
-                insp.watch = Watch::Chunked(next, at.saturating_add(advance));
+                insp.watch = Some(Watch::Chunked(next, at.saturating_add(advance)));
                 Scan::Again
             }
             ChunkStep::End { read } => {
                 mark_inspected(insp, at, read);
-                insp.watch = Watch::Http(at.saturating_add(read));
+                insp.watch = Some(Watch::Http(at.saturating_add(read)));
                 Scan::Again
             }
             ChunkStep::Malformed => {
-                insp.watching = false;
+                insp.watch = None;
                 self.fail_closed(now, flow, Reason::ParseError, out);
                 Scan::Stop
             }
@@ -488,7 +483,7 @@ impl Shared {
         let Some(insp) = flow.inspect.as_ref() else {
             return;
         };
-        if !insp.watching && flow.record.owed() {
+        if insp.watch.is_none() && flow.record.owed() {
             self.emit_decision(now, flow, policy, out);
         }
         self.maybe_release_guard(flow);
@@ -499,7 +494,7 @@ impl Shared {
         let Some(insp) = flow.inspect.as_ref() else {
             return;
         };
-        if insp.watching {
+        if insp.watch.is_some() {
             return;
         }
         let end = flow

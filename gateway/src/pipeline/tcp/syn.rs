@@ -23,7 +23,7 @@ use policy_engine::{Action, CompiledPolicy, Mode, SynDecision, Verdict};
 use crate::wire::{ChecksumStatus, IpProtocol, ParsedPacket, RstTarget, TcpSegment};
 
 use crate::pipeline::flow::{FlowKey, Side};
-use crate::pipeline::name::{self, Found};
+use crate::pipeline::name::{self, Found, Watch};
 use crate::pipeline::state::{flow_query, Flow, Inspect, Phase, Record};
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared};
 
@@ -127,7 +127,8 @@ impl Shared {
                 // Watch the first client bytes without holding them, so the record and later
                 // re-evaluations know the name.
                 let mut i = Inspect::new(self.config.max_held_bytes_per_flow);
-                i.watching = true;
+                // The first name is looked for at offset 0 (see `Shared::scan_watched`).
+                i.watch = Some(Watch::Tls(0));
                 flow.inspect = Some(Box::new(i));
                 // Log-only reports every verdict (none is enforced), so a record whose reason
                 // the name decides is always owed.
