@@ -54,6 +54,7 @@ impl Pipeline {
         Disposition::Forward
     }
 
+    /// A UDP, ICMP (not an error) or other packet: its flow is decided on its first packet.
     pub(super) fn datagram(
         &mut self,
         now: Instant,
@@ -136,6 +137,7 @@ impl Pipeline {
 }
 
 impl Shared {
+    /// Answers a packet of a rejected flow with an ICMP administratively-prohibited error.
     pub(super) fn icmp_unreachable(&mut self, offending: &[u8], out: &mut Output) {
         let mut packet = Vec::new();
         if wire::build_icmp_unreachable(&mut packet, offending, None).is_ok() {

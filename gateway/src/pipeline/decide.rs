@@ -277,6 +277,7 @@ pub(super) fn found_reason(
     }
 }
 
+/// The reason of a verdict by rule: `rule`, or `default` when no rule matched.
 pub(super) fn rule_reason(v: &Verdict) -> Reason {
     match v.effective_rule {
         RuleRef::Default => Reason::Default,

@@ -50,6 +50,7 @@ pub(super) fn is_half_open(flow: &Flow) -> bool {
 }
 
 impl Pipeline {
+    /// Removes a flow, discarding what it holds, and writes what its records still owe.
     pub(super) fn expire(&mut self, now: Instant, id: FlowId, why: EndReason, out: &mut Output) {
         let Some(mut flow) = self.flows.remove(id) else {
             return;
@@ -141,6 +142,7 @@ impl Shared {
         }
     }
 
+    /// How long the flow may stay idle, by protocol and TCP state.
     pub(super) fn idle_timeout(&self, flow: &Flow) -> Duration {
         let t = &self.config.idle;
         match flow.proto {
@@ -163,6 +165,7 @@ impl Shared {
         }
     }
 
+    /// When the flow's inspection times out, if something is held.
     pub(super) fn inspect_deadline(&self, flow: &Flow) -> Option<Instant> {
         let i = flow.inspect.as_ref()?;
         i.started.map(|s| s + self.config.inspect_timeout)
@@ -186,6 +189,8 @@ impl Shared {
         }
     }
 
+    /// The table is full: the new flow fails closed (`flow_limit`), recorded; a client's SYN
+    /// gets a RST. Log-only lets it through.
     pub(super) fn flow_limit(
         &mut self,
         now: Instant,

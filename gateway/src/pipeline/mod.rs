@@ -171,6 +171,7 @@ impl Pipeline {
         );
     }
 
+    /// Parses the packet and hands it to the handler of its protocol.
     fn process_inner(
         &mut self,
         now: Instant,

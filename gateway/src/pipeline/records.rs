@@ -39,6 +39,7 @@ pub(super) struct ClockAnchor {
 }
 
 impl ClockAnchor {
+    /// Wall-clock milliseconds of `now`.
     pub(super) fn epoch_ms(&self, now: Instant) -> u64 {
         match self.instant {
             None => 0,
@@ -98,6 +99,7 @@ impl Shared {
         out.records.push(r);
     }
 
+    /// Writes the flow's decision record (Open when it is permitted, else Refuse).
     pub(super) fn emit_decision(
         &mut self,
         now: Instant,
@@ -114,6 +116,7 @@ impl Shared {
         flow.record = flow.record.after_decision();
     }
 
+    /// A record of the flow's current decision, without the flow-end fields.
     pub(super) fn base_record(
         &self,
         now: Instant,

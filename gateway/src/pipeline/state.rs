@@ -164,6 +164,7 @@ pub(super) struct Inspect {
 }
 
 impl Inspect {
+    /// Nothing held or watched yet; at most `limit` bytes reassembled.
     pub(super) fn new(limit: usize) -> Inspect {
         Inspect {
             buf: Reassembly::new(limit),
@@ -177,6 +178,7 @@ impl Inspect {
         }
     }
 
+    /// Bytes held: the reassembled stream and the copies of held packets.
     pub(super) fn bytes(&self) -> usize {
         self.buf.stored() + self.held_packet_bytes
     }
@@ -231,6 +233,7 @@ pub(super) struct Flow {
 }
 
 impl Flow {
+    /// A new flow, inspecting, with nothing recorded.
     pub(super) fn new(
         now: Instant,
         client: IpAddr,
@@ -257,6 +260,7 @@ impl Flow {
         }
     }
 
+    /// Counts a packet of the flow from `side`.
     pub(super) fn count(&mut self, side: Side, len: u64, now: Instant) {
         if side == self.client_side {
             self.traffic.packets_out += 1;
@@ -324,6 +328,7 @@ impl Flow {
                 || (self.phase == Phase::Blocked && self.enforced() == Some(Action::Reject)))
     }
 
+    /// What the data path does with the flow, once decided.
     pub(super) fn enforced(&self) -> Option<Action> {
         self.decision.as_ref().map(|d| d.enforced)
     }
@@ -339,6 +344,7 @@ impl Flow {
         }
     }
 
+    /// The name the flow was decided on.
     pub(super) fn name(&self) -> Option<&str> {
         self.decision
             .as_ref()
@@ -347,6 +353,7 @@ impl Flow {
     }
 }
 
+/// The policy question for the flow, with `name` if there is one.
 pub(super) fn flow_query<'a>(flow: &Flow, name: Option<&'a str>) -> Query<'a> {
     let transport = match flow.proto {
         IpProtocol::Tcp => Transport::Tcp,

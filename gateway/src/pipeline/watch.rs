@@ -473,6 +473,8 @@ impl Shared {
         }
     }
 
+    /// Once the watch is over: writes the decision record still owed, and lets go of the
+    /// reassembled bytes the server acknowledged.
     pub(super) fn finish_watch_if_done(
         &mut self,
         now: Instant,

@@ -6,6 +6,7 @@ use crate::pipeline::state::Flow;
 use crate::pipeline::{Output, PacketMeta, Shared, Transmit};
 
 impl Shared {
+    /// Builds one RST to `target` from the flow's sequence state.
     pub(in crate::pipeline) fn push_rst(
         &mut self,
         fs: &TcpFlowSeq,
