@@ -4,7 +4,7 @@
 Usage: make_seeds.py CORPUS_DIR OUT_DIR
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
-capture_reader and pipeline. Classic pcap only (the corpus holds no pcapng); link types
+http_framing, capture_reader and pipeline. Classic pcap only (the corpus holds no pcapng); link types
 Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
 """
 import hashlib
@@ -148,11 +148,36 @@ def http_seeds(out):
         write(out, "pipeline", http_session(reqs))
         for r in reqs:
             write(out, "http_host", r)
+            write(out, "http_framing", r)
+
+
+def framing_seeds(out):
+    """Heads with every kind of framing, and chunked bodies on their own (with extensions,
+    trailers, upper-case sizes, and the malformed endings a smuggler would try)."""
+    heads = [
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 12\r\n\r\nhello world!",
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+    ]
+    bodies = [
+        b"5\r\nhello\r\n1a;name=value\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nDigest: x\r\nOther: y\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        b"A\r\n0123456789\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\r",
+        b"0\r\n folded: x\r\n\r\n",
+        b"fffffffffffffff\r\n",
+    ]
+    chunked = b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for blob in heads + bodies + [chunked + b for b in bodies]:
+        write(out, "http_framing", blob)
 
 
 def main():
     corpus, out = sys.argv[1], sys.argv[2]
     http_seeds(out)
+    framing_seeds(out)
     pdir = os.path.join(corpus, "pcap")
     for name in sorted(os.listdir(pdir)):
         path = os.path.join(pdir, name)

@@ -1,7 +1,8 @@
 //! The protocol parsers that find the name a client asks for, without decrypting anything.
 //!
 //! - [`tls`]: the server name (SNI) of a TLS ClientHello, reassembled across TLS records.
-//! - [`http`]: the `Host` of a plain HTTP/1.x request, or the authority of a `CONNECT`.
+//! - [`http`]: the `Host` of a plain HTTP/1.x request, or the authority of a `CONNECT`; and
+//!   ([`http::framing`]) where its body ends, so that the next request head can be found.
 //!
 //! Both take the client's byte stream from its first byte (the pipeline reassembles TCP segments
 //! into it) and answer `Complete`, `Incomplete` (feed more bytes), `Not...` (another protocol:

@@ -21,6 +21,8 @@
 //! header syntax that servers are required to reject (obsolete line folding, whitespace before
 //! the colon, bare CR, control bytes) is malformed.
 
+pub mod framing;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{validate_host_name, HostName, HostNameError};
