@@ -42,16 +42,19 @@ pub fn extra_corpus() -> Option<PathBuf> {
     None
 }
 
-/// Every corpus directory: the project's `testdata/` first, then the extra corpus if present.
-pub fn corpus_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![testdata_dir()];
-    dirs.extend(extra_corpus());
+/// Every corpus directory with its origin (`testdata`, `extra`): the project's `testdata/` first,
+/// then the extra corpus if present.
+pub fn corpus_dirs() -> Vec<(&'static str, PathBuf)> {
+    let mut dirs = vec![("testdata", testdata_dir())];
+    dirs.extend(extra_corpus().map(|d| ("extra", d)));
     dirs
 }
 
 /// One row of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestRow {
+    /// `testdata` or `extra`: which corpus the row comes from.
+    pub origin: &'static str,
     /// The file, resolved against the manifest's directory.
     pub path: PathBuf,
     /// The file column as written (`pcap/x.pcap`, `client__curl.bin`).
@@ -63,6 +66,11 @@ pub struct ManifestRow {
 }
 
 impl ManifestRow {
+    /// `origin:file`, for messages and tables (the same file name may be in both corpora).
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.origin, self.file)
+    }
+
     /// The expected names in order, without the `-` placeholders.
     pub fn expected_names(&self) -> Vec<String> {
         expected_names(&self.expected)
@@ -85,9 +93,9 @@ pub fn expected_names(field: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses the manifest at `manifest`; panics on a missing file or a short row, since both mean the
-/// recorded data itself is broken.
-pub fn read_manifest(manifest: &Path) -> Vec<ManifestRow> {
+/// Parses the manifest at `manifest`, tagging its rows with `origin`; panics on a missing file or
+/// a short row, since both mean the recorded data itself is broken.
+pub fn read_manifest(manifest: &Path, origin: &'static str) -> Vec<ManifestRow> {
     let dir = manifest.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(manifest)
         .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
@@ -101,6 +109,7 @@ pub fn read_manifest(manifest: &Path) -> Vec<ManifestRow> {
                 manifest.display()
             );
             ManifestRow {
+                origin,
                 path: dir.join(cols[0]),
                 file: cols[0].to_owned(),
                 transport: cols[1].to_owned(),
@@ -114,7 +123,7 @@ pub fn read_manifest(manifest: &Path) -> Vec<ManifestRow> {
 pub fn captures() -> Vec<ManifestRow> {
     corpus_dirs()
         .iter()
-        .flat_map(|d| read_manifest(&d.join("manifest.tsv")))
+        .flat_map(|(origin, d)| read_manifest(&d.join("manifest.tsv"), origin))
         .collect()
 }
 
@@ -123,20 +132,20 @@ pub fn captures() -> Vec<ManifestRow> {
 pub fn payloads(prefixes: &[&str]) -> Vec<ManifestRow> {
     corpus_dirs()
         .iter()
-        .flat_map(|d| read_manifest(&d.join("payloads/manifest.tsv")))
+        .flat_map(|(origin, d)| read_manifest(&d.join("payloads/manifest.tsv"), origin))
         .filter(|r| prefixes.is_empty() || prefixes.iter().any(|p| r.file.starts_with(p)))
         .collect()
 }
 
-/// The real TLS ClientHellos (TCP payloads that name a server) of every corpus directory, with
-/// their expected names.
-pub fn real_hellos() -> Vec<(ManifestRow, Vec<u8>)> {
-    payloads(&[])
+/// The real TLS ClientHellos among the payloads whose file name starts with one of `prefixes`
+/// (every corpus directory, testdata first): TCP rows that expect exactly one name and hold a TLS
+/// handshake record, with their bytes.
+pub fn tls_hellos(prefixes: &[&str]) -> Vec<(ManifestRow, Vec<u8>)> {
+    payloads(prefixes)
         .into_iter()
         .filter(|r| r.transport == "TCP" && r.expected_names().len() == 1)
         .filter_map(|r| {
             let bytes = r.bytes();
-            // A TLS handshake record; plain HTTP rows name their Host in other columns.
             (bytes.first() == Some(&22)).then_some((r, bytes))
         })
         .collect()
@@ -161,8 +170,8 @@ mod tests {
 
     #[test]
     fn testdata_is_always_there_and_well_formed() {
-        let caps = read_manifest(&testdata_dir().join("manifest.tsv"));
-        let pays = read_manifest(&testdata_dir().join("payloads/manifest.tsv"));
+        let caps = read_manifest(&testdata_dir().join("manifest.tsv"), "testdata");
+        let pays = read_manifest(&testdata_dir().join("payloads/manifest.tsv"), "testdata");
         assert!(caps.len() >= 4 && pays.len() >= 6);
         for r in caps.iter().chain(&pays) {
             assert!(r.path.is_file(), "{} is listed but missing", r.file);

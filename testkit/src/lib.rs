@@ -28,8 +28,8 @@ pub mod synthetic;
 pub mod tls;
 
 pub use corpus::{
-    captures, corpus_dirs, expected_names, extra_corpus, payloads, real_hellos, testdata_capture,
-    testdata_dir, testdata_payload, ManifestRow,
+    captures, corpus_dirs, expected_names, extra_corpus, payloads, testdata_capture,
+    testdata_dir, testdata_payload, tls_hellos, ManifestRow,
 };
 pub use harness::{
     handshake, policy, tick, Harness, POLICY_OPENAI, POLICY_PERMIT_ALL,
