@@ -13,12 +13,11 @@
 //! expected names are all distinct also matches when the names found, reduced the same way,
 //! equal them; the summary marks those rows `distinct`.
 
-
 use std::path::Path;
 
-use bulkhead_testkit::corpus::extra_corpus;
 use bulkhead_gateway::cli::replay::replay;
 use bulkhead_gateway::pipeline::Disposition;
+use bulkhead_testkit::corpus::extra_corpus;
 use bulkhead_testkit::*;
 
 /// Needs the name: client data is held until it is known.

@@ -2,7 +2,6 @@
 //! ClientHellos cut up the ways evasion tools cut them, flows seen mid-stream, and every bound.
 //! Each case must yield the true name or a fail-closed deny, never another name.
 
-
 use std::time::Duration;
 
 use bulkhead_gateway::pipeline::{Disposition, DropReason, PacketMeta, PipelineConfig};
@@ -26,7 +25,10 @@ fn real_hellos(test: &str) -> Vec<(String, Vec<u8>, String)> {
             v.push((row.label(), row.bytes(), name.clone()));
         }
     }
-    assert!(v.len() >= 3, "{test}: the real hellos of testdata/ are missing");
+    assert!(
+        v.len() >= 3,
+        "{test}: the real hellos of testdata/ are missing"
+    );
     v
 }
 

@@ -1,7 +1,6 @@
 //! Flow-end records are written when a TCP connection closes (FINs both ways, an accepted RST, or
 //! a reset by the gateway), once per flow, whatever arrives while the entry lingers.
 
-
 use std::time::Duration;
 
 use bulkhead_gateway::pipeline::Disposition;

@@ -62,7 +62,10 @@ fn tls_http_and_packet_parsers_do_not_allocate() {
         .into_iter()
         .map(|(_, bytes)| bytes)
         .collect();
-    assert!(hellos.len() >= 7, "the real hellos of testdata/ are missing");
+    assert!(
+        hellos.len() >= 7,
+        "the real hellos of testdata/ are missing"
+    );
     let upper = client_hello(Some("Upper.Example.COM"), 0);
     hellos.push(recut_records(&upper, 1));
     hellos.push(upper);

@@ -1,6 +1,5 @@
 //! `bulkhead replay` end to end: the binary, a policy file, real captures.
 
-
 use std::process::Command;
 
 use bulkhead_gateway::record::DecisionRecord;

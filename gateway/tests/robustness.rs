@@ -3,7 +3,6 @@
 //! not panic, must stay within its bounds, and must never let a single client byte of a denied
 //! flow reach the server.
 
-
 use std::time::Duration;
 
 use bulkhead_gateway::pipeline::PipelineConfig;

@@ -60,7 +60,11 @@ fn config(a: &Args) -> anyhow::Result<ClientConfig> {
     crypto.kx_groups = if a.classic {
         vec![kx_group::X25519, kx_group::SECP256R1]
     } else {
-        vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1]
+        vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+        ]
     };
     let versions: &[&rustls::SupportedProtocolVersion] = if a.tls12 {
         &[&rustls::version::TLS12]

@@ -97,8 +97,8 @@ pub fn expected_names(field: &str) -> Vec<String> {
 /// a short row, since both mean the recorded data itself is broken.
 pub fn read_manifest(manifest: &Path, origin: &'static str) -> Vec<ManifestRow> {
     let dir = manifest.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(manifest)
-        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let text =
+        std::fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|line| {
@@ -181,6 +181,9 @@ mod tests {
     #[test]
     fn expected_names_drop_placeholders() {
         assert_eq!(expected_names("-"), Vec::<String>::new());
-        assert_eq!(expected_names("a.example, -,b.example"), ["a.example", "b.example"]);
+        assert_eq!(
+            expected_names("a.example, -,b.example"),
+            ["a.example", "b.example"]
+        );
     }
 }

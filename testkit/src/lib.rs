@@ -28,12 +28,10 @@ pub mod synthetic;
 pub mod tls;
 
 pub use corpus::{
-    captures, corpus_dirs, expected_names, extra_corpus, payloads, testdata_capture,
-    testdata_dir, testdata_payload, tls_hellos, ManifestRow,
+    captures, corpus_dirs, expected_names, extra_corpus, payloads, testdata_capture, testdata_dir,
+    testdata_payload, tls_hellos, ManifestRow,
 };
-pub use harness::{
-    handshake, policy, tick, Harness, POLICY_OPENAI, POLICY_PERMIT_ALL,
-};
+pub use harness::{handshake, policy, tick, Harness, POLICY_OPENAI, POLICY_PERMIT_ALL};
 pub use packet::{
     as_rst, client_stream, corrupt_checksum, ip_packet, rsts, tcp_packet, udp_packet, Conn, Rst,
     ACK, FIN, PSH, RST, SYN,

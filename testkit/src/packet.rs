@@ -308,4 +308,3 @@ pub fn client_stream(c: &Conn, packets: &[Vec<u8>]) -> Vec<u8> {
     }
     out
 }
-

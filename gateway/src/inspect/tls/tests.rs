@@ -14,7 +14,10 @@ fn real_hellos() -> Vec<(String, String, Vec<u8>)> {
         .into_iter()
         .map(|(row, bytes)| (row.label(), row.expected.clone(), bytes))
         .collect();
-    assert!(rows.len() >= 8, "the real ClientHellos of testdata/ are missing");
+    assert!(
+        rows.len() >= 8,
+        "the real ClientHellos of testdata/ are missing"
+    );
     rows
 }
 
