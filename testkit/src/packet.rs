@@ -26,10 +26,16 @@ pub fn csum(chunks: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
+// TCP flag bits (RFC 9293 section 3.1).
+/// FIN: the sender has no more data.
 pub const FIN: u8 = 0x01;
+/// SYN: synchronise sequence numbers.
 pub const SYN: u8 = 0x02;
+/// RST: reset the connection.
 pub const RST: u8 = 0x04;
+/// PSH: push the data to the application.
 pub const PSH: u8 = 0x08;
+/// ACK: the acknowledgment number is valid.
 pub const ACK: u8 = 0x10;
 
 /// Builds an IPv4 or IPv6 packet around a transport header + payload, with correct checksums.
@@ -307,4 +313,40 @@ pub fn client_stream(c: &Conn, packets: &[Vec<u8>]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_packets_carry_valid_checksums_both_families() {
+        // `as_rst` checks the IPv4 header and TCP checksums through etherparse.
+        for c in [Conn::v4(40000), Conn::v6(40000)] {
+            let rst = tcp_packet(c.client, c.server, 5, 9, RST | ACK, &[]);
+            let r = as_rst(&rst).expect("an RST");
+            assert_eq!(
+                (r.src, r.dst, r.seq, r.ack),
+                (c.client, c.server, 5, Some(9))
+            );
+            assert_eq!(as_rst(&c.syn()), None);
+            let bad = corrupt_checksum(rst);
+            assert!(std::panic::catch_unwind(|| as_rst(&bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn the_client_stream_is_reassembled_by_sequence_number() {
+        let c = Conn::v4(40000);
+        // The client ISN sits just below the wrap: offsets must survive it.
+        let wire = vec![
+            c.data(4, b"efgh"),
+            c.synack(),
+            c.data(0, b"abcd"),
+            c.data(2, b"cdef"),
+        ];
+        assert_eq!(client_stream(&c, &wire), b"abcdefgh");
+        let dgram = udp_packet(c.client, c.server, b"x");
+        assert_eq!(dgram.len(), 20 + 8 + 1);
+    }
 }
