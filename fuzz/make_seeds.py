@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Builds the fuzz seed corpora from the conformance corpus (captures and payloads).
+"""Builds the fuzz seed corpora from recorded traffic (captures and payloads).
 
-Usage: make_seeds.py CORPUS_DIR OUT_DIR
+Usage: make_seeds.py CORPUS_DIR... OUT_DIR
+
+Each CORPUS_DIR has the layout of testdata/ (pcap/, payloads/): the project's own testdata/,
+and the extra conformance corpus when it is present.
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
 http_framing, capture_reader and pipeline. Classic pcap only (the corpus holds no pcapng); link types
@@ -174,10 +177,7 @@ def framing_seeds(out):
         write(out, "http_framing", blob)
 
 
-def main():
-    corpus, out = sys.argv[1], sys.argv[2]
-    http_seeds(out)
-    framing_seeds(out)
+def seed_from(corpus, out):
     pdir = os.path.join(corpus, "pcap")
     for name in sorted(os.listdir(pdir)):
         path = os.path.join(pdir, name)
@@ -197,16 +197,28 @@ def main():
         if seq:
             write(out, "pipeline", seq)
         ips = [ip for ip, _ in zip(frames(path), range(6))]
-        if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6")):
+        if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6", "chromium_v6")):
             write(out, "capture_reader", pcapng_seed("<", ips))
             write(out, "capture_reader", pcapng_seed(">", ips))
     ydir = os.path.join(corpus, "payloads")
     for name in sorted(os.listdir(ydir)):
+        if not name.endswith(".bin"):
+            continue
         blob = open(os.path.join(ydir, name), "rb").read()
-        if name.startswith("client__") or name.startswith("zapret__tls_"):
+        if blob[:1] == b"\x16":
             write(out, "tls_client_hello", blob)
-        if name.startswith("zapret__http_"):
+        elif blob[:1].isupper():
             write(out, "http_host", blob)
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit("usage: make_seeds.py CORPUS_DIR... OUT_DIR")
+    *corpora, out = sys.argv[1:]
+    http_seeds(out)
+    framing_seeds(out)
+    for corpus in corpora:
+        seed_from(corpus, out)
 
 
 if __name__ == "__main__":

@@ -462,7 +462,6 @@ fn parse_port(p: Option<&[u8]>) -> Result<Option<u16>, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::testutil::payloads;
 
     fn host_of(s: &[u8]) -> Option<String> {
         match parse_request_head(s) {
@@ -628,19 +627,25 @@ mod tests {
     }
 
     #[test]
-    fn real_request() {
-        let Some(rows) = payloads(&["zapret__http_"]) else {
-            return;
-        };
-        assert_eq!(rows.len(), 1);
-        let (file, _, bytes) = &rows[0];
-        let HttpParse::Complete(i) = parse_request_head(bytes) else {
-            panic!("{file}: {:?}", parse_request_head(bytes))
-        };
-        // The manifest's note says "iana.org"; the request itself carries `Host: www.iana.org`.
-        assert_eq!(i.host.unwrap(), "www.iana.org", "{file}");
-        for cut in 0..i.head_len {
-            assert_eq!(parse_request_head(&bytes[..cut]), HttpParse::Incomplete);
+    fn real_requests() {
+        // curl's request from testdata/, and the extra corpus's when it is there.
+        let mut rows = vec![(
+            "testdata:client__curl_http.bin".to_owned(),
+            "api.openai.com",
+            bulkhead_testkit::testdata_payload("client__curl_http.bin"),
+        )];
+        for row in bulkhead_testkit::payloads(&["zapret__http_"]) {
+            // The manifest's note says "iana.org"; the request itself carries `Host: www.iana.org`.
+            rows.push((row.label(), "www.iana.org", row.bytes()));
+        }
+        for (file, want, bytes) in &rows {
+            let HttpParse::Complete(i) = parse_request_head(bytes) else {
+                panic!("{file}: {:?}", parse_request_head(bytes))
+            };
+            assert_eq!(i.host.unwrap(), *want, "{file}");
+            for cut in 0..i.head_len {
+                assert_eq!(parse_request_head(&bytes[..cut]), HttpParse::Incomplete);
+            }
         }
     }
 
