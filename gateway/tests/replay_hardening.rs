@@ -26,9 +26,22 @@ fn checksum(data: &[u8]) -> u16 {
 
 /// An IPv4 TCP segment without payload (TCP checksum left zero: replay does not verify it).
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    tcp_data(src, sport, dst, dport, flags, (seq, 0), &[])
+}
+
+/// An IPv4 TCP segment with `(seq, ack)` and a payload.
+fn tcp_data(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
     let mut p = vec![0u8; 40];
     p[0] = 0x45;
-    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[2..4].copy_from_slice(&(40 + payload.len() as u16).to_be_bytes());
     p[8] = 64;
     p[9] = 6;
     p[12..16].copy_from_slice(&src.octets());
@@ -38,9 +51,11 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, seq: u32
     p[20..22].copy_from_slice(&sport.to_be_bytes());
     p[22..24].copy_from_slice(&dport.to_be_bytes());
     p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..32].copy_from_slice(&ack.to_be_bytes());
     p[32] = 5 << 4;
     p[33] = flags;
     p[34..36].copy_from_slice(&65535u16.to_be_bytes());
+    p.extend_from_slice(payload);
     p
 }
 
@@ -65,6 +80,8 @@ fn pcap(t0: u32, packets: &[Vec<u8>]) -> Vec<u8> {
 
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
 
 /// `n` TCP flows from 10.0.0.1 to 192.0.2.1:22, each a SYN and a RST.
 fn flows(n: u16, first_port: u16) -> Vec<Vec<u8>> {
@@ -205,5 +222,45 @@ fn records_are_streamed_as_flows_end() -> Result<()> {
         streamed,
         "flow 1's record came only at the end of the capture"
     );
+    Ok(())
+}
+
+#[test]
+fn a_flow_still_waiting_for_its_name_at_the_end_gets_a_record() -> Result<()> {
+    // A handshake, then the first bytes of a ClientHello (a TLS record header promising 512
+    // bytes, and 5 of them), then the capture ends: the name never came.
+    let (c, s) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 1));
+    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+    let packets = [
+        tcp_data(c, 43000, s, 443, SYN, (1000, 0), &[]),
+        tcp_data(s, 443, c, 43000, SYN | ACK, (5000, 1001), &[]),
+        tcp_data(c, 43000, s, 443, ACK, (1001, 5001), &[]),
+        tcp_data(c, 43000, s, 443, PSH | ACK, (1001, 5001), &hello_start),
+    ];
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("cut-hello.pcap"),
+        pcap(1_700_000_000, &packets),
+    )?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[policy]\ndefault_action = \"deny\"\n[webgroups.ai]\ndomains = [\"api.openai.com\"]\n\
+         [[rules]]\nname = \"to-ai\"\npriority = 1\nsrc = [\"any\"]\ndst = [\"ai\"]\n\
+         protocol = \"tcp\"\nports = [\"443\"]\naction = \"permit\"\n",
+    )?;
+    let out = Command::new(BIN)
+        .args(["replay", "--json", "--policy"])
+        .arg(&policy)
+        .arg(dir.path().join("cut-hello.pcap"))
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let r = serde_json::to_value(&recs[0])?;
+    assert_eq!(r["action"], "Denied", "{r}");
+    assert_eq!(r["reason"], "inspect_timeout", "{r}");
+    assert_eq!(r["end_reason"], "shutdown", "{r}");
+    assert_eq!(r["traffic"]["packets_out"], 3, "{r}");
     Ok(())
 }
