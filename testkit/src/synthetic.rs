@@ -126,26 +126,59 @@ fn v4(rng: &mut Rng, first_octet: u8) -> Ipv4Addr {
 /// Builds a policy of the given shape: SmartGroups hold 40% of the CIDRs (10 each), AddressGroups
 /// 60% (30 each), WebGroups 20 patterns each.
 pub fn synthetic_policy(shape: Shape, seed: u64) -> Synthetic {
+    // One generator feeds every step, in this order: the steps must not be reordered, or the
+    // same seed would give another policy and bench runs would stop being comparable.
     let mut rng = Rng::new(seed);
     let smart_cidrs = shape.cidrs * 2 / 5;
     let addr_cidrs = shape.cidrs - smart_cidrs;
-    let n_smart = (smart_cidrs / 10).max(1);
-    let n_addr = (addr_cidrs / 30).max(1);
-    let n_web = (shape.patterns / 20).max(1);
+    let smartgroups = smartgroups(&mut rng, smart_cidrs);
+    let addressgroups = addressgroups(&mut rng, addr_cidrs);
+    let (webgroups, matching_names) = webgroups(&mut rng, shape.patterns);
+    let counts = GroupCounts {
+        smart: smartgroups.len(),
+        address: addressgroups.len(),
+        web: webgroups.len(),
+    };
+    let rules = (0..shape.rules)
+        .map(|i| synthetic_rule(&mut rng, i, counts))
+        .collect();
+    Synthetic {
+        policy: Policy {
+            default_action: DefaultAction::Deny,
+            mode: Mode::Enforce,
+            smartgroups,
+            webgroups,
+            addressgroups,
+            rules,
+        },
+        matching_names,
+    }
+}
 
+/// How many groups of each kind the rules may name.
+#[derive(Debug, Clone, Copy)]
+struct GroupCounts {
+    smart: usize,
+    address: usize,
+    web: usize,
+}
+
+/// SmartGroups of 10 CIDRs each: mostly IPv4 /24, some /20 and /32, a tenth IPv6 /64.
+fn smartgroups(rng: &mut Rng, total: usize) -> Vec<SmartGroup> {
+    let n_smart = (total / 10).max(1);
     let mut smartgroups = Vec::with_capacity(n_smart);
     let mut made = 0;
     for g in 0..n_smart {
         let mut cidrs = Vec::new();
-        while cidrs.len() < 10 && made < smart_cidrs {
+        while cidrs.len() < 10 && made < total {
             let net = match rng.below(10) {
                 0 => {
                     let a = Ipv6Addr::new(0xfd00, g as u16, rng.below(256) as u16, 0, 0, 0, 0, 0);
                     IpNet::new(IpAddr::V6(a), 64)
                 }
-                1..=6 => IpNet::new(IpAddr::V4(v4(&mut rng, 10)), 24),
-                7 => IpNet::new(IpAddr::V4(v4(&mut rng, 10)), 20),
-                _ => IpNet::new(IpAddr::V4(v4(&mut rng, 10)), 32),
+                1..=6 => IpNet::new(IpAddr::V4(v4(rng, 10)), 24),
+                7 => IpNet::new(IpAddr::V4(v4(rng, 10)), 20),
+                _ => IpNet::new(IpAddr::V4(v4(rng, 10)), 32),
             }
             .expect("valid prefix")
             .trunc();
@@ -159,15 +192,20 @@ pub fn synthetic_policy(shape: Shape, seed: u64) -> Synthetic {
             description: None,
         });
     }
+    smartgroups
+}
 
+/// AddressGroups of 30 public-looking CIDRs each, mostly host addresses.
+fn addressgroups(rng: &mut Rng, total: usize) -> Vec<AddressGroup> {
+    let n_addr = (total / 30).max(1);
     let mut addressgroups = Vec::with_capacity(n_addr);
     let mut made = 0;
     for g in 0..n_addr {
         let mut cidrs = Vec::new();
-        while cidrs.len() < 30 && made < addr_cidrs {
+        while cidrs.len() < 30 && made < total {
             let first = [23u8, 45, 52, 104, 151, 185, 198][rng.below(7)];
             let len = if rng.chance(0.8) { 32 } else { 24 };
-            let net = IpNet::new(IpAddr::V4(v4(&mut rng, first)), len)
+            let net = IpNet::new(IpAddr::V4(v4(rng, first)), len)
                 .expect("valid prefix")
                 .trunc();
             cidrs.push(net);
@@ -179,15 +217,20 @@ pub fn synthetic_policy(shape: Shape, seed: u64) -> Synthetic {
             description: None,
         });
     }
+    addressgroups
+}
 
+/// WebGroups of 20 patterns each, and for every pattern a name it matches.
+fn webgroups(rng: &mut Rng, total: usize) -> (Vec<WebGroup>, Vec<String>) {
+    let n_web = (total / 20).max(1);
     let mut webgroups = Vec::with_capacity(n_web);
-    let mut matching_names = Vec::with_capacity(shape.patterns);
+    let mut matching_names = Vec::with_capacity(total);
     let mut made = 0;
     for g in 0..n_web {
         let mut patterns = Vec::new();
         let mut k = 0;
-        while patterns.len() < 20 && made < shape.patterns {
-            let (text, name) = pattern_and_name(&mut rng, g, k + g * 20);
+        while patterns.len() < 20 && made < total {
+            let (text, name) = pattern_and_name(rng, g, k + g * 20);
             k += 1;
             let p = NamePattern::parse(&text).expect("generated patterns are valid");
             debug_assert!(p.matches(&name));
@@ -201,82 +244,72 @@ pub fn synthetic_policy(shape: Shape, seed: u64) -> Synthetic {
             description: None,
         });
     }
+    (webgroups, matching_names)
+}
 
-    let mut rules = Vec::with_capacity(shape.rules);
-    for i in 0..shape.rules {
-        let src = if rng.chance(0.01) {
-            SrcSpec::Any
-        } else {
-            let mut g: Vec<u32> = (0..1 + rng.below(3))
-                .map(|_| rng.below(n_smart) as u32)
-                .collect();
-            g.sort_unstable();
-            g.dedup();
-            SrcSpec::Groups(g)
-        };
-        let dst = match rng.below(100) {
-            0..=69 => DstSpec::Groups(
-                (0..1 + rng.below(2))
-                    .map(|_| DstGroup::Web(rng.below(n_web) as u32))
-                    .collect(),
-            ),
-            70..=94 => DstSpec::Groups(vec![DstGroup::Address(rng.below(n_addr) as u32)]),
-            95..=97 => DstSpec::Groups(vec![DstGroup::Smart(rng.below(n_smart) as u32)]),
-            _ if src != SrcSpec::Any => DstSpec::Any,
-            _ => DstSpec::Groups(vec![DstGroup::Address(rng.below(n_addr) as u32)]),
-        };
-        let (protocol, ports) = match rng.below(10) {
-            0..=6 => (
-                Protocol::Tcp,
-                Ports::Ranges(vec![PortRange {
-                    start: 443,
-                    end: 443,
-                }]),
-            ),
-            7 => (
-                Protocol::Tcp,
-                Ports::Ranges(vec![PortRange {
-                    start: 8000 + rng.below(100) as u16,
-                    end: 8100 + rng.below(100) as u16,
-                }]),
-            ),
-            8 => (
-                Protocol::Udp,
-                Ports::Ranges(vec![PortRange {
-                    start: 443,
-                    end: 443,
-                }]),
-            ),
-            _ => (Protocol::Any, Ports::Any),
-        };
-        let action = match rng.below(10) {
-            0..=5 => Action::Permit,
-            6..=8 => Action::Deny,
-            _ => Action::Reject,
-        };
-        rules.push(Rule {
-            name: format!("rule-{i}"),
-            priority: (i as u32 + 1) * 10,
-            src,
-            dst,
-            protocol,
-            ports,
-            action,
-            log: rng.chance(0.3),
-            watch: rng.chance(0.05),
-            description: None,
-        });
+/// Rule `i`: one to three SmartGroups (1% `any`) to WebGroups, AddressGroups or SmartGroups,
+/// mostly TCP 443.
+fn synthetic_rule(rng: &mut Rng, i: usize, n: GroupCounts) -> Rule {
+    let src = if rng.chance(0.01) {
+        SrcSpec::Any
+    } else {
+        let mut g: Vec<u32> = (0..1 + rng.below(3))
+            .map(|_| rng.below(n.smart) as u32)
+            .collect();
+        g.sort_unstable();
+        g.dedup();
+        SrcSpec::Groups(g)
+    };
+    let dst = match rng.below(100) {
+        0..=69 => DstSpec::Groups(
+            (0..1 + rng.below(2))
+                .map(|_| DstGroup::Web(rng.below(n.web) as u32))
+                .collect(),
+        ),
+        70..=94 => DstSpec::Groups(vec![DstGroup::Address(rng.below(n.address) as u32)]),
+        95..=97 => DstSpec::Groups(vec![DstGroup::Smart(rng.below(n.smart) as u32)]),
+        _ if src != SrcSpec::Any => DstSpec::Any,
+        _ => DstSpec::Groups(vec![DstGroup::Address(rng.below(n.address) as u32)]),
+    };
+    let (protocol, ports) = synthetic_ports(rng);
+    let action = match rng.below(10) {
+        0..=5 => Action::Permit,
+        6..=8 => Action::Deny,
+        _ => Action::Reject,
+    };
+    Rule {
+        name: format!("rule-{i}"),
+        priority: (i as u32 + 1) * 10,
+        src,
+        dst,
+        protocol,
+        ports,
+        action,
+        log: rng.chance(0.3),
+        watch: rng.chance(0.05),
+        description: None,
     }
-    Synthetic {
-        policy: Policy {
-            default_action: DefaultAction::Deny,
-            mode: Mode::Enforce,
-            smartgroups,
-            webgroups,
-            addressgroups,
-            rules,
-        },
-        matching_names,
+}
+
+/// Mostly TCP 443; some TCP port ranges, UDP 443, and any.
+fn synthetic_ports(rng: &mut Rng) -> (Protocol, Ports) {
+    let one = |port: u16| {
+        Ports::Ranges(vec![PortRange {
+            start: port,
+            end: port,
+        }])
+    };
+    match rng.below(10) {
+        0..=6 => (Protocol::Tcp, one(443)),
+        7 => (
+            Protocol::Tcp,
+            Ports::Ranges(vec![PortRange {
+                start: 8000 + rng.below(100) as u16,
+                end: 8100 + rng.below(100) as u16,
+            }]),
+        ),
+        8 => (Protocol::Udp, one(443)),
+        _ => (Protocol::Any, Ports::Any),
     }
 }
 
