@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::diagnostics::Span;
 use super::{Loader, MAX_IDENT_LEN};
+use crate::echo::Echo;
 
 /// The type of a value, with its article, for messages ("must be a string, not an integer").
 pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -44,15 +45,17 @@ pub(super) fn ident_problem(name: &str) -> Option<String> {
         ));
     }
     if name == "any" || name == "default" {
-        return Some(format!("`{name}` is reserved and cannot be used as a name"));
+        return Some(format!(
+            "`{name}` is reserved and cannot be used as a name",
+            name = Echo(name)
+        ));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Some(format!(
-            "invalid character {c:?} in the name `{name}`: names may contain ASCII letters, digits, `-`, `_` and `.`"
-        ));
+            "invalid character {c:?} in the name `{name}`: names may contain ASCII letters, digits, `-`, `_` and `.`", name = Echo(name)));
     }
     None
 }
@@ -67,11 +70,14 @@ impl Loader {
         }
         for e in errors {
             let span = e.span().unwrap_or(0..0);
-            let mut message = e.message().trim_end().to_owned();
-            if message == "duplicate key" {
-                message.push_str(" (it is already defined above)");
-            }
-            self.error(src, span, format!("invalid TOML: {message}"));
+            self.error_with(src, span, || {
+                let message = e.message().trim_end();
+                if message == "duplicate key" {
+                    "invalid TOML: duplicate key (it is already defined above)".to_owned()
+                } else {
+                    format!("invalid TOML: {message}")
+                }
+            });
         }
         None
     }
@@ -107,7 +113,11 @@ impl Loader {
                 self.error(
                     src,
                     value.span(),
-                    format!("`{key}` must be a string, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be a string, not {}",
+                        type_name(other),
+                        key = Echo(key)
+                    ),
                 );
                 None
             }
@@ -126,7 +136,11 @@ impl Loader {
                 self.error(
                     src,
                     value.span(),
-                    format!("`{key}` must be true or false, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be true or false, not {}",
+                        type_name(other),
+                        key = Echo(key)
+                    ),
                 );
                 None
             }
@@ -145,7 +159,11 @@ impl Loader {
                 self.error(
                     src,
                     value.span(),
-                    format!("`{key}` must be an array, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be an array, not {}",
+                        type_name(other),
+                        key = Echo(key)
+                    ),
                 );
                 None
             }
@@ -169,7 +187,11 @@ impl Loader {
                         other => self.error(
                             src,
                             item.span(),
-                            format!("`{key}` must hold strings, not {}", type_name(other)),
+                            format!(
+                                "`{key}` must hold strings, not {}",
+                                type_name(other),
+                                key = Echo(key)
+                            ),
                         ),
                     }
                 }
@@ -181,7 +203,8 @@ impl Loader {
                     value.span(),
                     format!(
                         "`{key}` must be an array of strings, not {}",
-                        type_name(other)
+                        type_name(other),
+                        key = Echo(key)
                     ),
                 );
                 Vec::new()
@@ -196,11 +219,16 @@ impl Loader {
         key: &str,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(table) = self.expect_table(src, value, &format!("`{key}`")) else {
+        let Some(table) = self.expect_table(src, value, &format!("`{key}`", key = Echo(key)))
+        else {
             return out;
         };
         for (k, v) in table.iter() {
-            if let Some(s) = self.expect_str(src, v, &format!("{key}.{}", k.get_ref())) {
+            if let Some(s) = self.expect_str(
+                src,
+                v,
+                &format!("{key}.{}", Echo(k.get_ref()), key = Echo(key)),
+            ) {
                 out.insert(k.get_ref().to_string(), s.to_owned());
             }
         }
@@ -218,7 +246,10 @@ impl Loader {
         self.error(
             src,
             span,
-            format!("unknown key `{key}` in {what}; expected {expected}"),
+            format!(
+                "unknown key `{key}` in {what}; expected {expected}",
+                key = Echo(key)
+            ),
         );
     }
 }
