@@ -26,6 +26,7 @@ pub mod model;
 pub mod naive;
 pub mod name;
 mod store;
+mod suffix;
 mod trie;
 
 pub use compile::{

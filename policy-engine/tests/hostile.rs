@@ -246,3 +246,64 @@ fn inline_rules_and_large_groups_load_in_linear_time() {
     assert_eq!(loaded.policy.smartgroups[0].cidrs.len(), n);
     assert_eq!(loaded.policy.webgroups[0].patterns.len(), n);
 }
+
+#[test]
+fn hand_built_policies_are_held_to_the_same_rules() {
+    use policy_engine::{AddressGroup, Policy};
+    let mut policy = Policy::default();
+    for i in 0..300 {
+        policy.addressgroups.push(AddressGroup {
+            name: format!("g{i}\n"),
+            cidrs: vec!["::ffff:10.0.0.0/104".parse().unwrap()],
+            description: None,
+        });
+    }
+    let errors = policy.check().unwrap_err();
+    assert_eq!(errors.len(), MAX_REPORTED_ERRORS + 1);
+    assert!(errors[0].0.contains("use 10.0.0.0/8"), "{}", errors[0]);
+    assert!(errors.iter().all(|e| !e.0.contains('\n')));
+    assert_eq!(
+        errors.last().unwrap().0,
+        format!("and 200 more errors (only the first {MAX_REPORTED_ERRORS} are reported)")
+    );
+}
+
+#[test]
+fn a_wildcard_that_can_spell_a_public_suffix_is_warned_about() {
+    // `paas.beebyte.io` is on the list's private section: `api.*.beebyte.io` then matches
+    // `api.paas.beebyte.io`, a name that whoever registers under that suffix chooses.
+    let text = "[webgroups.w]\ndomains = [\"api.*.beebyte.io\", \"api.*.example.com\"]\n";
+    let loaded = load_policy_str(text, Path::new("p.toml")).expect("valid");
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert!(
+        w.message.contains("`*` can stand for `paas`")
+            && w.message.contains("`paas.beebyte.io` is a public suffix"),
+        "{}",
+        w.message
+    );
+    assert_eq!((w.line, w.column), (2, 12));
+}
+
+#[test]
+fn the_catalog_and_the_sample_policies_pass_the_public_suffix_rule() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    for policy in [
+        "policy.example.toml",
+        "demo-policy.toml",
+        "policies/observe-first.toml",
+    ] {
+        let loaded = policy_engine::load_policy_file(&configs.join(policy))
+            .unwrap_or_else(|e| panic!("{policy}:\n{e}"));
+        let suffix_warnings: Vec<_> = loaded
+            .warnings
+            .iter()
+            .filter(|w| w.message.contains("public suffix"))
+            .collect();
+        assert!(suffix_warnings.is_empty(), "{policy}: {suffix_warnings:?}");
+    }
+    // The catalog's Bedrock names are exact, one per region; no `*` stands for the region.
+    let catalog = std::fs::read_to_string(configs.join("webgroups/ai-providers.toml")).unwrap();
+    assert!(!catalog.contains(".*.amazonaws.com\""));
+    assert!(catalog.contains("\"bedrock-runtime.us-east-1.amazonaws.com\""));
+}

@@ -229,6 +229,9 @@ impl Loader {
                             Ok(p) => {
                                 // A set beside the list: `contains` on the list would make a
                                 // group of many names quadratic.
+                                if let Some(warning) = p.suffix_warning() {
+                                    self.warn(src, span.clone(), warning);
+                                }
                                 if seen.insert(p.clone()) {
                                     group.patterns.push(p);
                                 }

@@ -47,6 +47,7 @@ use toml_walk::type_name;
 pub use diagnostics::{
     Diagnostic, LoadError, Location, Severity, MAX_REPORTED_ERRORS, MAX_REPORTED_WARNINGS,
 };
+pub(crate) use groups::ipv4_mapped_equivalent;
 pub use groups::parse_cidr;
 pub use shadow::shadowed_rules;
 
