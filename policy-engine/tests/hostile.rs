@@ -307,3 +307,34 @@ fn the_catalog_and_the_sample_policies_pass_the_public_suffix_rule() {
     assert!(!catalog.contains(".*.amazonaws.com\""));
     assert!(catalog.contains("\"bedrock-runtime.us-east-1.amazonaws.com\""));
 }
+
+#[test]
+fn compiled_size_is_linear_in_rules_of_distinct_ports() {
+    use policy_engine::{compile, Action, DstSpec, Policy, PortRange, Ports, Protocol, Rule};
+    // One rule per port, twice over: per-port classes with a bitset over all rules each made
+    // this 65 535 bitsets of 131 070 bits, over 1 GB.
+    let mut policy = Policy::default();
+    for i in 0..131_070u32 {
+        let port = (i % 65_535 + 1) as u16;
+        policy.rules.push(Rule {
+            name: format!("r{i}"),
+            priority: i,
+            src: policy_engine::SrcSpec::Any,
+            dst: DstSpec::Any,
+            protocol: Protocol::Tcp,
+            ports: Ports::Ranges(vec![PortRange {
+                start: port,
+                end: port,
+            }]),
+            action: Action::Permit,
+            log: false,
+            watch: false,
+            description: None,
+        });
+    }
+    let started = Instant::now();
+    let compiled = compile(&policy, 1);
+    assert!(started.elapsed() < LINEAR_BOUND, "{:?}", started.elapsed());
+    let bytes = compiled.stats().memory_bytes;
+    assert!(bytes < 64 << 20, "{bytes} bytes");
+}
