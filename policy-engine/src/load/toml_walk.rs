@@ -8,6 +8,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostics::Span;
+use super::diagnostics::MAX_REPORTED_ERRORS;
 use super::{Loader, MAX_IDENT_LEN};
 use crate::echo::Echo;
 
@@ -64,6 +65,9 @@ impl Loader {
     /// Parses a whole file, recovering after syntax errors so that all of them are reported;
     /// `None` when there was any (a half-parsed file is not walked).
     pub(super) fn parse<'t>(&mut self, src: usize, text: &'t str) -> Option<Spanned<DeTable<'t>>> {
+        if self.too_many_syntax_errors(src, text) {
+            return None;
+        }
         let (table, errors) = DeTable::parse_recoverable(text);
         if errors.is_empty() {
             return Some(table);
@@ -80,6 +84,39 @@ impl Loader {
             });
         }
         None
+    }
+
+    /// A first pass of the TOML parser alone, which builds nothing: when a file has more syntax
+    /// errors than are reported, they are reported from here (with the parser's short
+    /// descriptions) and the file is not parsed again. The `toml` crate keeps every error of a
+    /// recoverable parse, each with its own message: a 32 MiB file of `=` lines made 16 million
+    /// of them, over 10 GB, before the cap on reported errors could apply.
+    fn too_many_syntax_errors(&mut self, src: usize, text: &str) -> bool {
+        let tokens = toml_parser::Source::new(text).lex().into_vec();
+        let mut first: Vec<(Span, String)> = Vec::new();
+        let mut count = 0usize;
+        let mut sink = |e: toml_parser::ParseError| {
+            count += 1;
+            if first.len() <= MAX_REPORTED_ERRORS {
+                let span = e
+                    .unexpected()
+                    .or(e.context())
+                    .map_or(0..0, |s| s.start()..s.end());
+                first.push((span, e.description().to_owned()));
+            }
+        };
+        toml_parser::parser::parse_document(&tokens, &mut (), &mut sink);
+        if count <= MAX_REPORTED_ERRORS {
+            // Few enough: the full parse below reports them with its complete messages.
+            return false;
+        }
+        let reported = first.len();
+        for (span, description) in first {
+            self.error_with(src, span, || format!("invalid TOML: {description}"));
+        }
+        // The rest are only counted, for the "and N more" line.
+        self.errors_found += count - reported;
+        true
     }
 
     pub(super) fn expect_table<'v, 't>(
