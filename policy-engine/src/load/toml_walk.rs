@@ -12,6 +12,48 @@ use super::diagnostics::MAX_REPORTED_ERRORS;
 use super::{Loader, MAX_IDENT_LEN};
 use crate::echo::Echo;
 
+/// An event receiver for the first pass: it builds nothing, but decodes keys and scalars, whose
+/// errors (an empty unquoted key, an unquoted string) the parser leaves to the decoder.
+struct DecodeOnly<'i> {
+    source: toml_parser::Source<'i>,
+}
+
+impl DecodeOnly<'_> {
+    fn event(
+        kind: toml_parser::parser::EventKind,
+        span: toml_parser::Span,
+        encoding: Option<toml_parser::decoder::Encoding>,
+    ) -> toml_parser::parser::Event {
+        toml_parser::parser::Event::new_unchecked(kind, encoding, span)
+    }
+}
+
+impl toml_parser::parser::EventReceiver for DecodeOnly<'_> {
+    fn simple_key(
+        &mut self,
+        span: toml_parser::Span,
+        kind: Option<toml_parser::decoder::Encoding>,
+        error: &mut dyn toml_parser::ErrorSink,
+    ) {
+        let event = Self::event(toml_parser::parser::EventKind::SimpleKey, span, kind);
+        if let Some(raw) = self.source.get(event) {
+            raw.decode_key(&mut (), error);
+        }
+    }
+
+    fn scalar(
+        &mut self,
+        span: toml_parser::Span,
+        kind: Option<toml_parser::decoder::Encoding>,
+        error: &mut dyn toml_parser::ErrorSink,
+    ) {
+        let event = Self::event(toml_parser::parser::EventKind::Scalar, span, kind);
+        if let Some(raw) = self.source.get(event) {
+            let _ = raw.decode_scalar(&mut (), error);
+        }
+    }
+}
+
 /// The type of a value, with its article, for messages ("must be a string, not an integer").
 pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
@@ -105,7 +147,9 @@ impl Loader {
                 first.push((span, e.description().to_owned()));
             }
         };
-        toml_parser::parser::parse_document(&tokens, &mut (), &mut sink);
+        let source = toml_parser::Source::new(text);
+        let mut receiver = DecodeOnly { source };
+        toml_parser::parser::parse_document(&tokens, &mut receiver, &mut sink);
         if count <= MAX_REPORTED_ERRORS {
             // Few enough: the full parse below reports them with its complete messages.
             return false;
