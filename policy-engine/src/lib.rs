@@ -20,11 +20,13 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+mod echo;
 pub mod load;
 pub mod model;
 pub mod naive;
 pub mod name;
 mod store;
+mod suffix;
 mod trie;
 
 pub use compile::{
@@ -33,7 +35,7 @@ pub use compile::{
 };
 pub use load::{
     load_policy_file, load_policy_str, shadowed_rules, Diagnostic, LoadError, LoadedPolicy,
-    Location, Severity,
+    Location, Severity, MAX_REPORTED_ERRORS, MAX_REPORTED_WARNINGS,
 };
 pub use model::{
     Action, AddressGroup, DefaultAction, DstGroup, DstSpec, K8sSelector, Mode, Policy, PolicyError,

@@ -11,6 +11,8 @@ use std::fmt;
 
 use ipnet::IpNet;
 
+use crate::echo::Echo;
+use crate::load::MAX_REPORTED_ERRORS;
 use crate::name::NamePattern;
 
 /// What a rule (or the default) does with a connection.
@@ -371,11 +373,12 @@ impl Policy {
             .chain(self.addressgroups.iter().map(|g| &g.name));
         for name in group_names {
             if name == "any" || name.is_empty() {
-                errors.push(PolicyError(format!("invalid group name `{name}`")));
+                errors.push(PolicyError(format!("invalid group name `{}`", Echo(name))));
             }
             if !names.insert(name.as_str()) {
                 errors.push(PolicyError(format!(
-                    "group `{name}` is defined more than once"
+                    "group `{}` is defined more than once",
+                    Echo(name)
                 )));
             }
         }
@@ -391,7 +394,14 @@ impl Policy {
         for (name, cidr) in cidrs {
             if cidr.trunc() != *cidr {
                 errors.push(PolicyError(format!(
-                    "group `{name}`: CIDR {cidr} has host bits set"
+                    "group `{}`: CIDR {cidr} has host bits set",
+                    Echo(name)
+                )));
+            }
+            if let Some(v4) = crate::load::ipv4_mapped_equivalent(cidr) {
+                errors.push(PolicyError(format!(
+                    "group `{}`: CIDR {cidr} is IPv4-mapped and would never match; use {v4}",
+                    Echo(name)
                 )));
             }
         }
@@ -400,25 +410,28 @@ impl Policy {
             if !rule_names.insert(rule.name.as_str()) {
                 errors.push(PolicyError(format!(
                     "rule `{}` is defined more than once",
-                    rule.name
+                    Echo(&rule.name)
                 )));
             }
             if i > 0 && self.rules[i - 1].priority >= rule.priority {
                 errors.push(PolicyError(format!(
                     "rule `{}`: rules must be sorted by strictly increasing priority",
-                    rule.name
+                    Echo(&rule.name)
                 )));
             }
             match &rule.src {
                 SrcSpec::Any => {}
                 SrcSpec::Groups(g) if g.is_empty() => {
-                    errors.push(PolicyError(format!("rule `{}`: empty src", rule.name)));
+                    errors.push(PolicyError(format!(
+                        "rule `{}`: empty src",
+                        Echo(&rule.name)
+                    )));
                 }
                 SrcSpec::Groups(g) => {
                     if g.iter().any(|&i| i as usize >= self.smartgroups.len()) {
                         errors.push(PolicyError(format!(
                             "rule `{}`: src refers to a smartgroup that does not exist",
-                            rule.name
+                            Echo(&rule.name)
                         )));
                     }
                 }
@@ -426,7 +439,10 @@ impl Policy {
             match &rule.dst {
                 DstSpec::Any => {}
                 DstSpec::Groups(g) if g.is_empty() => {
-                    errors.push(PolicyError(format!("rule `{}`: empty dst", rule.name)));
+                    errors.push(PolicyError(format!(
+                        "rule `{}`: empty dst",
+                        Echo(&rule.name)
+                    )));
                 }
                 DstSpec::Groups(g) => {
                     let bad = g.iter().any(|d| match *d {
@@ -437,7 +453,7 @@ impl Policy {
                     if bad {
                         errors.push(PolicyError(format!(
                             "rule `{}`: dst refers to a group that does not exist",
-                            rule.name
+                            Echo(&rule.name)
                         )));
                     }
                 }
@@ -446,10 +462,18 @@ impl Policy {
                 if ranges.is_empty() || ranges.iter().any(|r| r.start == 0 || r.start > r.end) {
                     errors.push(PolicyError(format!(
                         "rule `{}`: invalid port ranges",
-                        rule.name
+                        Echo(&rule.name)
                     )));
                 }
             }
+        }
+        if errors.len() > MAX_REPORTED_ERRORS {
+            // A snapshot is input like a file: its errors are capped the same way.
+            let more = errors.len() - MAX_REPORTED_ERRORS;
+            errors.truncate(MAX_REPORTED_ERRORS);
+            errors.push(PolicyError(format!(
+                "and {more} more errors (only the first {MAX_REPORTED_ERRORS} are reported)"
+            )));
         }
         if errors.is_empty() {
             Ok(())

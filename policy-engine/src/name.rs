@@ -11,7 +11,11 @@
 //! - any other `*` (`bedrock-runtime.*.amazonaws.com`) matches exactly one label.
 //!
 //! The labels right of the last `*` must be longer than a public suffix: `*.com`, `*.co.uk` and
-//! `api.*.com` are rejected, because they would match the names of unrelated owners.
+//! `api.*.com` are rejected, because they would match the names of unrelated owners. For the
+//! same reason a pattern with a `*` is rejected when any name it matches (or any name below, for
+//! a leading `*.`) is a public suffix, of the ICANN or the private section of the list:
+//! `*.amazonaws.com` covers `s3.amazonaws.com`, under which anyone can name a bucket. Exact
+//! names are never rejected for that: they name one host.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -306,6 +310,13 @@ pub enum PatternError {
     /// Nothing fixed to the right of the last `*`.
     #[error("a pattern must end with fixed labels: `*` cannot be the last label")]
     TrailingWildcard,
+    /// The names the pattern matches (or those below, for a leading `*.`) include a public
+    /// suffix, under which anyone can register names.
+    #[error("the pattern covers the public suffix `{suffix}`, under which anyone can register names; name the hosts you mean (for example `bedrock-runtime.us-east-1.amazonaws.com`), or put a single-label `*` where one label varies (`api.*.example.com`) if no public suffix can form there")]
+    CoversPublicSuffix {
+        /// A public suffix the pattern covers.
+        suffix: String,
+    },
     /// The labels right of the last `*` are a public suffix.
     #[error("the pattern is wider than the public suffix `{suffix}`: it would match names of unrelated owners; name a registrable domain (for example `*.example.{suffix}`)")]
     WiderThanPublicSuffix {
@@ -345,7 +356,8 @@ impl NamePattern {
         for label in &labels {
             if label.contains('*') && *label != "*" {
                 return Err(PatternError::PartialWildcard {
-                    label: (*label).to_owned(),
+                    // Quoted in messages: bounded and escaped like all input.
+                    label: crate::echo::Echo(label).to_string(),
                 });
             }
         }
@@ -387,7 +399,24 @@ impl NamePattern {
                 });
             }
         }
+        if let Some(suffix) = crate::suffix::covered_suffix(&text) {
+            return Err(PatternError::CoversPublicSuffix { suffix });
+        }
         Ok(NamePattern { text })
+    }
+
+    /// A warning for a single-label `*` that can stand for a label which, with the labels right
+    /// of it, spells a public suffix (`bedrock-runtime.*.amazonaws.com` with `*` = `s3`): the
+    /// pattern then matches a name that whoever registers under that suffix chooses.
+    pub fn suffix_warning(&self) -> Option<String> {
+        if self.is_exact() {
+            return None;
+        }
+        let (label, suffix) = crate::suffix::wildcard_forming_suffix(&self.text)?;
+        Some(format!(
+            "in `{}`, `*` can stand for `{label}`, and `{suffix}` is a public suffix: the pattern then matches names that anyone registering under it can choose; list the labels you mean instead of `*` (for AWS, the region names)",
+            self.text
+        ))
     }
 
     /// The normalised text, e.g. `*.openai.com`.
@@ -551,7 +580,7 @@ mod tests {
         // The comparison above must not be vacuous.
         assert!(taken.get() > 1000, "{}", taken.get());
         for n in [
-            "bedrock-runtime.us-east-1.amazonaws.com",
+            "bedrock-runtime.us-east-1.cloud.example",
             "a",
             "a.b",
             "x_y.example.com",
@@ -586,10 +615,10 @@ mod tests {
         assert!(p.matches("a.b.openai.com"));
         assert!(!p.matches("openai.com"));
         assert!(!p.matches("evilopenai.com"));
-        let p = NamePattern::parse("bedrock-runtime.*.amazonaws.com").unwrap();
-        assert!(p.matches("bedrock-runtime.us-east-1.amazonaws.com"));
-        assert!(!p.matches("bedrock-runtime.a.b.amazonaws.com"));
-        assert!(!p.matches("bedrock-runtime.amazonaws.com"));
+        let p = NamePattern::parse("bedrock-runtime.*.cloud.example").unwrap();
+        assert!(p.matches("bedrock-runtime.us-east-1.cloud.example"));
+        assert!(!p.matches("bedrock-runtime.a.b.cloud.example"));
+        assert!(!p.matches("bedrock-runtime.cloud.example"));
         let p = NamePattern::parse("api.openai.com").unwrap();
         assert!(p.is_exact());
         assert!(p.matches("api.openai.com"));
@@ -619,6 +648,40 @@ mod tests {
         }
         assert!(NamePattern::parse("*.corp.internal").is_ok());
         assert!(NamePattern::parse("*.openai.com").is_ok());
+        // A pattern whose names (or names below) include a public suffix: `*.amazonaws.com`
+        // covers `s3.amazonaws.com`; the single-label `*` of `bedrock-runtime.*.amazonaws.com`
+        // reaches `bedrock-runtime.compute.amazonaws.com` (`*.compute.amazonaws.com` is listed).
+        for p in [
+            "*.amazonaws.com",
+            "bedrock-runtime.*.amazonaws.com",
+            "*.r.appspot.com",
+        ] {
+            assert!(
+                matches!(
+                    NamePattern::parse(p),
+                    Err(PatternError::CoversPublicSuffix { .. })
+                ),
+                "{p}: {:?}",
+                NamePattern::parse(p)
+            );
+        }
+        let message = NamePattern::parse("*.amazonaws.com")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(".amazonaws.com`") && message.contains("name the hosts you mean"),
+            "{message}"
+        );
+        // Exact names name one host, even a public suffix or a name below one.
+        for p in [
+            "s3.amazonaws.com",
+            "bedrock-runtime.us-east-1.amazonaws.com",
+            "my-bucket.s3.amazonaws.com",
+        ] {
+            assert!(NamePattern::parse(p).is_ok(), "{p}");
+        }
+        // Below a name that only its owner names, a suffix pattern is fine.
+        assert!(NamePattern::parse("*.my-bucket.s3.amazonaws.com").is_ok());
         assert!(NamePattern::parse("*.example.co.uk").is_ok());
         assert_eq!(NamePattern::parse("*"), Err(PatternError::TrailingWildcard));
         assert_eq!(

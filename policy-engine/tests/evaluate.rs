@@ -25,7 +25,7 @@ cidrs = ["10.9.0.0/24"]
 domains = ["api.openai.com", "*.openai.com"]
 
 [webgroups.bedrock]
-domains = ["bedrock-runtime.*.amazonaws.com"]
+domains = ["bedrock-runtime.*.cloud.example"]
 
 [webgroups.github]
 domains = ["api.github.com"]
@@ -119,7 +119,7 @@ fn first_match_by_name_and_port() {
         "52.1.1.1",
         Transport::Tcp,
         443,
-        Some("bedrock-runtime.us-east-1.amazonaws.com"),
+        Some("bedrock-runtime.us-east-1.cloud.example"),
     ));
     assert_eq!(
         (v.action, rule(&c, &v).as_str(), v.enforced),
@@ -135,14 +135,14 @@ fn first_match_by_name_and_port() {
             "52.1.1.1",
             Transport::Tcp,
             8443,
-            Some("bedrock-runtime.us-east-1.amazonaws.com"),
+            Some("bedrock-runtime.us-east-1.cloud.example"),
         ),
         q(
             "10.1.2.3",
             "52.1.1.1",
             Transport::Udp,
             443,
-            Some("bedrock-runtime.us-east-1.amazonaws.com"),
+            Some("bedrock-runtime.us-east-1.cloud.example"),
         ),
         q(
             "10.1.2.3",
@@ -156,7 +156,7 @@ fn first_match_by_name_and_port() {
             "52.1.1.1",
             Transport::Tcp,
             443,
-            Some("bedrock-runtime.a.b.amazonaws.com"),
+            Some("bedrock-runtime.a.b.cloud.example"),
         ),
         q("10.1.2.3", "52.1.1.1", Transport::Tcp, 443, None),
     ] {
@@ -265,7 +265,7 @@ fn log_only_mode_forwards_everything_and_logs() {
         "52.1.1.1",
         Transport::Tcp,
         443,
-        Some("bedrock-runtime.eu-west-1.amazonaws.com"),
+        Some("bedrock-runtime.eu-west-1.cloud.example"),
     ));
     assert_eq!(
         (v.action, v.enforced, v.effective_action, v.log),
@@ -331,11 +331,11 @@ fn names_that_are_not_normal_never_match() {
         "a b.api.openai.com",
         "caf\u{e9}.api.openai.com",
         "api.openai.com..",
-        // Through the single-label `*` of `bedrock-runtime.*.amazonaws.com`.
-        "bedrock-runtime.US-EAST-1.amazonaws.com",
-        "bedrock-runtime..amazonaws.com",
-        "Bedrock-runtime.us-east-1.amazonaws.com",
-        "x.bedrock-runtime.us-east-1.amazonaws.com.",
+        // Through the single-label `*` of `bedrock-runtime.*.cloud.example`.
+        "bedrock-runtime.US-EAST-1.cloud.example",
+        "bedrock-runtime..cloud.example",
+        "Bedrock-runtime.us-east-1.cloud.example",
+        "x.bedrock-runtime.us-east-1.cloud.example.",
     ] {
         let v = c.evaluate(&q("10.2.0.1", "52.1.1.1", Transport::Tcp, 443, Some(name)));
         assert_eq!(v.rule, RuleRef::Default, "{name:?}");
@@ -353,7 +353,7 @@ fn store_publishes_new_policies() {
         "52.1.1.1",
         Transport::Tcp,
         443,
-        Some("bedrock-runtime.us-east-1.amazonaws.com"),
+        Some("bedrock-runtime.us-east-1.cloud.example"),
     );
     assert_eq!(store.load().evaluate(&query).action, Action::Deny);
     let loaded = load_policy_str(POLICY, Path::new("p.toml")).expect("valid");

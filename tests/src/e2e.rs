@@ -95,7 +95,7 @@ domains = ["api.openai.com"]
 domains = ["api.anthropic.com"]
 
 [webgroups.bedrock]
-domains = ["bedrock-runtime.*.amazonaws.com"]
+domains = ["bedrock-runtime.us-east-1.amazonaws.com"]
 
 [webgroups.plain-ok]
 domains = ["ok.example.com"]

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use super::compile;
+use super::ports::PortFilter;
 use super::stats::CompileStats;
 use super::tables::{bit, CompiledPolicy, Entry, Span, NONE};
 use crate::model::{Action, Mode, Policy, Transport};
@@ -191,18 +192,8 @@ impl CompiledPolicy {
         }
     }
 
-    fn port_class_bits(&self, transport: Transport, port: u16) -> &[u64] {
-        let class = match transport {
-            Transport::Tcp => self.tcp_ports.lookup(port),
-            Transport::Udp => self.udp_ports.lookup(port),
-            Transport::Other(_) => self.other_port_class,
-        } as usize;
-        let start = class * self.port_words;
-        &self.port_bits[start..start + self.port_words]
-    }
-
     /// Folds into `best` the rules of `a ∩ b` accepted by `ports`.
-    fn scan_pair(&self, a: &[u32], b: &[u32], ports: &[u64], best: &mut Best) {
+    fn scan_pair(&self, a: &[u32], b: &[u32], ports: PortFilter<'_>, best: &mut Best) {
         let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
         let mut j = 0;
         for &r in small {
@@ -213,19 +204,19 @@ impl CompiledPolicy {
             if j == large.len() {
                 return;
             }
-            if large[j] == r && bit(ports, r) && self.take(r, best) {
+            if large[j] == r && ports.accepts(r) && self.take(r, best) {
                 return;
             }
         }
     }
 
     /// Folds into `best` the rules of `list` accepted by `ports`.
-    fn scan_list(&self, list: &[u32], ports: &[u64], best: &mut Best) {
+    fn scan_list(&self, list: &[u32], ports: PortFilter<'_>, best: &mut Best) {
         for &r in list {
             if r >= best.eff {
                 return;
             }
-            if bit(ports, r) && self.take(r, best) {
+            if ports.accepts(r) && self.take(r, best) {
                 return;
             }
         }
@@ -251,7 +242,7 @@ impl CompiledPolicy {
 
     /// The rules that match without a name: (source list ∪ `src = any`) ∩ (address list ∪
     /// `dst = any`), accepted by the port class.
-    fn scan_addresses(&self, s: Entry, d: Entry, ports: &[u64], best: &mut Best) {
+    fn scan_addresses(&self, s: Entry, d: Entry, ports: PortFilter<'_>, best: &mut Best) {
         self.scan_pair(self.span(s.rules), self.span(d.rules), ports, best);
         self.scan_list(self.span(s.any_rules), ports, best);
         self.scan_list(self.span(d.any_rules), ports, best);
@@ -262,7 +253,7 @@ impl CompiledPolicy {
     /// rules that match only by name do not match.
     pub fn evaluate(&self, q: &Query<'_>) -> Verdict {
         let (s, d) = self.address_entries(q.src, q.dst);
-        let ports = self.port_class_bits(q.transport, q.dst_port);
+        let ports = self.ports.query(q.transport, q.dst_port);
         let mut best = Best {
             any: NONE,
             eff: NONE,
@@ -311,7 +302,7 @@ impl CompiledPolicy {
     /// none), `NeedsName` otherwise. `q.name` is ignored.
     pub fn evaluate_without_name(&self, q: &Query<'_>) -> SynDecision {
         let (s, d) = self.address_entries(q.src, q.dst);
-        let ports = self.port_class_bits(q.transport, q.dst_port);
+        let ports = self.ports.query(q.transport, q.dst_port);
         let ld = self.span(d.rules);
         let mut best = Best {
             any: NONE,
@@ -332,7 +323,7 @@ impl CompiledPolicy {
                 if r >= best.eff {
                     break;
                 }
-                if bit(ports, r) && ld.binary_search(&r).is_err() {
+                if ports.accepts(r) && ld.binary_search(&r).is_err() {
                     return SynDecision::NeedsName;
                 }
             }

@@ -14,15 +14,15 @@
 //!    their own (see `trie.rs`). A name walks the trie once, touching one cache line per label.
 //!    Each node carries up to two *name classes*: the WebGroups whose patterns end exactly there,
 //!    and those whose `*.` patterns cover names below it.
-//! 3. **Ports.** Per transport, port intervals map to a bitset of the rules whose protocol and
-//!    ports accept them (a *port class*).
+//! 3. **Ports.** Each rule keeps its transports and its port ranges (`ports`): a candidate rule is
+//!    checked against the query's port by reading its own entry.
 //! 4. **First match.** Every address and name class carries the sorted list of the rules that
 //!    name one of its groups (rules with `src = "any"` or `dst = "any"` are not copied into every
 //!    list), and apart the rules of that list whose other side is "any". The first matching rule
 //!    is the smallest rule index found in: the source list ∩ a destination list (address, or
 //!    each name class the name reached), by a galloping intersection; the source class's rules
 //!    with `dst = "any"`; each destination class's rules with `src = "any"`; and the short list
-//!    of rules with both "any". Every candidate must also be set in the port class. Each scan stops
+//!    of rules with both "any". Every candidate must also accept the port. Each scan stops
 //!    at its first enforced (non-watch) hit and at the best hit so far. Lists and bitsets are
 //!    deduplicated between classes.
 //!
@@ -35,7 +35,7 @@
 //! - `rule_index`: per-rule bitsets and per-group rule lists, which every later phase reads;
 //! - `classes`: address classes (interval sweep) and name classes, with the interners that
 //!   share group sets and rule lists;
-//! - `ports`: port classes;
+//! - `ports`: the transports and ports of each rule;
 //! - `tables`: the data structures of a [`CompiledPolicy`] and their lookups;
 //! - `evaluate`: [`CompiledPolicy::evaluate`] and [`CompiledPolicy::evaluate_without_name`],
 //!   the decision path, with the query and verdict types;
@@ -51,7 +51,7 @@ mod tables;
 use crate::model::Policy;
 
 use classes::{destination_classes, name_classes, source_classes, Arena};
-use ports::PortClasses;
+use ports::RulePorts;
 use rule_index::RuleIndex;
 use tables::{Class, Entry, IntervalTable, V4Table};
 
@@ -69,7 +69,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let src = source_classes(policy, &index, &mut arena);
     let dst = destination_classes(policy, &index, &mut arena);
     let (names, name_classes) = name_classes(policy, &index, &mut arena);
-    let ports = PortClasses::new(policy, index.words);
+    let ports = RulePorts::new(policy);
     let mut arena = arena.data;
     arena.shrink_to_fit();
     let boxed = |s: &str| -> Box<str> { s.into() };
@@ -99,12 +99,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         dst_classes: dst.classes,
         name_classes,
         names,
-        port_words: index.words,
-        port_bits: ports.bits,
-        tcp_ports: ports.tcp,
-        udp_ports: ports.udp,
-        other_port_class: ports.other,
-        port_class_count: ports.count,
+        ports,
         stats: CompileStats::default(),
     };
     let cidrs = policy

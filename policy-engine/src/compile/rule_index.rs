@@ -9,8 +9,6 @@ use crate::model::{DstGroup, DstSpec, Policy, Rule, SrcSpec};
 /// policy that was not [checked](Policy::check)) is left out, so that it matches nothing.
 #[derive(Debug)]
 pub(super) struct RuleIndex {
-    /// `u64` words in each rule bitset (at least one, so that an empty policy has tables).
-    pub(super) words: usize,
     /// Rules with `log = true`.
     pub(super) rule_log: Vec<u64>,
     /// Watch rules.
@@ -40,7 +38,6 @@ impl RuleIndex {
         let n_smart = policy.smartgroups.len();
         let n_addr = policy.addressgroups.len();
         let mut index = RuleIndex {
-            words,
             rule_log: vec![0u64; words],
             watch: vec![0u64; words],
             name_dep: vec![0u64; words],

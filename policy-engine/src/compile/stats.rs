@@ -28,7 +28,7 @@ pub struct CompileStats {
     pub name_nodes: usize,
     /// Distinct name classes.
     pub name_classes: usize,
-    /// Distinct port classes.
+    /// Distinct port specifications of rules (transports and port ranges).
     pub port_classes: usize,
     /// Bytes held by the compiled table (heap, approximate from capacities).
     pub memory_bytes: usize,
@@ -43,7 +43,7 @@ impl CompiledPolicy {
             + strs(&self.web_names)
             + strs(&self.addr_names)
             + self.rule_actions.capacity()
-            + (self.rule_log.capacity() + self.watch.capacity() + self.port_bits.capacity()) * 8
+            + (self.rule_log.capacity() + self.watch.capacity()) * 8
             + (self.any_any.capacity() + self.any_src_name_rules.capacity()) * 4
             + self.arena.capacity() * 4
             + (self.src_classes.capacity()
@@ -54,8 +54,7 @@ impl CompiledPolicy {
             + self.src_v6.bytes()
             + self.dst_v4.bytes()
             + self.dst_v6.bytes()
-            + self.tcp_ports.bytes()
-            + self.udp_ports.bytes()
+            + self.ports.bytes()
             + self.names.bytes();
         CompileStats {
             rules: policy.rules.len(),
@@ -72,7 +71,7 @@ impl CompiledPolicy {
             dst_classes: self.dst_classes.len(),
             name_nodes: self.names.node_count(),
             name_classes: self.name_classes.len(),
-            port_classes: self.port_class_count,
+            port_classes: self.ports.distinct,
             memory_bytes,
         }
     }

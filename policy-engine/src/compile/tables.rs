@@ -77,37 +77,6 @@ impl<K: Copy + Ord, V: Copy + Default> IntervalTable<K, V> {
     }
 }
 
-/// The port class of every port of one protocol, indexed by port: a decision reads one entry
-/// instead of binary-searching the interval starts (eight dependent reads for a couple of
-/// hundred classes). 256 KiB per protocol; the entries of the ports in use stay cached.
-#[derive(Debug, Clone)]
-pub(super) struct PortTable(Box<[u32]>);
-
-impl PortTable {
-    pub(super) fn new(intervals: &IntervalTable<u16>) -> PortTable {
-        let mut classes = vec![0u32; 1 << 16];
-        let ends = intervals
-            .starts
-            .iter()
-            .skip(1)
-            .map(|&s| usize::from(s))
-            .chain([1 << 16]);
-        for ((&start, end), &class) in intervals.starts.iter().zip(ends).zip(&intervals.classes) {
-            classes[usize::from(start)..end].fill(class);
-        }
-        PortTable(classes.into_boxed_slice())
-    }
-
-    #[inline]
-    pub(super) fn lookup(&self, port: u16) -> u32 {
-        self.0.get(usize::from(port)).copied().unwrap_or_default()
-    }
-
-    pub(super) fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.0)
-    }
-}
-
 /// IPv4 intervals as `(start, entry)` records, so that the record found by the search also holds
 /// the answer, with a direct index on the top 16 bits of the address; a /16 holding many
 /// intervals has a second index on the next 8 bits. A lookup reads the /16 index, the /24 index
@@ -261,12 +230,7 @@ pub struct CompiledPolicy {
     pub(super) dst_v4: V4Table,
     pub(super) dst_v6: IntervalTable<u128, Entry>,
     pub(super) names: crate::trie::NameTrie,
-    pub(super) port_words: usize,
-    pub(super) port_bits: Vec<u64>,
-    pub(super) tcp_ports: PortTable,
-    pub(super) udp_ports: PortTable,
-    pub(super) other_port_class: u32,
-    pub(super) port_class_count: usize,
+    pub(super) ports: super::ports::RulePorts,
     pub(super) stats: CompileStats,
 }
 
@@ -282,24 +246,6 @@ pub(super) fn set_bit(bits: &mut [u64], i: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The direct port table gives, for every port, the class the interval search gives.
-    #[test]
-    fn port_table_agrees_with_interval_search() {
-        let intervals = IntervalTable::<u16> {
-            starts: vec![0, 1, 443, 444, 8000, 8081, 65535],
-            classes: vec![7, 3, 9, 3, 5, 3, 11],
-        };
-        let table = PortTable::new(&intervals);
-        for port in 0..=u16::MAX {
-            assert_eq!(table.lookup(port), intervals.lookup(port), "port {port}");
-        }
-        let one = PortTable::new(&IntervalTable::<u16> {
-            starts: vec![0],
-            classes: vec![4],
-        });
-        assert!((0..=u16::MAX).all(|p| one.lookup(p) == 4));
-    }
 
     /// The indexed IPv4 table gives the record a plain search over all records gives, for /16s
     /// with few and with many intervals, at interval edges and /16 and /24 edges.

@@ -9,6 +9,13 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::Loader;
+use crate::echo::escape_controls;
+
+/// Most errors a load reports; past it they are counted and summed up in one last error.
+/// A garbage file can hold millions of errors, and nobody reads past the first few.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+/// Most warnings a load reports, likewise.
+pub const MAX_REPORTED_WARNINGS: usize = 100;
 
 /// Error or warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,13 +48,15 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        // The path comes from an include in the policy and the message quotes input: neither may
+        // break the one-line-per-diagnostic form.
         write!(
             f,
             "{}:{}:{}: {kind}: {}",
-            self.file.display(),
+            escape_controls(&self.file.display().to_string()),
             self.line,
             self.column,
-            self.message
+            escape_controls(&self.message)
         )
     }
 }
@@ -111,6 +120,13 @@ impl Source {
         }
     }
 
+    /// Where the line `back` lines above the one holding `offset` starts (the first line's
+    /// start when there are fewer).
+    pub(super) fn line_start_above(&self, offset: usize, back: usize) -> usize {
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        self.line_starts[(line - 1).saturating_sub(back)]
+    }
+
     fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
@@ -131,23 +147,85 @@ impl Loader {
         self.diag(Severity::Error, src, span.start, message.into());
     }
 
+    /// [`Loader::error`] for a message that is only built when the error is kept (past the cap,
+    /// a file with millions of errors costs no formatting).
+    pub(super) fn error_with(&mut self, src: usize, span: Span, message: impl FnOnce() -> String) {
+        if !self.over_cap(Severity::Error) {
+            self.place(Severity::Error, src, span.start, message());
+        }
+    }
+
     pub(super) fn warn(&mut self, src: usize, span: Span, message: impl Into<String>) {
         self.diag(Severity::Warning, src, span.start, message.into());
     }
 
     fn diag(&mut self, severity: Severity, src: usize, offset: usize, message: String) {
+        if !self.over_cap(severity) {
+            self.place(severity, src, offset, message);
+        }
+    }
+
+    /// Records a diagnostic already counted: its line and column, then the message.
+    fn place(&mut self, severity: Severity, src: usize, offset: usize, message: String) {
         let source = &self.sources[src];
         let (line, column) = source.position(offset);
-        self.diags.push((
+        let file = source.path.clone();
+        self.push_diag(
             src,
             Diagnostic {
                 severity,
-                file: source.path.clone(),
+                file,
                 line,
                 column,
                 message,
             },
-        ));
+        );
+    }
+
+    /// Counts a diagnostic of `severity`; true when the cap is reached and it is not kept.
+    fn over_cap(&mut self, severity: Severity) -> bool {
+        let (found, cap) = match severity {
+            Severity::Error => (&mut self.errors_found, MAX_REPORTED_ERRORS),
+            Severity::Warning => (&mut self.warnings_found, MAX_REPORTED_WARNINGS),
+        };
+        *found += 1;
+        *found > cap
+    }
+
+    /// Records a diagnostic of file `src`, unless its kind has reached its cap.
+    pub(super) fn push_counted(&mut self, src: usize, d: Diagnostic) {
+        if !self.over_cap(d.severity) {
+            self.push_diag(src, d);
+        }
+    }
+
+    fn push_diag(&mut self, src: usize, mut d: Diagnostic) {
+        if let std::borrow::Cow::Owned(escaped) = escape_controls(&d.message) {
+            d.message = escaped;
+        }
+        self.diags.push((src, d));
+    }
+
+    /// The last diagnostic of a capped kind: how many more were found, at the position of the
+    /// last one reported (so that it sorts after them).
+    pub(super) fn omitted(
+        kept: &[Diagnostic],
+        found: usize,
+        severity: Severity,
+    ) -> Option<Diagnostic> {
+        let last = kept.last()?;
+        let more = found.checked_sub(kept.len()).filter(|&n| n > 0)?;
+        let (kind, cap) = match severity {
+            Severity::Error => ("errors", MAX_REPORTED_ERRORS),
+            Severity::Warning => ("warnings", MAX_REPORTED_WARNINGS),
+        };
+        Some(Diagnostic {
+            severity,
+            file: last.file.clone(),
+            line: last.line,
+            column: last.column,
+            message: format!("and {more} more {kind} (only the first {cap} are reported)"),
+        })
     }
 
     pub(super) fn location(&self, src: usize, span: &Span) -> Location {

@@ -5,13 +5,17 @@
 //! are sorted out afterwards, in file order, by `resolve` (a later catalog must not decide which
 //! of two definitions is "first").
 
-use ipnet::IpNet;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostics::{Location, Span};
 use super::toml_walk::ident_problem;
 use super::Loader;
+use crate::echo::Echo;
 use crate::model::{AddressGroup, K8sSelector, Selector, SmartGroup, WebGroup};
 use crate::name::NamePattern;
 
@@ -81,8 +85,11 @@ impl Loader {
                     format!("invalid {} name: {problem}", kind.as_str()),
                 );
             }
-            let Some(body) = self.expect_table(src, body, &format!("{} `{name}`", kind.as_str()))
-            else {
+            let Some(body) = self.expect_table(
+                src,
+                body,
+                &format!("{} `{name}`", kind.as_str(), name = Echo(name)),
+            ) else {
                 continue;
             };
             let at = self.location(src, &key.span());
@@ -107,7 +114,7 @@ impl Loader {
             selectors: Vec::new(),
             description: None,
         };
-        let what = format!("smartgroup `{name}`");
+        let what = format!("smartgroup `{name}`", name = Echo(name));
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
                 "cidrs" => group.cidrs = self.cidr_list(src, v),
@@ -138,7 +145,8 @@ impl Loader {
                     src,
                     at.clone(),
                     format!(
-                        "smartgroup `{name}` has neither cidrs nor selectors: it matches nothing"
+                        "smartgroup `{name}` has neither cidrs nor selectors: it matches nothing",
+                        name = Echo(name)
                     ),
                 );
             } else {
@@ -146,8 +154,7 @@ impl Loader {
                     src,
                     at.clone(),
                     format!(
-                        "smartgroup `{name}` has no cidrs: its selectors are resolved by the controller; enforced from this file alone it matches nothing"
-                    ),
+                        "smartgroup `{name}` has no cidrs: its selectors are resolved by the controller; enforced from this file alone it matches nothing", name = Echo(name)),
                 );
             }
         }
@@ -209,8 +216,9 @@ impl Loader {
             patterns: Vec::new(),
             description: None,
         };
-        let what = format!("webgroup `{name}`");
+        let what = format!("webgroup `{name}`", name = Echo(name));
         let mut listed = 0;
+        let mut seen = HashSet::new();
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
                 "domains" => {
@@ -219,14 +227,19 @@ impl Loader {
                     for (text, span) in items {
                         match NamePattern::parse(&text) {
                             Ok(p) => {
-                                if !group.patterns.contains(&p) {
+                                // A set beside the list: `contains` on the list would make a
+                                // group of many names quadratic.
+                                if let Some(warning) = p.suffix_warning() {
+                                    self.warn(src, span.clone(), warning);
+                                }
+                                if seen.insert(p.clone()) {
                                     group.patterns.push(p);
                                 }
                             }
                             Err(e) => self.error(
                                 src,
                                 span,
-                                format!("invalid domain pattern `{text}`: {e}"),
+                                format!("invalid domain pattern `{text}`: {e}", text = Echo(&text)),
                             ),
                         }
                     }
@@ -241,7 +254,10 @@ impl Loader {
             self.warn(
                 src,
                 at.clone(),
-                format!("webgroup `{name}` has no domains: it matches nothing"),
+                format!(
+                    "webgroup `{name}` has no domains: it matches nothing",
+                    name = Echo(name)
+                ),
             );
         }
         self.policy.webgroups.push(group);
@@ -254,7 +270,7 @@ impl Loader {
             cidrs: Vec::new(),
             description: None,
         };
-        let what = format!("addressgroup `{name}`");
+        let what = format!("addressgroup `{name}`", name = Echo(name));
         let mut has_cidrs = false;
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
@@ -275,7 +291,10 @@ impl Loader {
             self.warn(
                 src,
                 at.clone(),
-                format!("addressgroup `{name}` has no cidrs: it matches nothing"),
+                format!(
+                    "addressgroup `{name}` has no cidrs: it matches nothing",
+                    name = Echo(name)
+                ),
             );
         }
         self.policy.addressgroups.push(group);
@@ -284,10 +303,11 @@ impl Loader {
 
     fn cidr_list(&mut self, src: usize, v: &Spanned<DeValue<'_>>) -> Vec<IpNet> {
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         for (text, span) in self.string_list(src, v, "cidrs") {
             match parse_cidr(&text) {
                 Ok(net) => {
-                    if !out.contains(&net) {
+                    if seen.insert(net) {
                         out.push(net);
                     }
                 }
@@ -299,22 +319,83 @@ impl Loader {
 }
 
 /// Parses a CIDR (or a bare address, taken as a host route); host bits must be zero.
+///
+/// Stricter than `IpNet`'s own parser, which reads `010.0.0.0/8` as `10.0.0.0/8`: tools differ
+/// on whether a leading zero means octal (`010` = 8), so an address or prefix length with one is
+/// refused rather than guessed at. IPv4-mapped IPv6 networks (`::ffff:10.0.0.0/104`) are refused
+/// too: packets carry IPv4 addresses as IPv4, so such a network would silently never match.
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    let net = if text.contains('/') {
-        text.parse::<IpNet>().map_err(|_| {
-            format!("invalid CIDR `{text}`: expected an address and a prefix length, like 10.0.0.0/8 or fd00::/64")
-        })?
-    } else {
-        let addr = text.parse::<std::net::IpAddr>().map_err(|_| {
-            format!("invalid CIDR `{text}`: expected an address and a prefix length, like 10.0.0.0/8 or fd00::/64")
-        })?;
-        IpNet::from(addr)
+    let invalid = || {
+        format!(
+            "invalid CIDR `{}`: expected an address and a prefix length, like 10.0.0.0/8 or fd00::/64",
+            Echo(text)
+        )
     };
+    let (addr_text, len_text) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    if has_leading_zero_octet(addr_text) {
+        return Err(format!(
+            "invalid CIDR `{}`: an IPv4 address part with a leading zero is ambiguous (octal in some tools); write it without the zero",
+            Echo(text)
+        ));
+    }
+    let addr: IpAddr = addr_text.parse().map_err(|_| invalid())?;
+    let net = match len_text {
+        None => IpNet::from(addr),
+        Some(l) => {
+            let valid_digits =
+                !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit());
+            if !valid_digits || (l.len() > 1 && l.starts_with('0')) {
+                return Err(invalid());
+            }
+            let len: u8 = l.parse().map_err(|_| invalid())?;
+            IpNet::new(addr, len).map_err(|_| {
+                format!(
+                    "invalid CIDR `{}`: the prefix length is at most {} for this address family",
+                    Echo(text),
+                    if addr.is_ipv4() { 32 } else { 128 }
+                )
+            })?
+        }
+    };
+    if let Some(v4) = ipv4_mapped_equivalent(&net) {
+        return Err(format!(
+            "CIDR `{}` is an IPv4-mapped IPv6 network: IPv4 packets are matched by IPv4 CIDRs, so it would never match; write `{v4}`",
+            Echo(text)
+        ));
+    }
     if net.trunc() != net {
         return Err(format!(
-            "CIDR `{text}` has host bits set: did you mean `{}`?",
+            "CIDR `{}` has host bits set: did you mean `{}`?",
+            Echo(text),
             net.trunc()
         ));
     }
     Ok(net)
+}
+
+/// True when a dotted IPv4 part of `addr` (also the tail of an IPv6 address) has a number
+/// written with a leading zero, as in `010.0.0.1` or `::ffff:10.01.0.1`.
+fn has_leading_zero_octet(addr: &str) -> bool {
+    let dotted = addr.rsplit(':').next().unwrap_or(addr);
+    dotted.contains('.')
+        && dotted
+            .split('.')
+            .any(|octet| octet.len() > 1 && octet.starts_with('0'))
+}
+
+/// The IPv4 network an IPv4-mapped IPv6 network (within `::ffff:0:0/96`) stands for.
+pub(crate) fn ipv4_mapped_equivalent(net: &IpNet) -> Option<Ipv4Net> {
+    let IpNet::V6(v6) = net else {
+        return None;
+    };
+    if v6.prefix_len() < 96 {
+        return None;
+    }
+    let v4 = v6.network().to_ipv4_mapped()?;
+    Ipv4Net::new(v4, v6.prefix_len() - 96)
+        .ok()
+        .map(|n| n.trunc())
 }

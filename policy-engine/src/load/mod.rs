@@ -38,12 +38,16 @@ use toml::Spanned;
 
 use crate::model::{DefaultAction, Mode, Policy};
 
+use crate::echo::Echo;
 use diagnostics::{Source, Span};
 use groups::{GroupDef, GroupEntry, GroupKind};
 use rules::PendingRule;
 use toml_walk::type_name;
 
-pub use diagnostics::{Diagnostic, LoadError, Location, Severity};
+pub use diagnostics::{
+    Diagnostic, LoadError, Location, Severity, MAX_REPORTED_ERRORS, MAX_REPORTED_WARNINGS,
+};
+pub(crate) use groups::ipv4_mapped_equivalent;
 pub use groups::parse_cidr;
 pub use shadow::shadowed_rules;
 
@@ -116,6 +120,10 @@ struct Loader {
     group_defs: Vec<GroupDef>,
     rules: Vec<PendingRule>,
     rule_locations: Vec<Location>,
+    /// Errors found, including those past the cap that `diags` does not keep.
+    errors_found: usize,
+    /// Warnings found, likewise.
+    warnings_found: usize,
 }
 
 impl Loader {
@@ -138,8 +146,7 @@ impl Loader {
                     src,
                     key.span(),
                     format!(
-                        "unknown key `{other}`; a policy has the sections [policy], [smartgroups.NAME], [webgroups.NAME], [addressgroups.NAME] and [[rules]]"
-                    ),
+                        "unknown key `{other}`; a policy has the sections [policy], [smartgroups.NAME], [webgroups.NAME], [addressgroups.NAME] and [[rules]]", other = Echo(other)),
                 ),
             }
         }
@@ -167,7 +174,7 @@ impl Loader {
                             other => self.error(
                                 src,
                                 v.span(),
-                                format!("invalid default_action `{other}`: expected \"deny\" or \"permit\""),
+                                format!("invalid default_action `{other}`: expected \"deny\" or \"permit\"", other = Echo(other)),
                             ),
                         }
                     }
@@ -180,7 +187,7 @@ impl Loader {
                             other => self.error(
                                 src,
                                 v.span(),
-                                format!("invalid mode `{other}`: expected \"enforce\" or \"log-only\""),
+                                format!("invalid mode `{other}`: expected \"enforce\" or \"log-only\"", other = Echo(other)),
                             ),
                         }
                     }
@@ -200,7 +207,7 @@ impl Loader {
                 other => self.error(
                     src,
                     key.span(),
-                    format!("unknown key `{other}` in [policy]; expected default_action, mode, include or description"),
+                    format!("unknown key `{other}` in [policy]; expected default_action, mode, include or description", other = Echo(other)),
                 ),
             }
         }
@@ -231,8 +238,7 @@ impl Loader {
                     src,
                     key.span(),
                     format!(
-                        "unknown key `{other}` in an included catalog; a catalog has version, description, [webgroups.NAME] and [addressgroups.NAME]"
-                    ),
+                        "unknown key `{other}` in an included catalog; a catalog has version, description, [webgroups.NAME] and [addressgroups.NAME]", other = Echo(other)),
                 ),
             }
         }
@@ -250,11 +256,15 @@ impl Loader {
         }
         self.diags
             .sort_by(|(a, da), (b, db)| (a, da.line, da.column).cmp(&(b, db.line, db.column)));
-        let (errors, warnings): (Vec<_>, Vec<_>) = self
+        let (mut errors, mut warnings): (Vec<_>, Vec<_>) = self
             .diags
             .into_iter()
             .map(|(_, d)| d)
             .partition(|d| d.severity == Severity::Error);
+        let more_errors = Loader::omitted(&errors, self.errors_found, Severity::Error);
+        errors.extend(more_errors);
+        let more_warnings = Loader::omitted(&warnings, self.warnings_found, Severity::Warning);
+        warnings.extend(more_warnings);
         if !errors.is_empty() {
             return Err(LoadError { errors, warnings });
         }

@@ -2,13 +2,14 @@
 //! across the three kinds), then the rules' references to them, duplicate rule names and
 //! duplicate priorities. Rules that resolve are sorted by priority into the policy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::diagnostics::{Location, Span};
 use super::groups::{GroupEntry, GroupKind};
 use super::rules::PendingRule;
 use super::{read_bounded, Loader, MAX_INCLUDES};
+use crate::echo::Echo;
 use crate::model::{DstGroup, DstSpec, Rule, SrcSpec};
 
 impl Loader {
@@ -34,7 +35,11 @@ impl Loader {
             let path = base.join(&rel);
             let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
             if seen.contains(&canonical) {
-                self.error(src, span, format!("`{rel}` is included more than once"));
+                self.error(
+                    src,
+                    span,
+                    format!("`{rel}` is included more than once", rel = Echo(&rel)),
+                );
                 continue;
             }
             seen.push(canonical);
@@ -43,7 +48,10 @@ impl Loader {
                 Err(message) => self.error(
                     src,
                     span,
-                    format!("cannot include `{}`: {message}", path.display()),
+                    format!(
+                        "cannot include `{}`: {message}",
+                        Echo(&path.display().to_string())
+                    ),
                 ),
             }
         }
@@ -57,7 +65,7 @@ impl Loader {
             if let Some(prev) = self.groups.get(&def.name) {
                 let message = format!(
                     "`{}` is already defined as {} at {}; group names must be unique across smartgroups, webgroups and addressgroups",
-                    def.name,
+                    Echo(&def.name),
                     prev.kind.with_article(),
                     prev.at
                 );
@@ -89,7 +97,7 @@ impl Loader {
                 if let Some(prev) = by_name.get(&rule.name) {
                     let message = format!(
                         "rule `{}` is already defined at {prev}; rule names must be unique",
-                        rule.name
+                        Echo(&rule.name)
                     );
                     self.error(src, name_span.clone(), message);
                     ok = false;
@@ -101,8 +109,7 @@ impl Loader {
                 if let Some((other, prev)) = by_priority.get(&rule.priority) {
                     let message = format!(
                         "priority {} is already used by rule `{other}` at {prev}; every rule needs its own priority so that the order is unambiguous",
-                        rule.priority
-                    );
+                        rule.priority, other = Echo(other));
                     self.error(src, priority_span.clone(), message);
                     ok = false;
                 } else {
@@ -139,7 +146,7 @@ impl Loader {
             self.error(
                 src,
                 span,
-                format!("\"any\" cannot be combined with other names in `{key}`: it already matches everything"),
+                format!("\"any\" cannot be combined with other names in `{key}`: it already matches everything", key = Echo(key)),
             );
             return None;
         }
@@ -154,6 +161,8 @@ impl Loader {
             return Some(SrcSpec::Any);
         }
         let mut groups = Vec::new();
+        // Beside the list, so that a rule naming many groups is not quadratic.
+        let mut seen = HashSet::new();
         let mut ok = true;
         for (name, span) in items {
             match self.groups.get(name) {
@@ -162,21 +171,21 @@ impl Loader {
                     index,
                     ..
                 }) => {
-                    if !groups.contains(index) {
+                    if seen.insert(*index) {
                         groups.push(*index);
                     }
                 }
                 Some(entry) => {
-                    let message = format!(
+                    let message =
+                        format!(
                         "`{name}` is {} (defined at {}); `src` accepts only smartgroups or \"any\"",
                         entry.kind.with_article(),
-                        entry.at
-                    );
+                        entry.at, name = Echo(name));
                     self.error(src, span.clone(), message);
                     ok = false;
                 }
                 None => {
-                    self.error(src, span.clone(), format!("unknown smartgroup `{name}` in `src`: no [smartgroups.{name}] is defined"));
+                    self.error(src, span.clone(), format!("unknown smartgroup `{name}` in `src`: no [smartgroups.{name}] is defined", name = Echo(name)));
                     ok = false;
                 }
             }
@@ -192,6 +201,8 @@ impl Loader {
             return Some(DstSpec::Any);
         }
         let mut groups = Vec::new();
+        // Beside the list, so that a rule naming many groups is not quadratic.
+        let mut seen = HashSet::new();
         let mut ok = true;
         for (name, span) in items {
             match self.groups.get(name) {
@@ -201,12 +212,12 @@ impl Loader {
                         GroupKind::Address => DstGroup::Address(entry.index),
                         GroupKind::Smart => DstGroup::Smart(entry.index),
                     };
-                    if !groups.contains(&g) {
+                    if seen.insert(g) {
                         groups.push(g);
                     }
                 }
                 None => {
-                    self.error(src, span.clone(), format!("unknown group `{name}` in `dst`: no webgroup, addressgroup or smartgroup has this name"));
+                    self.error(src, span.clone(), format!("unknown group `{name}` in `dst`: no webgroup, addressgroup or smartgroup has this name", name = Echo(name)));
                     ok = false;
                 }
             }

@@ -8,6 +8,7 @@ use toml::Spanned;
 use super::diagnostics::{Location, Span};
 use super::toml_walk::{ident_problem, integer, type_name};
 use super::Loader;
+use crate::echo::Echo;
 use crate::model::{Action, DstSpec, PortRange, Ports, Protocol, Rule, SrcSpec};
 
 /// A rule as read, before references are resolved and priorities sorted.
@@ -115,10 +116,14 @@ impl Loader {
     /// The span of a rule entry widened back to its `[[rules]]` header, so that rule-level
     /// messages point at the header rather than at the first key.
     fn rule_header(&self, src: usize, span: Span) -> Span {
-        let text = &self.sources[src].text;
-        match text.get(..span.start).and_then(|t| t.rfind("[[")) {
-            Some(h) if text[h..span.start].lines().count() <= 2 => h..span.end,
-            _ => span,
+        // Only the line of the first key and the two above are searched: a search back through
+        // the whole file for each rule would make a file of inline-table rules quadratic.
+        let source = &self.sources[src];
+        let from = source.line_start_above(span.start, 2);
+        let window = source.text.get(from..span.start).unwrap_or("");
+        match window.rfind("[[") {
+            Some(h) => from + h..span.end,
+            None => span,
         }
     }
 
@@ -220,7 +225,10 @@ impl Loader {
                     self.error(
                         src,
                         v.span(),
-                        format!("invalid protocol `{other}`: expected \"tcp\", \"udp\" or \"any\""),
+                        format!(
+                            "invalid protocol `{other}`: expected \"tcp\", \"udp\" or \"any\"",
+                            other = Echo(other)
+                        ),
                     );
                     d.ok = false;
                 }
@@ -241,7 +249,8 @@ impl Loader {
                     src,
                     v.span(),
                     format!(
-                        "invalid action `{other}`: expected \"permit\", \"deny\" or \"reject\""
+                        "invalid action `{other}`: expected \"permit\", \"deny\" or \"reject\"",
+                        other = Echo(other)
                     ),
                 );
                 d.ok = false;
@@ -257,9 +266,9 @@ impl Loader {
                 let who = if d.rule.name.is_empty() {
                     "this rule".to_owned()
                 } else {
-                    format!("rule `{}`", d.rule.name)
+                    format!("rule `{}`", Echo(&d.rule.name))
                 };
-                self.error(src, d.span.clone(), format!("{who} has no `{key}`; every rule needs name, priority, src, dst and action"));
+                self.error(src, d.span.clone(), format!("{who} has no `{key}`; every rule needs name, priority, src, dst and action", key = Echo(key)));
                 d.ok = false;
             }
         }
@@ -350,7 +359,8 @@ fn parse_port_item(v: &DeValue<'_>) -> Result<PortRange, String> {
             let (start, end) = (port_number(a.trim())?, port_number(b.trim())?);
             if start > end {
                 return Err(format!(
-                    "port range `{text}` is reversed: write `{end}-{start}`"
+                    "port range `{text}` is reversed: write `{end}-{start}`",
+                    text = Echo(text)
                 ));
             }
             Ok(PortRange { start, end })
@@ -362,12 +372,14 @@ fn parse_port_item(v: &DeValue<'_>) -> Result<PortRange, String> {
 fn port_number(text: &str) -> Result<u16, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
-            "invalid port `{text}`: expected a number from 1 to 65535 or a range like \"8443-8445\""
-        ));
+            "invalid port `{text}`: expected a number from 1 to 65535 or a range like \"8443-8445\"", text = Echo(text)));
     }
     match text.parse::<u32>() {
         Ok(0) => Err("port 0 is not a valid destination port: use 1 to 65535".to_owned()),
         Ok(n) if n <= 65535 => Ok(n as u16),
-        _ => Err(format!("port {text} is out of range: use 1 to 65535")),
+        _ => Err(format!(
+            "port {text} is out of range: use 1 to 65535",
+            text = Echo(text)
+        )),
     }
 }

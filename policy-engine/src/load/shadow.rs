@@ -1,11 +1,24 @@
 //! Warnings about rules that can never match because an earlier rule takes all of their
 //! traffic. Only a valid policy is checked (on an invalid one the indices would not mean much).
+//!
+//! The search must stay near-linear in the size of the policy: 100k rules of `src = "any"`,
+//! `dst = "any"`, `ports = [N]` must not compare every rule with every earlier one. Earlier rules
+//! are indexed by what a rule that covers a later one must share with it (see [`Key`]), so that
+//! a later rule only meets the earlier rules that could cover it; and the comparisons of the
+//! whole search are bounded by a budget, past which it stops and says so.
 
 use std::collections::HashMap;
 
 use super::diagnostics::{Diagnostic, Severity};
 use super::Loader;
-use crate::model::{DstSpec, Ports, Protocol, Rule, SrcSpec};
+use crate::echo::Echo;
+use crate::model::{DstGroup, DstSpec, Ports, Protocol, Rule, SrcSpec};
+
+/// Budget of the search, in group names and port ranges looked at, per rule of the policy.
+const WORK_PER_RULE: usize = 256;
+/// Most group names of one side, or single ports of one rule, indexed one by one; a rule with
+/// more is indexed under [`Part::Wide`] and met by every later rule of its source bucket.
+const MAX_KEYS_PER_SIDE: usize = 8;
 
 impl Loader {
     /// A rule can never match when an earlier non-watch rule matches all of its traffic. This
@@ -14,28 +27,39 @@ impl Loader {
     /// include the later one's. It never warns wrongly; it may miss rules that are shadowed by
     /// several earlier rules together, or by CIDRs that happen to overlap.
     pub(super) fn shadow_warnings(&mut self) {
-        let found = shadowed_rules(&self.policy.rules);
-        for (i, j) in found {
+        let search = find_shadowed(&self.policy.rules);
+        for (i, j) in search.pairs {
             let (earlier, later) = (&self.policy.rules[i], &self.policy.rules[j]);
             let message = format!(
                 "rule `{}` (priority {}) can never match: rule `{}` (priority {}, at {}) comes first and matches all of its traffic",
-                later.name, later.priority, earlier.name, earlier.priority, self.rule_locations[i]
+                Echo(&later.name), later.priority, Echo(&earlier.name), earlier.priority, self.rule_locations[i]
             );
-            let at = &self.rule_locations[j];
-            self.diags.push((
-                self.sources
-                    .iter()
-                    .position(|s| s.path == at.file)
-                    .unwrap_or(0),
-                Diagnostic {
-                    severity: Severity::Warning,
-                    file: at.file.clone(),
-                    line: at.line,
-                    column: at.column,
-                    message,
-                },
-            ));
+            self.rule_warning(j, message);
         }
+        if let Some(j) = search.stopped_at {
+            let message = format!(
+                "the search for rules that can never match stopped here, after {} comparisons: rules from here on were not checked",
+                search.work
+            );
+            self.rule_warning(j, message);
+        }
+    }
+
+    fn rule_warning(&mut self, rule: usize, message: String) {
+        let at = &self.rule_locations[rule];
+        let src = self
+            .sources
+            .iter()
+            .position(|s| s.path == at.file)
+            .unwrap_or(0);
+        let d = Diagnostic {
+            severity: Severity::Warning,
+            file: at.file.clone(),
+            line: at.line,
+            column: at.column,
+            message,
+        };
+        self.push_counted(src, d);
     }
 }
 
@@ -46,55 +70,192 @@ impl Loader {
 /// Decided conservatively, on group names: `earlier`'s `src` and `dst` list every group of
 /// `later`'s (or are "any"), its protocol and ports include `later`'s. A pair returned is always
 /// right (no false warnings); rules shadowed only by several rules together, or by different
-/// groups whose addresses overlap, are not found.
+/// groups whose addresses overlap, are not found, nor are any past the search's budget.
 pub fn shadowed_rules(rules: &[Rule]) -> Vec<(usize, usize)> {
-    let mut found: Vec<(usize, usize)> = Vec::new();
-    // Earlier non-watch rules indexed by one of their src groups ("any" separately). A rule
-    // that covers `later` lists every src group of `later`, in particular the first.
-    let mut any_src: Vec<usize> = Vec::new();
-    let mut by_src: HashMap<u32, Vec<usize>> = HashMap::new();
+    find_shadowed(rules).pairs
+}
+
+/// What the search found, and where it stopped if its budget ran out.
+#[derive(Debug)]
+struct Search {
+    pairs: Vec<(usize, usize)>,
+    stopped_at: Option<usize>,
+    work: usize,
+}
+
+/// One part of an index key: a rule that covers a later one has, on each side, "any" or every
+/// group (port) of the later one, so in particular its first. [`Part::Wide`] holds the rules
+/// with too many groups (ports) to be indexed one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Part<T> {
+    Any,
+    Wide,
+    One(T),
+}
+
+/// Where an earlier rule is indexed: its source, destination and port parts.
+type Key = (Part<u32>, Part<DstGroup>, Part<u16>);
+
+fn find_shadowed(rules: &[Rule]) -> Search {
+    let sorted: Vec<Sorted> = rules.iter().map(Sorted::of).collect();
+    let mut index: HashMap<Key, Vec<usize>> = HashMap::new();
+    let budget = WORK_PER_RULE.saturating_mul(rules.len().max(1));
+    let mut search = Search {
+        pairs: Vec::new(),
+        stopped_at: None,
+        work: 0,
+    };
     for (j, later) in rules.iter().enumerate() {
-        let listed = match &later.src {
-            SrcSpec::Any => None,
-            SrcSpec::Groups(g) => g.first().and_then(|g| by_src.get(g)),
-        };
-        let shadow = any_src
-            .iter()
-            .chain(listed.into_iter().flatten())
-            .copied()
-            .filter(|&i| covers(&rules[i], later))
-            .min();
-        if let Some(i) = shadow {
-            found.push((i, j));
-        }
-        if !later.watch {
-            match &later.src {
-                SrcSpec::Any => any_src.push(j),
-                SrcSpec::Groups(g) => {
-                    for &g in g {
-                        by_src.entry(g).or_default().push(j);
-                    }
+        let mut best: Option<usize> = None;
+        for key in lookup_keys(later) {
+            // Each list is in rule order: its first covering rule is its earliest.
+            for &i in index.get(&key).into_iter().flatten() {
+                if best.is_some_and(|b| b <= i) {
+                    break;
+                }
+                search.work += 1 + sorted[i].size() + sorted[j].size();
+                if covers(rules, &sorted, i, j) {
+                    best = Some(i);
+                    break;
                 }
             }
         }
+        if let Some(i) = best {
+            search.pairs.push((i, j));
+        }
+        if search.work > budget {
+            search.stopped_at = Some(j);
+            break;
+        }
+        if !later.watch {
+            for key in index_keys(later) {
+                index.entry(key).or_default().push(j);
+            }
+        }
     }
-    found
+    search
 }
 
-/// Whether every packet `later` matches is matched by `earlier` (decided on names).
-fn covers(earlier: &Rule, later: &Rule) -> bool {
+/// The keys under which an earlier rule that covers `later` can be indexed.
+fn lookup_keys(later: &Rule) -> Vec<Key> {
+    let src = match &later.src {
+        SrcSpec::Any => vec![Part::Any],
+        SrcSpec::Groups(g) => with_first(g.first().copied()),
+    };
+    let dst = match &later.dst {
+        DstSpec::Any => vec![Part::Any],
+        DstSpec::Groups(g) => with_first(g.first().copied()),
+    };
+    let port = match &later.ports {
+        Ports::Any => vec![Part::Any],
+        Ports::Ranges(r) => with_first(r.first().map(|r| r.start)),
+    };
+    let mut keys = Vec::with_capacity(src.len() * dst.len() * port.len());
+    for &s in &src {
+        for &d in &dst {
+            for &p in &port {
+                keys.push((s, d, p));
+            }
+        }
+    }
+    keys
+}
+
+/// "any", the wide bucket and the bucket of `first`.
+fn with_first<T>(first: Option<T>) -> Vec<Part<T>> {
+    let mut parts = vec![Part::Any, Part::Wide];
+    parts.extend(first.map(Part::One));
+    parts
+}
+
+/// The keys an earlier rule is indexed under: every source group (each is the first of some
+/// later rule it may cover), and up to [`MAX_KEYS_PER_SIDE`] destination groups and ports.
+fn index_keys(rule: &Rule) -> Vec<Key> {
+    let src: Vec<Part<u32>> = match &rule.src {
+        SrcSpec::Any => vec![Part::Any],
+        SrcSpec::Groups(g) => g.iter().map(|&g| Part::One(g)).collect(),
+    };
+    let dst: Vec<Part<DstGroup>> = match &rule.dst {
+        DstSpec::Any => vec![Part::Any],
+        DstSpec::Groups(g) if g.len() > MAX_KEYS_PER_SIDE => vec![Part::Wide],
+        DstSpec::Groups(g) => g.iter().map(|&g| Part::One(g)).collect(),
+    };
+    let port: Vec<Part<u16>> = match &rule.ports {
+        Ports::Any => vec![Part::Any],
+        Ports::Ranges(r) => {
+            let count: usize = r
+                .iter()
+                .map(|r| usize::from(r.end.saturating_sub(r.start)) + 1)
+                .sum();
+            if count > MAX_KEYS_PER_SIDE {
+                vec![Part::Wide]
+            } else {
+                r.iter()
+                    .flat_map(|r| r.start..=r.end)
+                    .map(Part::One)
+                    .collect()
+            }
+        }
+    };
+    let mut keys = Vec::with_capacity(src.len() * dst.len() * port.len());
+    for &s in &src {
+        for &d in &dst {
+            for &p in &port {
+                keys.push((s, d, p));
+            }
+        }
+    }
+    keys
+}
+
+/// A rule's groups, sorted, so that "every group of one is in the other" is one merge.
+#[derive(Debug)]
+struct Sorted {
+    src: Vec<u32>,
+    dst: Vec<DstGroup>,
+}
+
+impl Sorted {
+    fn of(rule: &Rule) -> Sorted {
+        let mut src = match &rule.src {
+            SrcSpec::Any => Vec::new(),
+            SrcSpec::Groups(g) => g.clone(),
+        };
+        let mut dst = match &rule.dst {
+            DstSpec::Any => Vec::new(),
+            DstSpec::Groups(g) => g.clone(),
+        };
+        src.sort_unstable();
+        dst.sort_unstable();
+        Sorted { src, dst }
+    }
+
+    fn size(&self) -> usize {
+        self.src.len() + self.dst.len()
+    }
+}
+
+/// Whether every element of sorted `b` is in sorted `a`.
+fn is_subset<T: Ord>(a: &[T], b: &[T]) -> bool {
+    let mut a = a.iter();
+    b.iter().all(|x| a.by_ref().find(|y| *y >= x) == Some(x))
+}
+
+/// Whether every packet rule `j` matches is matched by rule `i` (decided on names).
+fn covers(rules: &[Rule], sorted: &[Sorted], i: usize, j: usize) -> bool {
+    let (earlier, later) = (&rules[i], &rules[j]);
     if earlier.watch {
         return false;
     }
     let src = match (&earlier.src, &later.src) {
         (SrcSpec::Any, _) => true,
         (SrcSpec::Groups(_), SrcSpec::Any) => false,
-        (SrcSpec::Groups(a), SrcSpec::Groups(b)) => b.iter().all(|g| a.contains(g)),
+        (SrcSpec::Groups(_), SrcSpec::Groups(_)) => is_subset(&sorted[i].src, &sorted[j].src),
     };
     let dst = match (&earlier.dst, &later.dst) {
         (DstSpec::Any, _) => true,
         (DstSpec::Groups(_), DstSpec::Any) => false,
-        (DstSpec::Groups(a), DstSpec::Groups(b)) => b.iter().all(|g| a.contains(g)),
+        (DstSpec::Groups(_), DstSpec::Groups(_)) => is_subset(&sorted[i].dst, &sorted[j].dst),
     };
     if !(src && dst) {
         return false;
@@ -105,12 +266,22 @@ fn covers(earlier: &Rule, later: &Rule) -> bool {
         (Protocol::Any, _) => true,
         (a, b) => a == b,
     };
+    // Both lists are sorted and merged (the loader merges them; a hand-built policy may not,
+    // which can only hide a warning).
     let ports = match (&earlier.ports, &later.ports) {
         (Ports::Any, _) => true,
         (Ports::Ranges(_), Ports::Any) => false,
-        (Ports::Ranges(a), Ports::Ranges(b)) => b
-            .iter()
-            .all(|r| a.iter().any(|e| e.start <= r.start && r.end <= e.end)),
+        (Ports::Ranges(a), Ports::Ranges(b)) => {
+            // The range of `a` that can hold `r` is the first that ends at or after it; it may
+            // hold the next ranges of `b` too, so it is not consumed.
+            let mut k = 0;
+            b.iter().all(|r| {
+                while a.get(k).is_some_and(|e| e.end < r.end) {
+                    k += 1;
+                }
+                a.get(k).is_some_and(|e| e.start <= r.start)
+            })
+        }
     };
     // A port-less `later` with protocol any also matches ICMP and the like, which an earlier
     // rule with ports cannot; that is covered by `ports` above (Ranges vs Any is false).

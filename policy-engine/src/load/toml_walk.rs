@@ -8,7 +8,51 @@ use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostics::Span;
+use super::diagnostics::MAX_REPORTED_ERRORS;
 use super::{Loader, MAX_IDENT_LEN};
+use crate::echo::Echo;
+
+/// An event receiver for the first pass: it builds nothing, but decodes keys and scalars, whose
+/// errors (an empty unquoted key, an unquoted string) the parser leaves to the decoder.
+struct DecodeOnly<'i> {
+    source: toml_parser::Source<'i>,
+}
+
+impl DecodeOnly<'_> {
+    fn event(
+        kind: toml_parser::parser::EventKind,
+        span: toml_parser::Span,
+        encoding: Option<toml_parser::decoder::Encoding>,
+    ) -> toml_parser::parser::Event {
+        toml_parser::parser::Event::new_unchecked(kind, encoding, span)
+    }
+}
+
+impl toml_parser::parser::EventReceiver for DecodeOnly<'_> {
+    fn simple_key(
+        &mut self,
+        span: toml_parser::Span,
+        kind: Option<toml_parser::decoder::Encoding>,
+        error: &mut dyn toml_parser::ErrorSink,
+    ) {
+        let event = Self::event(toml_parser::parser::EventKind::SimpleKey, span, kind);
+        if let Some(raw) = self.source.get(event) {
+            raw.decode_key(&mut (), error);
+        }
+    }
+
+    fn scalar(
+        &mut self,
+        span: toml_parser::Span,
+        kind: Option<toml_parser::decoder::Encoding>,
+        error: &mut dyn toml_parser::ErrorSink,
+    ) {
+        let event = Self::event(toml_parser::parser::EventKind::Scalar, span, kind);
+        if let Some(raw) = self.source.get(event) {
+            let _ = raw.decode_scalar(&mut (), error);
+        }
+    }
+}
 
 /// The type of a value, with its article, for messages ("must be a string, not an integer").
 pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -44,15 +88,17 @@ pub(super) fn ident_problem(name: &str) -> Option<String> {
         ));
     }
     if name == "any" || name == "default" {
-        return Some(format!("`{name}` is reserved and cannot be used as a name"));
+        return Some(format!(
+            "`{name}` is reserved and cannot be used as a name",
+            name = Echo(name)
+        ));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Some(format!(
-            "invalid character {c:?} in the name `{name}`: names may contain ASCII letters, digits, `-`, `_` and `.`"
-        ));
+            "invalid character {c:?} in the name `{name}`: names may contain ASCII letters, digits, `-`, `_` and `.`", name = Echo(name)));
     }
     None
 }
@@ -61,19 +107,60 @@ impl Loader {
     /// Parses a whole file, recovering after syntax errors so that all of them are reported;
     /// `None` when there was any (a half-parsed file is not walked).
     pub(super) fn parse<'t>(&mut self, src: usize, text: &'t str) -> Option<Spanned<DeTable<'t>>> {
+        if self.too_many_syntax_errors(src, text) {
+            return None;
+        }
         let (table, errors) = DeTable::parse_recoverable(text);
         if errors.is_empty() {
             return Some(table);
         }
         for e in errors {
             let span = e.span().unwrap_or(0..0);
-            let mut message = e.message().trim_end().to_owned();
-            if message == "duplicate key" {
-                message.push_str(" (it is already defined above)");
-            }
-            self.error(src, span, format!("invalid TOML: {message}"));
+            self.error_with(src, span, || {
+                let message = e.message().trim_end();
+                if message == "duplicate key" {
+                    "invalid TOML: duplicate key (it is already defined above)".to_owned()
+                } else {
+                    format!("invalid TOML: {message}")
+                }
+            });
         }
         None
+    }
+
+    /// A first pass of the TOML parser alone, which builds nothing: when a file has more syntax
+    /// errors than are reported, they are reported from here (with the parser's short
+    /// descriptions) and the file is not parsed again. The `toml` crate keeps every error of a
+    /// recoverable parse, each with its own message: a 32 MiB file of `=` lines made 16 million
+    /// of them, over 10 GB, before the cap on reported errors could apply.
+    fn too_many_syntax_errors(&mut self, src: usize, text: &str) -> bool {
+        let tokens = toml_parser::Source::new(text).lex().into_vec();
+        let mut first: Vec<(Span, String)> = Vec::new();
+        let mut count = 0usize;
+        let mut sink = |e: toml_parser::ParseError| {
+            count += 1;
+            if first.len() <= MAX_REPORTED_ERRORS {
+                let span = e
+                    .unexpected()
+                    .or(e.context())
+                    .map_or(0..0, |s| s.start()..s.end());
+                first.push((span, e.description().to_owned()));
+            }
+        };
+        let source = toml_parser::Source::new(text);
+        let mut receiver = DecodeOnly { source };
+        toml_parser::parser::parse_document(&tokens, &mut receiver, &mut sink);
+        if count <= MAX_REPORTED_ERRORS {
+            // Few enough: the full parse below reports them with its complete messages.
+            return false;
+        }
+        let reported = first.len();
+        for (span, description) in first {
+            self.error_with(src, span, || format!("invalid TOML: {description}"));
+        }
+        // The rest are only counted, for the "and N more" line.
+        self.errors_found += count - reported;
+        true
     }
 
     pub(super) fn expect_table<'v, 't>(
@@ -107,7 +194,11 @@ impl Loader {
                 self.error(
                     src,
                     value.span(),
-                    format!("`{key}` must be a string, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be a string, not {}",
+                        type_name(other),
+                        key = Echo(key)
+                    ),
                 );
                 None
             }
@@ -126,7 +217,11 @@ impl Loader {
                 self.error(
                     src,
                     value.span(),
-                    format!("`{key}` must be true or false, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be true or false, not {}",
+                        type_name(other),
+                        key = Echo(key)
+                    ),
                 );
                 None
             }
@@ -145,7 +240,11 @@ impl Loader {
                 self.error(
                     src,
                     value.span(),
-                    format!("`{key}` must be an array, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be an array, not {}",
+                        type_name(other),
+                        key = Echo(key)
+                    ),
                 );
                 None
             }
@@ -169,7 +268,11 @@ impl Loader {
                         other => self.error(
                             src,
                             item.span(),
-                            format!("`{key}` must hold strings, not {}", type_name(other)),
+                            format!(
+                                "`{key}` must hold strings, not {}",
+                                type_name(other),
+                                key = Echo(key)
+                            ),
                         ),
                     }
                 }
@@ -181,7 +284,8 @@ impl Loader {
                     value.span(),
                     format!(
                         "`{key}` must be an array of strings, not {}",
-                        type_name(other)
+                        type_name(other),
+                        key = Echo(key)
                     ),
                 );
                 Vec::new()
@@ -196,11 +300,16 @@ impl Loader {
         key: &str,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(table) = self.expect_table(src, value, &format!("`{key}`")) else {
+        let Some(table) = self.expect_table(src, value, &format!("`{key}`", key = Echo(key)))
+        else {
             return out;
         };
         for (k, v) in table.iter() {
-            if let Some(s) = self.expect_str(src, v, &format!("{key}.{}", k.get_ref())) {
+            if let Some(s) = self.expect_str(
+                src,
+                v,
+                &format!("{key}.{}", Echo(k.get_ref()), key = Echo(key)),
+            ) {
                 out.insert(k.get_ref().to_string(), s.to_owned());
             }
         }
@@ -218,7 +327,10 @@ impl Loader {
         self.error(
             src,
             span,
-            format!("unknown key `{key}` in {what}; expected {expected}"),
+            format!(
+                "unknown key `{key}` in {what}; expected {expected}",
+                key = Echo(key)
+            ),
         );
     }
 }
