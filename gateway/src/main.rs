@@ -1,5 +1,3 @@
-use clap::Parser;
-
 /// Large tables (the compiled policy, the flow table) on transparent huge pages: see
 /// `bulkhead_gateway::sys::alloc`.
 #[global_allocator]
@@ -7,5 +5,5 @@ static GLOBAL: bulkhead_gateway::sys::alloc::HugePageAlloc =
     bulkhead_gateway::sys::alloc::HugePageAlloc;
 
 fn main() -> std::process::ExitCode {
-    bulkhead_gateway::cli::dispatch(bulkhead_gateway::cli::Cli::parse())
+    bulkhead_gateway::cli::main()
 }

@@ -1,13 +1,18 @@
 //! `bulkhead check-policy POLICY.toml`: validate a policy, compile it, print a summary.
 //!
 //! Exit status: 0 when the policy is valid (warnings are printed but do not fail), 2 with every
-//! error otherwise.
+//! error otherwise. With `--json`, standard output carries one JSON object in both cases:
+//! the summary (`"valid": true`), or `"valid": false` with `errors` and `warnings` as objects
+//! (`file`, `line`, `column`, `severity`, `message`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use policy_engine::{compile, load_policy_file, Mode};
+use policy_engine::{compile, Diagnostic, LoadError, Mode, Severity};
+
+use crate::input::echo_path;
+use crate::runtime::policy::load_policy_file;
 
 /// Arguments of `bulkhead check-policy`.
 #[derive(Debug, clap::Args)]
@@ -27,18 +32,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = match load_policy_file(&args.policy) {
         Ok(loaded) => loaded,
         Err(err) => {
-            for e in &err.errors {
-                eprintln!("{e}");
+            if args.json {
+                println!("{}", invalid_json(&args.policy, &err));
+            } else {
+                report_invalid(&args.policy, &err);
             }
-            for w in &err.warnings {
-                eprintln!("{w}");
-            }
-            let n = err.errors.len();
-            eprintln!(
-                "{}: invalid policy: {n} error{}",
-                args.policy.display(),
-                if n == 1 { "" } else { "s" }
-            );
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
@@ -53,7 +51,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.json {
         let summary = serde_json::json!({
-            "policy": args.policy.display().to_string(),
+            "policy": args.policy.to_string_lossy(),
             "files": loaded.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "valid": true,
             "mode": policy.mode.as_str(),
@@ -72,7 +70,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         println!("{summary}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}: valid", args.policy.display());
+    println!("{}: valid", echo_path(&args.policy));
     if loaded.files.len() > 1 {
         let includes: Vec<String> = loaded.files[1..]
             .iter()
@@ -107,6 +105,46 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("  warnings:      {}", loaded.warnings.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every error and warning on standard error, then a count.
+pub(crate) fn report_invalid(policy: &std::path::Path, err: &LoadError) {
+    for e in &err.errors {
+        eprintln!("{e}");
+    }
+    for w in &err.warnings {
+        eprintln!("{w}");
+    }
+    let n = err.errors.len();
+    eprintln!(
+        "{}: invalid policy: {n} error{}",
+        echo_path(policy),
+        if n == 1 { "" } else { "s" }
+    );
+}
+
+/// The `--json` form of a policy that does not load.
+pub(crate) fn invalid_json(policy: &std::path::Path, err: &LoadError) -> serde_json::Value {
+    serde_json::json!({
+        "policy": policy.to_string_lossy(),
+        "valid": false,
+        "errors": err.errors.iter().map(diagnostic_json).collect::<Vec<_>>(),
+        "warnings": err.warnings.iter().map(diagnostic_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One diagnostic as a JSON object.
+pub(crate) fn diagnostic_json(d: &Diagnostic) -> serde_json::Value {
+    serde_json::json!({
+        "file": d.file.to_string_lossy(),
+        "line": d.line,
+        "column": d.column,
+        "severity": match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        },
+        "message": d.message,
+    })
 }
 
 fn human_bytes(n: usize) -> String {

@@ -9,11 +9,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::input::echo;
+use crate::runtime::policy::load_policy_file;
 use anyhow::bail;
 use policy_engine::naive::{self, RuleMatch};
 use policy_engine::{
-    compile, load_policy_file, normalize_name, Action, CompiledPolicy, DstSpec, Mode, Policy,
-    Ports, Query, Rule, RuleRef, SrcSpec, SynDecision, Transport, Verdict,
+    compile, normalize_name, Action, CompiledPolicy, DstSpec, Mode, Policy, Ports, Query, Rule,
+    RuleRef, SrcSpec, SynDecision, Transport, Verdict,
 };
 use serde::Serialize;
 
@@ -26,10 +28,10 @@ pub struct Args {
     /// Source address of the connection.
     #[arg(long, value_name = "IP")]
     pub src: IpAddr,
-    /// Destination address and port (`192.0.2.1:443`, `[2001:db8::1]:443`); a bare address
-    /// means port 0 (for transports without ports).
+    /// Destination address and port (`192.0.2.1:443`, `[2001:db8::1]:443`). The port is
+    /// required for tcp and udp; other transports take a bare address.
     #[arg(long, value_name = "IP:PORT", value_parser = parse_dst)]
-    pub dst: SocketAddr,
+    pub dst: Dst,
     /// The TLS server name (SNI) the client sent.
     #[arg(long, value_name = "NAME", conflicts_with = "host")]
     pub sni: Option<String>,
@@ -44,14 +46,49 @@ pub struct Args {
     pub json: bool,
 }
 
-fn parse_dst(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(sa);
+/// A destination as written on the command line: the port is kept optional here so that a
+/// missing one can be refused for the transports that have ports (see [`Dst::port_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dst {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl Dst {
+    /// The port to evaluate with: required for tcp and udp, 0 for transports without ports.
+    fn port_for(&self, proto: Transport) -> Result<u16, String> {
+        if !proto.has_ports() {
+            return Ok(0);
+        }
+        match (self.port, self.ip) {
+            (Some(p), _) => Ok(p),
+            (None, IpAddr::V6(a)) => Err(format!(
+                "--dst {a} has no port; an IPv6 destination takes its port after brackets: \
+                 [{a}]:PORT (`2001:db8::1:443` is the address 2001:db8::1:443, not port 443)"
+            )),
+            (None, IpAddr::V4(a)) => Err(format!(
+                "--dst {a} has no port; {proto} needs one: {a}:PORT"
+            )),
+        }
     }
-    match s.parse::<IpAddr>() {
-        Ok(ip) => Ok(SocketAddr::new(ip, 0)),
+}
+
+pub fn parse_dst(s: &str) -> Result<Dst, String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(Dst {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        });
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(Dst { ip, port: None }),
         Err(_) => Err(format!(
-            "`{s}` is not IP:PORT (for example 192.0.2.1:443 or [2001:db8::1]:443)"
+            "`{}` is not IP:PORT (for example 192.0.2.1:443 or [2001:db8::1]:443)",
+            crate::input::echo(s)
         )),
     }
 }
@@ -65,7 +102,12 @@ fn parse_proto(s: &str) -> Result<Transport, String> {
         other => other
             .parse::<u8>()
             .map(Transport::from_protocol_number)
-            .map_err(|_| format!("`{s}` is not tcp, udp, icmp or an IP protocol number")),
+            .map_err(|_| {
+                format!(
+                    "`{}` is not tcp, udp, icmp or an IP protocol number",
+                    crate::input::echo(s)
+                )
+            }),
     }
 }
 
@@ -104,17 +146,18 @@ struct Explanation {
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let port = match args.dst.port_for(args.proto) {
+        Ok(p) => p,
+        Err(e) => return Ok(fail(&args, EXIT_USAGE, &[e])),
+    };
     let loaded = match load_policy_file(&args.policy) {
         Ok(l) => l,
         Err(err) => {
-            for e in &err.errors {
-                eprintln!("{e}");
+            if args.json {
+                println!("{}", super::check_policy::invalid_json(&args.policy, &err));
+            } else {
+                super::check_policy::report_invalid(&args.policy, &err);
             }
-            eprintln!(
-                "{}: invalid policy: {} error(s)",
-                args.policy.display(),
-                err.errors.len()
-            );
             return Ok(ExitCode::from(super::check_policy::EXIT_INVALID));
         }
     };
@@ -126,23 +169,19 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let name = match raw_name.map(normalize_name).transpose() {
         Ok(n) => n.map(|n| n.into_owned()),
         Err(e) => {
-            eprintln!(
-                "bulkhead: error: invalid name `{}`: {e}",
-                raw_name.unwrap_or("")
+            let msg = format!(
+                "invalid name `{}`: {}",
+                echo(raw_name.unwrap_or("")),
+                echo(&e.to_string())
             );
-            return Ok(ExitCode::from(2));
+            return Ok(fail(&args, EXIT_USAGE, &[msg]));
         }
     };
     let policy = &loaded.policy;
     let compiled = compile(policy, 0);
-    let port = if args.proto.has_ports() {
-        args.dst.port()
-    } else {
-        0
-    };
     let q = Query {
         src: args.src,
-        dst: args.dst.ip(),
+        dst: args.dst.ip,
         transport: args.proto,
         dst_port: port,
         name: name.as_deref(),
@@ -189,6 +228,27 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", render(&explanation, &args, port));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status for arguments that cannot be evaluated (a missing port, an invalid name).
+const EXIT_USAGE: u8 = 2;
+
+/// Reports an error in the requested form: with `--json` one object on standard output
+/// (`{"error": true, "errors": [{"message"}]}`) so a script reading it is never handed plain
+/// text, else `bulkhead: error: ...` lines on standard error.
+fn fail(args: &Args, code: u8, messages: &[String]) -> ExitCode {
+    if args.json {
+        let errors: Vec<_> = messages
+            .iter()
+            .map(|m| serde_json::json!({ "message": m }))
+            .collect();
+        println!("{}", serde_json::json!({ "error": true, "errors": errors }));
+    } else {
+        for m in messages {
+            eprintln!("bulkhead: error: {m}");
+        }
+    }
+    ExitCode::from(code)
 }
 
 fn summary(compiled: &CompiledPolicy, policy: &Policy, v: &Verdict) -> String {
@@ -352,9 +412,9 @@ fn render(e: &Explanation, args: &Args, port: u16) -> String {
     let _ = writeln!(out, "source:       {} in {}", args.src, list(&e.src_groups));
     let proto = match args.proto {
         Transport::Tcp | Transport::Udp => {
-            format!("{}:{port} {}", fmt_ip(args.dst.ip()), args.proto)
+            format!("{}:{port} {}", fmt_ip(args.dst.ip), args.proto)
         }
-        other => format!("{} {other}", fmt_ip(args.dst.ip())),
+        other => format!("{} {other}", fmt_ip(args.dst.ip)),
     };
     let _ = writeln!(out, "destination:  {proto} in {}", list(&e.dst_groups));
     match (&e.name, e.name_source) {

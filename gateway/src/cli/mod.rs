@@ -31,6 +31,56 @@ pub enum Command {
     Demo(demo::Args),
 }
 
+/// Parses the process's command line and runs it; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    match Cli::try_parse() {
+        Ok(cli) => dispatch(cli),
+        Err(err) => usage_error(&err),
+    }
+}
+
+/// Prints a command-line error and returns its exit code (0 for `--help` / `--version`, 2
+/// otherwise).
+///
+/// clap quotes the offending argument verbatim; an argument can be megabytes long or hold
+/// newlines that would forge further lines, so every quoted value is bounded and escaped here
+/// before the message is shown.
+pub fn usage_error(err: &clap::Error) -> std::process::ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    let mut raw: Vec<&str> = Vec::new();
+    for (kind, value) in err.context() {
+        if !matches!(
+            kind,
+            ContextKind::InvalidValue | ContextKind::InvalidArg | ContextKind::InvalidSubcommand
+        ) {
+            continue;
+        }
+        match value {
+            ContextValue::String(v) => raw.push(v),
+            ContextValue::Strings(vs) => raw.extend(vs.iter().map(String::as_str)),
+            _ => {}
+        }
+    }
+    // Longest first, so a value that contains another is replaced whole.
+    raw.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut text = err.render().to_string();
+    for v in raw {
+        let safe = crate::input::echo(v);
+        if safe != v {
+            text = text.replace(v, &safe);
+        }
+    }
+    eprint!("{text}");
+    std::process::ExitCode::from(2)
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn dispatch(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {

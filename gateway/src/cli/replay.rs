@@ -7,6 +7,12 @@
 //! rules' `log` setting, and each decision record carries its flow's end (`traffic`, `duration`,
 //! `start_time`, `end_time`, `end_reason`), so there is one line per flow (plus one per second
 //! ClientHello). Without `--json` the records are shown as a table with a summary.
+//!
+//! Records are written as their flows end, not gathered until the end: memory is bounded by the
+//! flows open at one time (the flow table), whatever the length of the captures. A capture that
+//! cannot be opened, or that is corrupt part way, is named on standard error, the records of
+//! the others (and of its packets before the damage) are still written, and the exit status
+//! is [`EXIT_CAPTURE_ERROR`].
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,9 +22,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use crate::capture::CaptureReader;
+use crate::input::{echo_bounded, echo_path};
 use crate::pipeline::{Output, PacketMeta, Pipeline, PipelineConfig, PipelineStats};
 use crate::record::{DecisionRecord, Disposition, RecordAction};
 
@@ -35,19 +40,27 @@ pub struct Args {
     /// captures taken on a sending host hold checksums left to the NIC (checksum offload).
     #[arg(long)]
     pub verify_checksums: bool,
-    /// `gateway_id` written into the records.
-    #[arg(long, default_value = "replay")]
+    /// `gateway_id` written into the records (at most 128 printable characters, as
+    /// `gateway.id`).
+    #[arg(long, default_value = "replay", value_parser = parse_gateway_id)]
     pub gateway_id: String,
     /// pcap or pcapng files, replayed one after the other.
     #[arg(required = true, value_name = "CAPTURE")]
     pub captures: Vec<PathBuf>,
 }
 
-/// What a replay produced.
+/// The same rule as `gateway.id` in `gateway.toml`: records from a replay and from a gateway
+/// carry ids of one shape.
+fn parse_gateway_id(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+        return Err("must be 1 to 128 bytes of printable characters".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+/// What a replay produced, besides its records.
 #[derive(Debug, Default)]
-pub struct Replay {
-    /// One record per decision, each with its flow's end merged in.
-    pub records: Vec<DecisionRecord>,
+pub struct ReplaySummary {
     /// IP packets fed to the pipeline.
     pub packets: u64,
     /// Frames that carried no IP packet.
@@ -57,7 +70,25 @@ pub struct Replay {
     pub truncated: u64,
     /// The pipeline's counters at the end.
     pub stats: PipelineStats,
-    /// Captures that ended with a read error (everything before the error was replayed).
+    /// Captures that could not be opened or ended with a read error (everything before the
+    /// error was replayed), one message each.
+    pub errors: Vec<String>,
+}
+
+/// What a replay produced, records collected (see [`replay`]).
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// One record per decision, each with its flow's end merged in, in the order flows ended.
+    pub records: Vec<DecisionRecord>,
+    /// IP packets fed to the pipeline.
+    pub packets: u64,
+    /// Frames that carried no IP packet.
+    pub skipped_non_ip: u64,
+    /// Packets captured shorter than they were.
+    pub truncated: u64,
+    /// The pipeline's counters at the end.
+    pub stats: PipelineStats,
+    /// Captures that could not be read, or not to their end.
     pub errors: Vec<String>,
 }
 
@@ -74,53 +105,144 @@ fn tuple(r: &DecisionRecord) -> Tuple {
     )
 }
 
-/// Collects records, merging each flow end into the flow's decision records.
-#[derive(Debug, Default)]
-struct Merger {
-    records: Vec<DecisionRecord>,
-    open: HashMap<Tuple, Vec<usize>>,
+/// Decision records of one flow held back for its end. A flow that keeps sending ClientHellos
+/// has its further decisions written at once, without the end, so what is held stays bounded
+/// by the flow table rather than by the capture.
+const MAX_HELD_PER_FLOW: usize = 8;
+
+/// Merges each flow end into the flow's decision records and hands them on as the flow ends:
+/// memory is bounded by the flows open at one time, not by the length of the capture.
+struct Merger<'a> {
+    open: HashMap<Tuple, Vec<(u64, DecisionRecord)>>,
+    /// Decisions seen so far: each record's sequence number is its place in decision order.
+    decided: u64,
+    sink: &'a mut dyn FnMut(u64, DecisionRecord) -> std::io::Result<()>,
 }
 
-impl Merger {
-    fn take(&mut self, out: &mut Output) {
+impl Merger<'_> {
+    fn take(&mut self, out: &mut Output) -> std::io::Result<()> {
+        out.transmit.clear();
         for r in out.records.drain(..) {
             let t = tuple(&r);
-            if r.is_flow_end() {
-                for i in self.open.remove(&t).unwrap_or_default() {
-                    let d = &mut self.records[i];
-                    d.traffic = r.traffic;
-                    d.duration = r.duration;
-                    d.start_time = r.start_time;
-                    d.end_time = r.end_time;
-                    d.end_reason = r.end_reason;
+            if !r.is_flow_end() {
+                let seq = self.decided;
+                self.decided += 1;
+                let held = self.open.entry(t).or_default();
+                if held.len() < MAX_HELD_PER_FLOW {
+                    held.push((seq, r));
+                } else {
+                    (self.sink)(seq, r)?;
                 }
-            } else {
-                self.open.entry(t).or_default().push(self.records.len());
-                self.records.push(r);
+                continue;
+            }
+            match self.open.remove(&t) {
+                Some(decisions) => {
+                    for (seq, mut d) in decisions {
+                        d.traffic = r.traffic;
+                        d.duration = r.duration;
+                        d.start_time = r.start_time;
+                        d.end_time = r.end_time;
+                        d.end_reason = r.end_reason;
+                        (self.sink)(seq, d)?;
+                    }
+                }
+                // A flow that ended without a decision record is still a flow: its end is
+                // its record.
+                None => {
+                    let seq = self.decided;
+                    self.decided += 1;
+                    (self.sink)(seq, r)?;
+                }
             }
         }
-        out.transmit.clear();
+        Ok(())
+    }
+
+    /// Writes what is still held (flows whose end never came), at the end of a capture.
+    fn flush(&mut self) -> std::io::Result<()> {
+        // In decision order, so the output does not depend on the hash map's order.
+        let mut left: Vec<(u64, DecisionRecord)> = self.open.drain().flat_map(|(_, d)| d).collect();
+        left.sort_unstable_by_key(|(seq, _)| *seq);
+        for (seq, d) in left {
+            (self.sink)(seq, d)?;
+        }
+        Ok(())
     }
 }
 
-/// Replays `captures` through a pipeline deciding with `policy`.
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// `gateway_id` written into the records.
+    pub gateway_id: String,
+    /// Verify the TCP checksum of inspected segments.
+    pub verify_checksums: bool,
+}
+
+/// Replays `captures` through a pipeline deciding with `policy`, collecting every record, in
+/// the order the decisions were made. For tests and small captures: the records are kept in
+/// memory; `bulkhead replay` streams them with [`replay_to`].
 pub fn replay(
     policy: policy_engine::CompiledPolicy,
     captures: &[PathBuf],
     gateway_id: &str,
     verify_checksums: bool,
 ) -> anyhow::Result<Replay> {
+    let mut records = Vec::new();
+    let opts = ReplayOptions {
+        gateway_id: gateway_id.to_owned(),
+        verify_checksums,
+    };
+    let s = replay_sequenced(policy, captures, &opts, &mut |seq, r| {
+        records.push((seq, r));
+        Ok(())
+    })?;
+    records.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(Replay {
+        records: records.into_iter().map(|(_, r)| r).collect(),
+        packets: s.packets,
+        skipped_non_ip: s.skipped_non_ip,
+        truncated: s.truncated,
+        stats: s.stats,
+        errors: s.errors,
+    })
+}
+
+/// Replays `captures`, handing each record to `sink` as soon as its flow has ended. A capture
+/// that cannot be opened, or not read to its end, is reported in
+/// [`ReplaySummary::errors`] and the others are still replayed. Only an error of `sink` (a
+/// failed write) stops the replay.
+pub fn replay_to(
+    policy: policy_engine::CompiledPolicy,
+    captures: &[PathBuf],
+    opts: &ReplayOptions,
+    sink: &mut dyn FnMut(DecisionRecord) -> std::io::Result<()>,
+) -> std::io::Result<ReplaySummary> {
+    replay_sequenced(policy, captures, opts, &mut |_, r| sink(r))
+}
+
+/// [`replay_to`], each record handed on with its place in decision order.
+fn replay_sequenced(
+    policy: policy_engine::CompiledPolicy,
+    captures: &[PathBuf],
+    opts: &ReplayOptions,
+    sink: &mut dyn FnMut(u64, DecisionRecord) -> std::io::Result<()>,
+) -> std::io::Result<ReplaySummary> {
     let store = Arc::new(policy_engine::PolicyStore::new(policy));
     let config = PipelineConfig {
-        gateway_id: gateway_id.to_owned(),
+        gateway_id: opts.gateway_id.clone(),
         log_all: true,
         ..PipelineConfig::default()
     };
     let mut pipe = Pipeline::new(config, store);
     let mut out = Output::default();
-    let mut merger = Merger::default();
-    let mut result = Replay::default();
-    let meta = if verify_checksums {
+    let mut merger = Merger {
+        open: HashMap::new(),
+        decided: 0,
+        sink,
+    };
+    let mut summary = ReplaySummary::default();
+    let meta = if opts.verify_checksums {
         PacketMeta::default()
     } else {
         PacketMeta::unverified()
@@ -128,8 +250,15 @@ pub fn replay(
     // The pipeline's clock: monotonic across captures, anchored to each capture's timestamps.
     let mut clock = Instant::now();
     for path in captures {
-        let mut reader = CaptureReader::open(path)
-            .with_context(|| format!("cannot read capture {}", path.display()))?;
+        let mut reader = match CaptureReader::open(path) {
+            Ok(r) => r,
+            Err(e) => {
+                summary
+                    .errors
+                    .push(format!("{}: cannot read: {e}", echo_path(path)));
+                continue;
+            }
+        };
         let mut anchor: Option<(Instant, Duration)> = None;
         loop {
             let packet = match reader.next_packet() {
@@ -137,14 +266,18 @@ pub fn replay(
                 Ok(None) => break,
                 Err(e) => {
                     // Keep what was read: a corrupt tail should not hide the flows before it.
-                    result.errors.push(format!("{}: {e}", path.display()));
+                    summary.errors.push(format!(
+                        "{}: read stopped early (the packets before were replayed): {e}",
+                        echo_path(path)
+                    ));
                     break;
                 }
             };
             let now = match anchor {
                 None => {
                     anchor = Some((clock, packet.timestamp));
-                    pipe.set_clock_anchor(clock, packet.timestamp.as_millis() as u64);
+                    let ms = u64::try_from(packet.timestamp.as_millis()).unwrap_or(u64::MAX);
+                    pipe.set_clock_anchor(clock, ms);
                     clock
                 }
                 // Timestamps that go backwards (merged captures) are clamped.
@@ -154,55 +287,73 @@ pub fn replay(
             if pipe.next_timeout().is_some_and(|t| t <= now) {
                 pipe.handle_timeout(now, &mut out);
             }
-            result.packets += 1;
+            summary.packets += 1;
             pipe.process(now, packet.packet, meta, &mut out);
-            merger.take(&mut out);
+            merger.take(&mut out)?;
         }
         pipe.shutdown(clock, &mut out);
-        merger.take(&mut out);
+        merger.take(&mut out)?;
+        merger.flush()?;
         let s = reader.stats();
-        result.skipped_non_ip += s.skipped_non_ip;
-        result.truncated += s.truncated;
+        summary.skipped_non_ip += s.skipped_non_ip;
+        summary.truncated += s.truncated;
         clock += Duration::from_secs(1);
     }
-    result.records = merger.records;
-    result.stats = pipe.stats().clone();
-    Ok(result)
+    summary.stats = pipe.stats().clone();
+    Ok(summary)
 }
+
+/// Exit status when a capture could not be read (completely): the records of the rest were
+/// still printed.
+pub const EXIT_CAPTURE_ERROR: u8 = 1;
 
 /// Runs `bulkhead replay`.
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = match policy_engine::load_policy_file(&args.policy) {
+    let loaded = match crate::runtime::policy::load_policy_file(&args.policy) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
-            anyhow::bail!("the policy {} does not load", args.policy.display());
+            anyhow::bail!("the policy {} does not load", echo_path(&args.policy));
         }
     };
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
     let policy = policy_engine::compile(&loaded.policy, 1);
-    let r = replay(
-        policy,
-        &args.captures,
-        &args.gateway_id,
-        args.verify_checksums,
-    )?;
-    for e in &r.errors {
-        eprintln!("bulkhead: warning: capture read stopped early: {e}");
-    }
+    let opts = ReplayOptions {
+        gateway_id: args.gateway_id.clone(),
+        verify_checksums: args.verify_checksums,
+    };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
-    if args.json {
-        for rec in &r.records {
-            writeln!(w, "{}", rec.to_json())?;
-        }
+    let mut table = Table::default();
+    let summary = if args.json {
+        replay_to(policy, &args.captures, &opts, &mut |rec| {
+            writeln!(w, "{}", rec.to_json())
+        })?
     } else {
-        write_table(&mut w, &r)?;
+        table.header(&mut w)?;
+        replay_to(policy, &args.captures, &opts, &mut |rec| {
+            table.row(&mut w, &rec)
+        })?
+    };
+    if !args.json {
+        table.footer(&mut w, &summary)?;
     }
     w.flush()?;
-    Ok(ExitCode::SUCCESS)
+    for e in &summary.errors {
+        eprintln!("bulkhead: error: capture {e}");
+    }
+    if summary.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "bulkhead: error: {} of {} capture(s) could not be read completely",
+            summary.errors.len(),
+            args.captures.len()
+        );
+        Ok(ExitCode::from(EXIT_CAPTURE_ERROR))
+    }
 }
 
 fn endpoint(ip: IpAddr, port: u16) -> String {
@@ -212,84 +363,100 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// The human-readable form: one row per decision, then totals.
-pub fn write_table(w: &mut impl Write, r: &Replay) -> std::io::Result<()> {
-    let rows: Vec<[String; 9]> = r
-        .records
-        .iter()
-        .map(|rec| {
-            let t = rec.traffic.unwrap_or_default();
-            [
-                endpoint(rec.src_endpoint.ip, rec.src_endpoint.port),
-                endpoint(rec.dst_endpoint.ip, rec.dst_endpoint.port),
-                rec.connection_info.protocol_name.clone(),
-                rec.name().unwrap_or("-").to_owned(),
-                match rec.action {
-                    RecordAction::Allowed => "allow".to_owned(),
-                    RecordAction::Denied => "deny".to_owned(),
-                },
-                format!("{:?}", rec.disposition).to_lowercase(),
-                rec.policy.name.clone(),
-                rec.reason.as_str().to_owned(),
-                format!(
-                    "{}/{} {}/{}",
-                    t.packets_out, t.packets_in, t.bytes_out, t.bytes_in
-                ),
-            ]
-        })
-        .collect();
-    let head = [
-        "SOURCE",
-        "DESTINATION",
-        "PROTO",
-        "NAME",
-        "ACTION",
-        "DISPOSITION",
-        "RULE",
-        "REASON",
-        "PKTS OUT/IN BYTES OUT/IN",
-    ];
-    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, c) in row.iter().enumerate() {
-            width[i] = width[i].max(c.len());
-        }
-    }
-    let line = |w: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
+/// Column headings of the table, and the width each column is padded to. Rows are written as
+/// flows end, before the longest cell is known: a longer cell widens its row only.
+const COLUMNS: [(&str, usize); 9] = [
+    ("SOURCE", 21),
+    ("DESTINATION", 21),
+    ("PROTO", 5),
+    ("NAME", 30),
+    ("ACTION", 6),
+    ("DISPOSITION", 11),
+    ("RULE", 20),
+    ("REASON", 14),
+    ("PKTS OUT/IN BYTES OUT/IN", 0),
+];
+
+/// Longest cell written; a name read from a capture is untrusted and may be anything.
+const MAX_CELL_CHARS: usize = 256;
+
+/// The human-readable form, written row by row: one row per decision, then totals.
+#[derive(Debug, Default)]
+pub struct Table {
+    decisions: u64,
+    allowed: u64,
+    blocked: u64,
+    detected: u64,
+}
+
+impl Table {
+    fn line(w: &mut dyn Write, cells: &[&str]) -> std::io::Result<()> {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
+            let c = echo_bounded(c, MAX_CELL_CHARS);
             if i + 1 == cells.len() {
-                s.push_str(c);
+                s.push_str(&c);
             } else {
-                s.push_str(&format!("{c:<width$}  ", width = width[i]));
+                s.push_str(&format!("{c:<width$}  ", width = COLUMNS[i].1));
             }
         }
         writeln!(w, "{}", s.trim_end())
-    };
-    line(w, &head)?;
-    for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        line(w, &cells)?;
     }
-    let count = |d: Disposition| r.records.iter().filter(|x| x.disposition == d).count();
-    writeln!(w)?;
-    writeln!(
-        w,
-        "{} decisions: {} allowed, {} blocked, {} detected (log-only or watch); {} packets{}{}",
-        r.records.len(),
-        count(Disposition::Allowed),
-        count(Disposition::Blocked),
-        count(Disposition::Detected),
-        r.packets,
-        if r.skipped_non_ip > 0 {
-            format!(", {} non-IP frames skipped", r.skipped_non_ip)
-        } else {
-            String::new()
-        },
-        if r.truncated > 0 {
-            format!(", {} truncated", r.truncated)
-        } else {
-            String::new()
-        },
-    )
+
+    pub fn header(&mut self, w: &mut dyn Write) -> std::io::Result<()> {
+        let head: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+        Table::line(w, &head)
+    }
+
+    pub fn row(&mut self, w: &mut dyn Write, rec: &DecisionRecord) -> std::io::Result<()> {
+        self.decisions += 1;
+        match rec.disposition {
+            Disposition::Allowed => self.allowed += 1,
+            Disposition::Blocked => self.blocked += 1,
+            Disposition::Detected => self.detected += 1,
+        }
+        let t = rec.traffic.unwrap_or_default();
+        let row = [
+            endpoint(rec.src_endpoint.ip, rec.src_endpoint.port),
+            endpoint(rec.dst_endpoint.ip, rec.dst_endpoint.port),
+            rec.connection_info.protocol_name.clone(),
+            rec.name().unwrap_or("-").to_owned(),
+            match rec.action {
+                RecordAction::Allowed => "allow".to_owned(),
+                RecordAction::Denied => "deny".to_owned(),
+            },
+            format!("{:?}", rec.disposition).to_lowercase(),
+            rec.policy.name.clone(),
+            rec.reason.as_str().to_owned(),
+            format!(
+                "{}/{} {}/{}",
+                t.packets_out, t.packets_in, t.bytes_out, t.bytes_in
+            ),
+        ];
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        Table::line(w, &cells)
+    }
+
+    pub fn footer(&self, w: &mut dyn Write, r: &ReplaySummary) -> std::io::Result<()> {
+        writeln!(w)?;
+        writeln!(
+            w,
+            "{} decisions: {} allowed, {} blocked, {} detected (log-only or watch); {} packets{}{}",
+            self.decisions,
+            self.allowed,
+            self.blocked,
+            self.detected,
+            r.packets,
+            if r.skipped_non_ip > 0 {
+                format!(", {} non-IP frames skipped", r.skipped_non_ip)
+            } else {
+                String::new()
+            },
+            if r.truncated > 0 {
+                format!(", {} truncated", r.truncated)
+            } else {
+                String::new()
+            },
+        )
+    }
 }

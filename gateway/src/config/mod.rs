@@ -43,6 +43,10 @@ pub const DEFAULT_BUSY_POLL_US: u32 = 200;
 /// Upper bound of `gateway.busy_poll_us`: a worker that spins longer than this after the last
 /// packet spends its CPU on nothing.
 pub const MAX_BUSY_POLL_US: u32 = 10_000;
+/// Default bound on one policy load or reload, in milliseconds.
+pub const DEFAULT_LOAD_TIMEOUT_MS: u64 = 60_000;
+/// Largest configuration file read: a real one is a few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Default MTU of the TUN when none of the listed interfaces can be read.
 pub const DEFAULT_MTU: u32 = 1500;
 
@@ -74,6 +78,10 @@ pub struct GatewaySection {
     /// Name of the TUN device the gateway creates.
     #[serde(default = "default_tun")]
     pub tun: String,
+    /// Take over an existing TUN device of that name (a persistent one) instead of refusing to
+    /// start. A device that another process holds a queue of is refused either way.
+    #[serde(default)]
+    pub adopt_existing_tun: bool,
     /// TUN queues, one worker thread each. Default: the number of CPUs.
     #[serde(default)]
     pub queues: Option<u16>,
@@ -109,6 +117,15 @@ pub struct PolicySection {
     /// Where the routing state file and the last-known-good snapshot live.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Bound on one load or reload of the policy (read, validate, compile), in milliseconds.
+    #[serde(default = "default_load_timeout_ms")]
+    pub load_timeout_ms: u64,
+}
+
+impl PolicySection {
+    pub fn load_timeout(&self) -> Duration {
+        Duration::from_millis(self.load_timeout_ms)
+    }
 }
 
 impl Default for PolicySection {
@@ -116,6 +133,7 @@ impl Default for PolicySection {
         PolicySection {
             file: None,
             state_dir: default_state_dir(),
+            load_timeout_ms: DEFAULT_LOAD_TIMEOUT_MS,
         }
     }
 }
@@ -278,6 +296,9 @@ fn default_busy_poll_us() -> u32 {
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bulkhead")
 }
+fn default_load_timeout_ms() -> u64 {
+    DEFAULT_LOAD_TIMEOUT_MS
+}
 fn default_flow_capacity() -> usize {
     DEFAULT_FLOW_CAPACITY
 }
@@ -315,12 +336,12 @@ fn default_metrics_listen() -> SocketAddr {
 /// type errors, `FILE: error: MESSAGE` for each semantic one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: error: cannot read: {source}")]
+    #[error("{}: error: cannot read: {source}", crate::input::echo_path(.path))]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: error: {message}")]
+    #[error("{}:{line}:{column}: error: {message}", crate::input::echo_path(.path))]
     Syntax {
         path: PathBuf,
         line: usize,
@@ -334,17 +355,20 @@ pub enum ConfigError {
 fn invalid_list(path: &Path, errors: &[String]) -> String {
     let lines: Vec<String> = errors
         .iter()
-        .map(|e| format!("{}: error: {e}", path.display()))
+        .map(|e| format!("{}: error: {e}", crate::input::echo_path(path)))
         .collect();
     lines.join("\n")
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file. Only a regular file of at most
+    /// [`MAX_CONFIG_BYTES`] is read: a FIFO would block start-up, a device would never end.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::input::read_regular_text(path, MAX_CONFIG_BYTES).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Config::parse(&text, path)
     }
@@ -361,7 +385,11 @@ impl Config {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                // The parser quotes keys and values from the file: bounded and escaped.
+                message: crate::input::echo_bounded(
+                    e.message().trim(),
+                    crate::input::MAX_ECHO_MESSAGE_CHARS,
+                ),
             }
         })?;
         let errors = config.validate();
@@ -421,7 +449,6 @@ impl Config {
     }
 }
 
-/// Linux interface name rules: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -624,6 +651,40 @@ listen = "127.0.0.1:9108"
         assert!(c.gateway.manage_routing);
         assert_eq!(c.limits, LimitsSection::default());
         assert_eq!(c.log.keep_files, DEFAULT_LOG_KEEP_FILES);
+    }
+
+    #[test]
+    fn controller_endpoint_must_be_https() {
+        let base = "[gateway]\nid = \"g\"\n[controller]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        for bad in [
+            "http://c:50051",
+            "c:50051",
+            "https://",
+            "https://c:1/x",
+            "HTTP://c",
+        ] {
+            let msg = parse(&format!("{base}endpoint = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("controller.endpoint"), "{bad}: {msg}");
+        }
+        assert!(parse(&format!("{base}endpoint = \"https://c.internal:50051\"\n")).is_ok());
+    }
+
+    #[test]
+    fn echoed_values_are_escaped_and_bounded() {
+        let long = "x".repeat(5000);
+        let text =
+            format!("[gateway]\nid = \"g\"\ninterfaces = [\"{long}\", \"a\\nb: error: forged\"]\n");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.len() < 1000, "{} bytes", msg.len());
+        assert_eq!(msg.lines().count(), 2, "{msg}");
+        assert!(msg.contains("a\\nb"), "{msg}");
+        let key = "k".repeat(5000);
+        let msg = parse(&format!("[gateway]\nid = \"g\"\n{key} = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.len() < 1000, "{} bytes", msg.len());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! error it finds (`section.key = value: what is wrong`), so the operator sees them all at once;
 //! `Config::validate` calls them in file order.
 
+use crate::input::echo;
+
 use super::{
     ControllerSection, GatewaySection, LimitsSection, LogSection, PolicySection, TimeoutsSection,
     MAX_BUSY_POLL_US,
@@ -22,7 +24,7 @@ impl GatewaySection {
             errors.push("gateway.id must be at most 128 printable characters".to_owned());
         }
         if let Err(msg) = check_ifname(&self.tun) {
-            errors.push(format!("gateway.tun {:?}: {msg}", self.tun));
+            errors.push(format!("gateway.tun \"{}\": {msg}", echo(&self.tun)));
         }
         if let Some(q) = self.queues {
             if q == 0 || q > 256 {
@@ -35,17 +37,21 @@ impl GatewaySection {
     fn validate_interfaces(&self, errors: &mut Vec<String>) {
         for name in &self.interfaces {
             if let Err(msg) = check_ifname(name) {
-                errors.push(format!("gateway.interfaces: {name:?}: {msg}"));
+                errors.push(format!("gateway.interfaces: \"{}\": {msg}", echo(name)));
             } else if name == &self.tun {
                 errors.push(format!(
-                    "gateway.interfaces: {name:?} is the gateway's own TUN"
+                    "gateway.interfaces: \"{}\" is the gateway's own TUN",
+                    echo(name)
                 ));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
         for name in &self.interfaces {
             if !seen.insert(name) {
-                errors.push(format!("gateway.interfaces: {name:?} is listed twice"));
+                errors.push(format!(
+                    "gateway.interfaces: \"{}\" is listed twice",
+                    echo(name)
+                ));
             }
         }
         if self.manage_routing && self.interfaces.is_empty() {
@@ -95,6 +101,12 @@ impl PolicySection {
         if self.state_dir.as_os_str().is_empty() {
             errors.push("policy.state_dir must not be empty".to_owned());
         }
+        if !(100..=600_000).contains(&self.load_timeout_ms) {
+            errors.push(format!(
+                "policy.load_timeout_ms = {}: must be between 100 and 600000",
+                self.load_timeout_ms
+            ));
+        }
         if let Some(file) = &self.file {
             if file.as_os_str().is_empty() {
                 errors
@@ -106,10 +118,18 @@ impl PolicySection {
 
 impl ControllerSection {
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
-        if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
+        // Mutual TLS is the controller's only identity check: a plain-text endpoint would
+        // hand the policy channel to anyone on the path, so it is refused, not downgraded.
+        let authority = self.endpoint.strip_prefix("https://").unwrap_or("");
+        let host = authority.strip_suffix('/').unwrap_or(authority);
+        if host.is_empty()
+            || host.contains(['/', '?', '#', '@'])
+            || host.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             errors.push(format!(
-                "controller.endpoint {:?}: must be an https:// URL",
-                self.endpoint
+                "controller.endpoint \"{}\": must be an https:// URL with a host and no path \
+                 (https://HOST:PORT); plain http:// is refused",
+                echo(&self.endpoint)
             ));
         }
     }

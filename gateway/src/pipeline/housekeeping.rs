@@ -14,6 +14,10 @@
 //! the new flow fails closed with reason `flow_limit` (a client's SYN gets a RST at once);
 //! established flows go on.
 //!
+//! At shutdown (of the daemon, or the end of a replayed capture) a flow still waiting for its
+//! name gets the decision record the inspection bound would have written, so every flow has
+//! one; an evicted flow does not (a SYN flood must not become a flood of records).
+//!
 //! A closed TCP connection lingers for [`IdleTimeouts::tcp_closed`] so that retransmitted FINs,
 //! the last ACK and stray segments still find their flow (and its verdict).
 //!
@@ -60,8 +64,13 @@ impl Pipeline {
         } else {
             self.shared.stats.flows_expired += 1;
         }
-        self.shared.drop_inspect(&mut flow);
         let policy = self.shared.policy.load_full();
+        // Only at the end (of the daemon or of a capture): an eviction under a SYN flood must
+        // not turn each spoofed SYN into a record.
+        if why == EndReason::Shutdown {
+            self.shared.record_undecided(now, &mut flow, &policy, out);
+        }
+        self.shared.drop_inspect(&mut flow);
         if !flow.record.ended() {
             self.shared.end_flow(now, &mut flow, &policy, why, out);
         }
@@ -134,6 +143,38 @@ impl Pipeline {
 }
 
 impl Shared {
+    /// A flow still waiting for its name when the daemon or the capture stops has no decision
+    /// record, and would leave no trace at all. It gets
+    /// the record the inspection bound would have written (denied, `inspect_timeout`), so that
+    /// every flow has its record. Nothing is sent: its held bytes were never forwarded, and the
+    /// caller discards them.
+    fn record_undecided(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) {
+        let record = flow.record;
+        if flow.phase != Phase::Inspecting
+            || record.ended()
+            || record.owed()
+            || record.decision_written()
+        {
+            return;
+        }
+        self.stats.fail_closed += 1;
+        let name = flow.decision.as_mut().and_then(|d| d.name.take());
+        flow.decision = Some(Decision {
+            verdict: None,
+            enforced: Action::Reject,
+            reason: Reason::InspectTimeout,
+            version: policy.version(),
+            name,
+        });
+        self.emit_decision(now, flow, policy, out);
+    }
+
     /// Ends a TCP flow that just closed; see [`Flow::closed`].
     pub(super) fn end_if_closed(&mut self, now: Instant, flow: &mut Flow, out: &mut Output) {
         if !flow.record.ended() && flow.closed() {

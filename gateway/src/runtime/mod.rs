@@ -41,12 +41,12 @@ use self::startup::WorkerThreads;
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("policy {}:\n{error}", .path.display())]
+    #[error("policy {}:\n{error}", crate::input::echo_path(.path))]
     Policy {
         path: std::path::PathBuf,
-        error: policy_engine::LoadError,
+        error: policy::LoadFailure,
     },
-    #[error("decision log {}: {error}", .path.display())]
+    #[error("decision log {}: {error}", crate::input::echo_path(.path))]
     Log {
         path: std::path::PathBuf,
         error: std::io::Error,
@@ -95,7 +95,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
 async fn run_async(config: Config) -> Result<(), RuntimeError> {
     let queues = config.queues();
     let (mut signals, notices) = Signals::new(usize::from(queues))?;
-    let (mut source, store, loaded) = startup::load_policy(&config)?;
+    let (mut source, store, loaded) = startup::load_policy(&config).await?;
     let (log_sink, log_tx) = startup::start_decision_log(&config.log)?;
     let metrics = Arc::new(Metrics::new(usize::from(queues), log_sink.counters()));
     if source.file().is_some() {
@@ -139,24 +139,69 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
 
 /// Serves signals until the gateway is to stop: SIGHUP reloads the policy, SIGTERM / SIGINT
 /// stop it (Ok), a worker that exits on its own stops it with an error.
+///
+/// A reload runs on a load thread (see [`policy`]); this loop keeps serving signals meanwhile.
+/// A SIGHUP that arrives while one is running is remembered and starts another when it ends,
+/// since the file may have changed after the running load read it.
 async fn control_loop(
     signals: &mut Signals,
     source: &mut PolicySource,
     store: &PolicyStore,
     metrics: &Metrics,
 ) -> Result<(), RuntimeError> {
+    let mut pending: Option<policy::PendingLoad> = None;
+    let mut again = false;
     loop {
-        match signals.next().await {
-            Event::Reload => {
-                tracing::info!("SIGHUP: reloading the policy");
-                source.reload(store, metrics);
+        tokio::select! {
+            event = signals.next() => match event {
+                Event::Reload if pending.is_some() => {
+                    tracing::info!("SIGHUP: a reload is running; another follows it");
+                    again = true;
+                }
+                Event::Reload => {
+                    tracing::info!("SIGHUP: reloading the policy");
+                    pending = start_reload(source, store, metrics);
+                }
+                Event::Stop(sig) => {
+                    tracing::info!("{sig}: stopping");
+                    return Ok(());
+                }
+                Event::WorkerExited(i) => return Err(RuntimeError::WorkerFailed(i)),
+            },
+            result = wait_load(&mut pending) => {
+                pending = None;
+                source.finish_reload(result, store, metrics);
+                if std::mem::take(&mut again) {
+                    pending = start_reload(source, store, metrics);
+                }
             }
-            Event::Stop(sig) => {
-                tracing::info!("{sig}: stopping");
-                return Ok(());
-            }
-            Event::WorkerExited(i) => return Err(RuntimeError::WorkerFailed(i)),
         }
+    }
+}
+
+fn start_reload(
+    source: &mut PolicySource,
+    store: &PolicyStore,
+    metrics: &Metrics,
+) -> Option<policy::PendingLoad> {
+    match source.start_load() {
+        Ok(None) => {
+            tracing::warn!("SIGHUP: no policy.file is configured; nothing to reload");
+            None
+        }
+        Ok(Some(p)) => Some(p),
+        Err(e) => {
+            source.report_failure(&e, store, metrics);
+            None
+        }
+    }
+}
+
+/// The running load's result; never resolves when none is running.
+async fn wait_load(pending: &mut Option<policy::PendingLoad>) -> policy::LoadResult {
+    match pending {
+        Some(p) => p.wait().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -23,15 +23,21 @@ use crate::sys::tun::{Tun, TunOptions, WakeFd};
 /// The worker threads' join handles carry their result.
 pub(super) type WorkerThreads = Workers<Result<(), WorkerError>>;
 
-/// Loads the initial policy (the file's, or deny-all) into a new store.
-pub(super) fn load_policy(
+/// Loads the initial policy (the file's, or deny-all) into a new store, on a load thread and
+/// bounded by `policy.load_timeout_ms` like every reload.
+pub(super) async fn load_policy(
     config: &Config,
 ) -> Result<(PolicySource, Arc<PolicyStore>, Loaded), RuntimeError> {
-    let mut source = PolicySource::new(config.policy.file.clone());
-    let (initial, loaded) = source.initial().map_err(|error| RuntimeError::Policy {
-        path: config.policy.file.clone().unwrap_or_default(),
-        error,
-    })?;
+    let mut source =
+        PolicySource::new(config.policy.file.clone()).with_timeout(config.policy.load_timeout());
+    let (initial, loaded) =
+        source
+            .initial_bounded()
+            .await
+            .map_err(|error| RuntimeError::Policy {
+                path: config.policy.file.clone().unwrap_or_default(),
+                error,
+            })?;
     match source.file() {
         Some(f) => tracing::info!(
             file = %f.display(),
@@ -48,10 +54,25 @@ pub(super) fn load_policy(
     Ok((source, policy::new_store(initial), loaded))
 }
 
-/// Opens the decision log and starts its writer thread.
+/// Opens the decision log and starts its writer thread. An existing path that is not a regular
+/// file is refused: opening a FIFO for writing blocks until a reader comes, and a rotated
+/// device or FIFO makes no sense (`-` is the way to write to standard output).
 pub(super) fn start_decision_log(
     log: &LogSection,
 ) -> Result<(LogSink, LogSender<DecisionRecord>), RuntimeError> {
+    if !log.to_stdout() {
+        if let Ok(meta) = std::fs::metadata(&log.decisions) {
+            if !meta.is_file() {
+                return Err(RuntimeError::Log {
+                    path: log.decisions.clone(),
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file; refusing to write to it (use \"-\" for stdout)",
+                    ),
+                });
+            }
+        }
+    }
     let dest = if log.to_stdout() {
         Destination::Stdout
     } else {
@@ -81,15 +102,21 @@ pub(super) async fn bind_metrics(
         .map_err(|error| RuntimeError::Metrics { addr, error })
 }
 
-/// Creates the multi-queue TUN device.
+/// Creates the multi-queue TUN device; an existing one is refused unless
+/// `gateway.adopt_existing_tun` says to take it over.
 pub(super) fn create_tun(config: &Config, mtu: u32) -> Result<Tun, RuntimeError> {
-    Tun::create(&TunOptions {
+    let opts = TunOptions {
         name: config.gateway.tun.clone(),
         queues: config.queues(),
         mtu,
         offloads: true,
-    })
-    .map_err(|error| RuntimeError::Tun {
+    };
+    let tun = if config.gateway.adopt_existing_tun {
+        Tun::adopt(&opts)
+    } else {
+        Tun::create(&opts)
+    };
+    tun.map_err(|error| RuntimeError::Tun {
         name: config.gateway.tun.clone(),
         error,
     })

@@ -19,12 +19,19 @@
 //! router solicitations of its own into the gateway, and `IFF_MULTICAST` is cleared so it sends no
 //! MLD or IGMP reports either.
 //!
+//! Ownership: the first queue is opened with `IFF_TUN_EXCL`, so the kernel refuses (`EBUSY`)
+//! to hand out a device that already exists. Without it, `TUNSETIFF` on an existing multi-queue
+//! device silently attaches one more queue, and the kernel would spread flows over two gateways
+//! with different policies. [`Tun::adopt`] takes over an existing (persistent) device instead,
+//! but only when no process holds a queue of it.
+//!
 //! Queue file descriptors are non-blocking. [`TunQueue::wait`] polls one queue together with a
 //! [`WakeFd`] so a worker thread sleeps until a packet, a wake-up or a deadline.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
 /// Length of the virtio-net header in front of every packet read from or written to the TUN.
@@ -125,12 +132,47 @@ pub struct TunQueue {
 }
 
 impl Tun {
-    /// Creates the device with `opts.queues` queues, sets its MTU and brings it up.
+    /// Creates the device with `opts.queues` queues, sets its MTU and brings it up. Fails with
+    /// [`io::ErrorKind::AlreadyExists`] when a device of that name exists.
     pub fn create(opts: &TunOptions) -> io::Result<Tun> {
+        Tun::open(opts, true)
+    }
+
+    /// Like [`Tun::create`], but an existing TUN device of that name (a persistent one, made
+    /// with `ip tuntap add mode tun multi_queue`) is taken over, provided no process holds a
+    /// queue of it. Fails with [`io::ErrorKind::ResourceBusy`] when one does.
+    pub fn adopt(opts: &TunOptions) -> io::Result<Tun> {
+        if let Some(pid) = queue_holder(&opts.name)? {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "TUN device {} is in use: process {pid} holds a queue of it; refusing to \
+                     share it (the kernel would split flows between the two)",
+                    opts.name
+                ),
+            ));
+        }
+        Tun::open(opts, false)
+    }
+
+    fn open(opts: &TunOptions, exclusive: bool) -> io::Result<Tun> {
         let ifname = ifname_bytes(&opts.name)?;
         let mut queues = Vec::with_capacity(usize::from(opts.queues.max(1)));
-        for _ in 0..opts.queues.max(1) {
-            queues.push(TunQueue::open(&ifname).map_err(|e| {
+        for i in 0..opts.queues.max(1) {
+            // Only the first open may create; the others attach to the device it made.
+            let queue = TunQueue::open(&ifname, exclusive && i == 0).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    return io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "TUN device {} already exists (another gateway, or a persistent \
+                             device); refusing to attach to it. Stop its owner or delete it \
+                             (ip link delete {}), or set gateway.adopt_existing_tun = true to \
+                             take over a persistent device nobody uses",
+                            opts.name, opts.name
+                        ),
+                    );
+                }
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -138,7 +180,8 @@ impl Tun {
                         opts.name
                     ),
                 )
-            })?);
+            })?;
+            queues.push(queue);
         }
         let first = &queues[0];
         first.set_vnet_hdr_len()?;
@@ -196,7 +239,8 @@ pub struct Readiness {
 }
 
 impl TunQueue {
-    fn open(ifname: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<TunQueue> {
+    /// Opens one queue; `exclusive` makes the kernel refuse a device that already exists.
+    fn open(ifname: &[libc::c_char; libc::IFNAMSIZ], exclusive: bool) -> io::Result<TunQueue> {
         let path = CString::new("/dev/net/tun").expect("no NUL in a constant");
         // SAFETY: `path` is a valid NUL-terminated string; open has no other preconditions.
         let raw = unsafe {
@@ -213,8 +257,9 @@ impl TunQueue {
         // SAFETY: ifreq is plain old data; all-zero is a valid value.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         ifr.ifr_name = *ifname;
+        let excl = if exclusive { libc::IFF_TUN_EXCL } else { 0 };
         ifr.ifr_ifru.ifru_flags =
-            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR)
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR | excl)
                 as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is and outlives
         // the call.
@@ -452,6 +497,44 @@ impl ControlSocket {
         }
         Ok(())
     }
+}
+
+/// A process of this network namespace holding a queue of the TUN device `name`, if any.
+///
+/// The kernel shows the device a `/dev/net/tun` descriptor is attached to in its fdinfo
+/// (`iff:\tNAME`). Names are per network namespace, so holders in other namespaces are skipped.
+/// Processes that vanish or cannot be read while scanning are skipped too.
+fn queue_holder(name: &str) -> io::Result<Option<u32>> {
+    let own_ns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino())?;
+    let wanted = format!("iff:\t{name}");
+    for proc_entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = proc_entry.path();
+        if std::fs::metadata(dir.join("ns/net")).map(|m| m.ino()).ok() != Some(own_ns) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let is_tun =
+                std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "/dev/net/tun");
+            if !is_tun {
+                continue;
+            }
+            let info = dir.join("fdinfo").join(fd.file_name());
+            if std::fs::read_to_string(info).is_ok_and(|t| t.lines().any(|l| l == wanted)) {
+                return Ok(Some(pid));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn ifname_bytes(name: &str) -> io::Result<[libc::c_char; libc::IFNAMSIZ]> {

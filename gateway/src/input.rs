@@ -1,0 +1,131 @@
+//! Handling of operator-supplied input at the edges: the command line and the files it names.
+//!
+//! Two rules hold everywhere the gateway reports on such input:
+//! - Input echoed in an error message goes through [`echo`] / [`echo_path`]: control characters
+//!   are escaped (a value holding a newline cannot forge a second log or error line) and the
+//!   echo is bounded (a megabyte argument does not become a megabyte message).
+//! - Files read as configuration or policy are opened with [`open_regular`]: a FIFO, a device or
+//!   a directory is refused instead of blocking the reader forever (a FIFO with no writer) or
+//!   reading without end (`/dev/zero`).
+
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+/// Characters of an operator-supplied value kept in an error message; the rest is summarised.
+pub const MAX_ECHO_CHARS: usize = 80;
+/// Characters of a path kept in an error message (paths are legitimately longer than values).
+pub const MAX_ECHO_PATH_CHARS: usize = 256;
+/// Characters kept of a message from a parser that may quote its input (TOML errors).
+pub const MAX_ECHO_MESSAGE_CHARS: usize = 512;
+
+/// `s` made safe to embed in a one-line message: control characters (and the Unicode line
+/// separators) escaped as in Rust string literals, cut to [`MAX_ECHO_CHARS`] with a note of what
+/// was left out. No surrounding quotes.
+pub fn echo(s: &str) -> String {
+    echo_bounded(s, MAX_ECHO_CHARS)
+}
+
+/// [`echo`] with another bound, in characters.
+pub fn echo_bounded(s: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    for c in chars.by_ref().take(max_chars) {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    let rest = chars.as_str();
+    if !rest.is_empty() {
+        out.push_str(&format!("... ({} more bytes)", rest.len()));
+    }
+    out
+}
+
+/// [`echo`] of a path (non-UTF-8 bytes shown as U+FFFD).
+pub fn echo_path(path: &Path) -> String {
+    echo_bounded(&path.to_string_lossy(), MAX_ECHO_PATH_CHARS)
+}
+
+/// Opens `path` for reading only if it is a regular file (symbolic links are followed).
+///
+/// The file is opened with `O_NONBLOCK` so that opening a FIFO without a writer returns at
+/// once; the type is then checked on the open descriptor (no race with a rename between a
+/// check and the open), and the flag is harmless for the regular file that remains.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a FIFO, socket or device)"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{kind}; refusing to read it"),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a regular file of at most `max_bytes` bytes as UTF-8 text.
+pub fn read_regular_text(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    let file = open_regular(path)?;
+    let mut text = String::new();
+    file.take(max_bytes + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max_bytes} bytes; refusing to read it"),
+        ));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_escapes_control_characters() {
+        assert_eq!(echo("a\nb\r\u{1b}[2J\t"), "a\\nb\\r\\u{1b}[2J\\t");
+        assert_eq!(echo("plain é"), "plain é");
+        assert!(!echo("x\u{2028}y").contains('\u{2028}'));
+    }
+
+    #[test]
+    fn echo_is_bounded() {
+        let long = "x".repeat(10_000);
+        let e = echo(&long);
+        assert!(e.len() < 120, "{e}");
+        assert!(e.ends_with(&format!("({} more bytes)", 10_000 - MAX_ECHO_CHARS)));
+        let short = "y".repeat(MAX_ECHO_CHARS);
+        assert_eq!(echo(&short), short);
+    }
+
+    #[test]
+    fn special_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = read_regular_text(&fifo, 100).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        let err = read_regular_text(dir.path(), 100).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "0123456789").unwrap();
+        assert_eq!(read_regular_text(&file, 10).unwrap(), "0123456789");
+        assert!(read_regular_text(&file, 9).is_err());
+    }
+}
