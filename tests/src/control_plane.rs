@@ -61,48 +61,54 @@ impl Fleet {
     /// Builds `gateways` labs, the controller namespace linked to each, and the certificates
     /// (CA, controller, operator `ops`, one per gateway id `gw1`..).
     pub fn build(gateways: u8) -> Fleet {
+        let labs: Vec<Lab> = (0..gateways)
+            .map(|_| Lab::build(&LabSpec::new("bhcp", &["prod"])).expect("build a lab"))
+            .collect();
+        let names: Vec<String> = labs.iter().map(|l| l.gateway_netns().to_owned()).collect();
+        Fleet::link(&names, labs)
+    }
+
+    /// A controller namespace linked to existing gateway namespaces (e.g. a testbed's); gateway
+    /// `K` (1-based) is the one in `gateway_netns[K - 1]`. The caller keeps those namespaces
+    /// until the fleet is dropped.
+    pub fn around(gateway_netns: &[&str]) -> Fleet {
+        let names: Vec<String> = gateway_netns.iter().map(|n| (*n).to_owned()).collect();
+        Fleet::link(&names, Vec::new())
+    }
+
+    fn link(gateway_netns: &[String], labs: Vec<Lab>) -> Fleet {
         let n = FLEET_COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let netns = format!("bhcp-{pid}-{}-ctl", 1000 + n);
         let dir = std::env::temp_dir().join(format!("bulkhead-fleet-{pid}-{n}"));
         std::fs::create_dir_all(&dir).expect("create the fleet directory");
         ip(&["netns", "add", &netns]);
-        let mut fleet = Fleet {
+        let fleet = Fleet {
             controller: None,
             netns,
             dir,
-            labs: Vec::new(),
+            labs,
         };
-        ip(&["-n", &fleet.netns, "link", "set", "lo", "up"]);
-        for k in 1..=gateways {
-            let lab = Lab::build(&LabSpec::new("bhcp", &["prod"])).expect("build a lab");
+        let ns = fleet.netns.as_str();
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        for (i, gw_ns) in gateway_netns.iter().enumerate() {
+            let k = i + 1;
             let here = format!("gw{k}");
-            let ns = fleet.netns.clone();
+            let veth = ["link", "add", &here, "type", "veth", "peer", "name", "ctl0"];
+            let mut args = vec!["-n", ns];
+            args.extend(veth);
+            args.extend(["netns", gw_ns.as_str()]);
+            ip(&args);
             ip(&[
                 "-n",
-                &ns,
-                "link",
-                "add",
-                &here,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ctl0",
-                "netns",
-                lab.gateway_netns(),
-            ]);
-            ip(&[
-                "-n",
-                &ns,
+                ns,
                 "addr",
                 "add",
                 &format!("10.250.{k}.1/30"),
                 "dev",
                 &here,
             ]);
-            ip(&["-n", &ns, "link", "set", &here, "up"]);
-            let gw_ns = lab.gateway_netns();
+            ip(&["-n", ns, "link", "set", &here, "up"]);
             ip(&[
                 "-n",
                 gw_ns,
@@ -113,9 +119,9 @@ impl Fleet {
                 "ctl0",
             ]);
             ip(&["-n", gw_ns, "link", "set", "ctl0", "up"]);
-            fleet.labs.push(lab);
         }
-        fleet.issue_certificates(gateways);
+        let count = u8::try_from(gateway_netns.len()).expect("at most 255 gateways");
+        fleet.issue_certificates(count);
         fleet
     }
 

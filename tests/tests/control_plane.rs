@@ -7,8 +7,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bulkhead_lab::clients::{Outcome, Request, StreamWatch};
 use bulkhead_tests::control_plane::{metric, Fleet};
-use bulkhead_tests::e2e::{policy, root_or_skip, wait_for};
+use bulkhead_tests::e2e::{
+    policy, root_or_skip, server_v4, src_is, start_gateway_with, testbed, wait_for,
+};
 use serde_json::Value;
 
 /// The tests build several namespaces and processes each; on two cores they run one at a time.
@@ -262,4 +265,81 @@ fn with_the_controller_down_gateways_keep_enforcing_and_restart_on_last_known_go
     wait_acked(&fleet, &["gw1", "gw2"], version, Duration::from_secs(60));
     wait_metric(&second, "bulkhead_controller_connected", &[], 1.0);
     assert_eq!(metric(&second, "bulkhead_policy_version", &[]), Some(2.0));
+}
+
+/// Denies the name the open transfer uses (a rule ahead of the permit).
+const DENY_OPENAI: &str = r#"
+[[rules]]
+name = "incident-deny-openai"
+priority = 5
+src = ["any"]
+dst = ["openai"]
+protocol = "tcp"
+action = "deny"
+"#;
+
+#[test]
+fn a_push_that_denies_its_name_cuts_an_open_transfer_within_a_second() {
+    if !root_or_skip("a_push_that_denies_its_name_cuts_an_open_transfer_within_a_second") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tb = testbed();
+    let mut fleet = Fleet::around(&[tb.lab.gateway_netns()]);
+    fleet.start_controller();
+    let spec = fleet.gateway_spec(1, &policy("enforce", ALLOW));
+    let gw = start_gateway_with(&tb, spec);
+    wait_metric(&gw, "bulkhead_controller_connected", &[], 1.0);
+    let prod = tb.lab.workload("prod").netns.clone();
+    let stream = StreamWatch::open(
+        &prod,
+        Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/stream"),
+    )
+    .expect("open the stream");
+    assert!(
+        stream.wait_bytes(50_000, Duration::from_secs(10)),
+        "the stream should flow first: {} bytes\n{}",
+        stream.bytes(),
+        gw.output()
+    );
+    // The controller's first version is 1, like the local file's: the swap must still count.
+    let sent = Instant::now();
+    let version = fleet.push(&policy("enforce", &format!("{DENY_OPENAI}{ALLOW}")));
+    assert_eq!(version, 1);
+    let (outcome, at) = stream
+        .wait_end(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the open transfer was not cut:\n{}", gw.output()));
+    let took = at.duration_since(sent);
+    assert_eq!(outcome, Outcome::Reset, "the transfer ends with a reset");
+    assert!(took < Duration::from_secs(1), "cut {took:?} after the push");
+    assert!(stream.intact(), "the bytes before the cut were intact");
+    println!("open transfer cut {took:?} after `bulkheadctl push` (push command included)");
+    let local = stream.local().expect("connected");
+    let r = gw
+        .wait_record(Duration::from_secs(5), |r| {
+            src_is(r, local) && r["reason"].as_str() == Some("policy_update")
+        })
+        .unwrap_or_else(|| panic!("no policy_update record:\n{}", gw.output()));
+    assert_eq!(
+        r["policy"]["name"].as_str(),
+        Some("incident-deny-openai"),
+        "{r:#}"
+    );
+    assert_eq!(r["policy"]["version"].as_u64(), Some(1), "{r:#}");
+    wait_acked(&fleet, &["gw1"], version, Duration::from_secs(10));
+    wait_metric(
+        &gw,
+        "bulkhead_policy_source",
+        &[("source", "controller")],
+        1.0,
+    );
+    // The records went to the controller too.
+    let sent_batches = wait_for(Duration::from_secs(10), || {
+        metric(&gw, "bulkhead_controller_record_batches_sent_total", &[]).filter(|v| *v >= 1.0)
+    });
+    assert!(
+        sent_batches.is_some(),
+        "no record batch reached the controller"
+    );
+    drop(gw);
 }
