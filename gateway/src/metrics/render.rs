@@ -225,7 +225,7 @@ impl Metrics {
             out,
             "bulkhead_policy_reloads_total",
             "counter",
-            "Policy reloads applied.",
+            "Policy swaps after start (SIGHUP reloads and controller snapshots).",
             self.policy_reloads.load(Ordering::Relaxed),
         );
         simple(
