@@ -9,6 +9,9 @@
 //! writer flushes whenever the queue runs empty, so a quiet gateway's records are on disk at once.
 //! When every sender is gone the writer drains the queue, flushes and exits:
 //! [`LogSink::finish`] waits for that.
+//!
+//! A [`Tee`] (the controller upload) sees every serialized line on the writer thread, never on
+//! a worker; it must not block, and whatever it does with the line the log is written anyway.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -31,6 +34,9 @@ pub enum Destination {
         keep_files: u32,
     },
 }
+
+/// Receives each serialized record (without the newline) on the writer thread. Must not block.
+pub type Tee = Box<dyn Fn(&str) + Send>;
 
 /// Counters shared by the senders, the writer and the metrics endpoint.
 #[derive(Debug, Default)]
@@ -87,6 +93,15 @@ impl LogSink {
         dest: Destination,
         capacity: usize,
     ) -> io::Result<(LogSink, LogSender<T>)> {
+        Self::start_with_tee(dest, capacity, None)
+    }
+
+    /// [`LogSink::start`], with every serialized record also handed to `tee`.
+    pub fn start_with_tee<T: Serialize + Send + 'static>(
+        dest: Destination,
+        capacity: usize,
+        tee: Option<Tee>,
+    ) -> io::Result<(LogSink, LogSender<T>)> {
         let out: Box<dyn LineWriter> = match &dest {
             Destination::Stdout => Box::new(StdoutWriter(BufWriter::new(io::stdout()))),
             Destination::File {
@@ -100,7 +115,7 @@ impl LogSink {
         let c = counters.clone();
         let handle = std::thread::Builder::new()
             .name("bulkhead-log".into())
-            .spawn(move || writer_loop(rx, out, &c))?;
+            .spawn(move || writer_loop(rx, out, tee, &c))?;
         Ok((
             LogSink {
                 handle: Some(handle),
@@ -124,7 +139,12 @@ impl LogSink {
     }
 }
 
-fn writer_loop<T: Serialize>(rx: Receiver<T>, mut out: Box<dyn LineWriter>, c: &LogCounters) {
+fn writer_loop<T: Serialize>(
+    rx: Receiver<T>,
+    mut out: Box<dyn LineWriter>,
+    tee: Option<Tee>,
+    c: &LogCounters,
+) {
     let mut line = Vec::with_capacity(2048);
     let mut dirty = false;
     loop {
@@ -149,6 +169,12 @@ fn writer_loop<T: Serialize>(rx: Receiver<T>, mut out: Box<dyn LineWriter>, c: &
             tracing::warn!(error = %e, "cannot serialize a decision record");
             c.write_errors.fetch_add(1, Ordering::Relaxed);
             continue;
+        }
+        if let Some(tee) = &tee {
+            // serde_json writes UTF-8 only.
+            if let Ok(text) = std::str::from_utf8(&line) {
+                tee(text);
+            }
         }
         line.push(b'\n');
         match out.write_line(&line) {
@@ -292,6 +318,40 @@ mod tests {
         Rec {
             n,
             pad: "x".repeat(80),
+        }
+    }
+
+    #[test]
+    fn tee_sees_every_line_and_a_refusing_tee_loses_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tee_seen = Arc::clone(&seen);
+        // Keeps only the first 10, as a full upload queue would.
+        let tee: Tee = Box::new(move |line: &str| {
+            let mut seen = tee_seen.lock().unwrap();
+            if seen.len() < 10 {
+                seen.push(line.to_owned());
+            }
+        });
+        let dest = Destination::File {
+            path: path.clone(),
+            max_file_bytes: 1 << 20,
+            keep_files: 1,
+        };
+        let (sink, tx) = LogSink::start_with_tee::<Rec>(dest, 1000, Some(tee)).unwrap();
+        for n in 0..50 {
+            assert!(tx.submit(rec(n)));
+        }
+        drop(tx);
+        sink.finish();
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(on_disk.lines().count(), 50);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 10);
+        for (line, disk) in seen.iter().zip(on_disk.lines()) {
+            assert_eq!(line, disk);
+            assert!(!line.ends_with('\n'));
         }
     }
 

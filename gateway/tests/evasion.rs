@@ -802,6 +802,25 @@ fn a_policy_update_cuts_flows_it_now_denies() {
     assert_eq!(h.pipe.stats().policy_update_cuts, 1);
 }
 
+/// The controller's numbering and the local file's meet: a new policy that carries the version
+/// of the one it replaces is still a new policy, and the flows are named by the right table.
+#[test]
+fn a_policy_update_with_the_same_version_number_still_cuts() {
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(49010);
+    handshake(&mut h, &c);
+    let hello = client_hello(Some("api.openai.com"), 0);
+    h.send(&c.data(0, &hello));
+    h.take_wire();
+    let next = POLICY_OPENAI.replace(r#""api.openai.com", "#, "");
+    h.store.store(policy(&next, 1));
+    h.reevaluate();
+    let last = (*h.decisions().last().unwrap()).clone();
+    assert_eq!(last.reason, Reason::PolicyUpdate);
+    assert_eq!(last.policy.version, 1);
+    assert_eq!(h.pipe.stats().policy_update_cuts, 1);
+}
+
 #[test]
 fn udp_is_decided_per_flow_and_rejected_with_icmp() {
     let policy = r#"

@@ -10,9 +10,10 @@
 //!    lives in `target/<profile>/deps/`, a binary in `target/<profile>/`, and Cargo puts the
 //!    `bulkhead` binary of the same build in `target/<profile>/`.
 //!
-//! `cargo test --workspace` builds the `bulkhead` binary before it runs any test (the gateway
-//! package has integration tests, so Cargo builds its binary). `cargo test -p bulkhead-tests`
-//! alone does not: build it first with `cargo build -p bulkhead-gateway`.
+//! `cargo test --workspace` builds the `bulkhead` and `bulkheadctl` binaries before it runs any
+//! test (the gateway and controller packages have integration tests, so Cargo builds their
+//! binaries). `cargo test -p bulkhead-tests` alone does not: build them first with
+//! `cargo build -p bulkhead-gateway -p bulkhead-controller`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -41,11 +42,21 @@ pub fn find(name: &str) -> Result<PathBuf, LabError> {
     } else {
         String::new()
     };
+    let package = package_of(name);
     Err(LabError::Other(format!(
-        "no {name} binary at {}{origin}: build it first: cargo build -p bulkhead-gateway; \
+        "no {name} binary at {}{origin}: build it first: cargo build -p {package}; \
          `cargo test --workspace` builds it",
         path.display()
     )))
+}
+
+/// The package that builds binary `name`, for the error's hint.
+fn package_of(name: &str) -> &'static str {
+    if name == "bulkheadctl" {
+        "bulkhead-controller"
+    } else {
+        "bulkhead-gateway"
+    }
 }
 
 /// Like [`find`], for tests: panics with the same explanation when the binary is absent (the
@@ -113,5 +124,7 @@ mod tests {
         let err = find("bulkhead-no-such-binary").unwrap_err().to_string();
         assert!(err.contains("cargo build -p bulkhead-gateway"), "{err}");
         assert!(err.contains("bulkhead-no-such-binary"), "{err}");
+        assert_eq!(package_of("bulkheadctl"), "bulkhead-controller");
+        assert_eq!(package_of("bulkhead"), "bulkhead-gateway");
     }
 }

@@ -35,6 +35,8 @@ pub struct GatewaySpec {
     pub busy_poll_us: Option<u32>,
     /// Appended to the generated gateway.toml (e.g. a `[limits]` table).
     pub extra_toml: String,
+    /// Extra lines of the `[policy]` table (e.g. `load_timeout_ms = 100`).
+    pub policy_toml: String,
 }
 
 impl GatewaySpec {
@@ -48,6 +50,7 @@ impl GatewaySpec {
             ready_timeout: Duration::from_secs(20),
             busy_poll_us: None,
             extra_toml: String::new(),
+            policy_toml: String::new(),
         }
     }
 }
@@ -80,10 +83,11 @@ pub fn gateway_toml(
         .join(", ");
     format!(
         "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n{busy}\n\
-         [policy]\nfile = {p:?}\nstate_dir = {s:?}\n\n\
+         [policy]\nfile = {p:?}\nstate_dir = {s:?}\n{policy_extra}\n\
          [log]\ndecisions = {d:?}\n\n\
          [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{extra}",
         extra = spec.extra_toml,
+        policy_extra = spec.policy_toml,
         busy = spec
             .busy_poll_us
             .map_or_else(String::new, |us| format!("busy_poll_us = {us}\n")),

@@ -1,5 +1,6 @@
 //! [`PolicyStore`]: the current compiled policy, swapped atomically.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -13,6 +14,10 @@ use crate::compile::CompiledPolicy;
 #[derive(Debug)]
 pub struct PolicyStore {
     current: ArcSwap<CompiledPolicy>,
+    /// Bumped on every store. Versions come from two numbering schemes (the local file's and the
+    /// controller's), so a new policy may carry the version of the one it replaces: readers
+    /// that must notice every swap compare generations, not versions.
+    generation: AtomicU64,
 }
 
 impl PolicyStore {
@@ -20,6 +25,7 @@ impl PolicyStore {
     pub fn new(initial: CompiledPolicy) -> PolicyStore {
         PolicyStore {
             current: ArcSwap::from_pointee(initial),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -35,7 +41,15 @@ impl PolicyStore {
 
     /// Publishes `next`; returns the previous policy.
     pub fn store(&self, next: CompiledPolicy) -> Arc<CompiledPolicy> {
-        self.current.swap(Arc::new(next))
+        let previous = self.current.swap(Arc::new(next));
+        // After the swap: a reader that sees the new generation finds the new policy.
+        self.generation.fetch_add(1, Ordering::Release);
+        previous
+    }
+
+    /// How many times a policy was stored; changes with every [`PolicyStore::store`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Version of the current policy.
@@ -58,6 +72,10 @@ mod tests {
         assert_eq!(held.version(), 1);
         assert_eq!(store.version(), 2);
         assert_eq!(store.load().version(), 2);
+        assert_eq!(store.generation(), 1);
+        // The same version again is still a new generation.
+        drop(store.store(CompiledPolicy::deny_all(2)));
+        assert_eq!(store.generation(), 2);
     }
 
     #[test]

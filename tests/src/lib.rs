@@ -7,4 +7,5 @@
 //! before it runs them; `cargo test -p bulkhead-tests` alone does not (build it first with
 //! `cargo build -p bulkhead-gateway`, or name both packages).
 
+pub mod control_plane;
 pub mod e2e;

@@ -237,6 +237,7 @@ impl Lab {
             state_dir: state_dir.clone(),
             enforced_version: 0,
             enforced_digest: String::new(),
+            compile_timeout: std::time::Duration::from_secs(60),
         };
         let handle = bulkhead_gateway::control::spawn(config, move |update: PolicyUpdate| {
             if let Some(reason) = refuse {

@@ -46,6 +46,10 @@ pub struct ControlStats {
     pub dropped_batches: AtomicU64,
     /// Snapshots NACKed.
     pub nacks: AtomicU64,
+    /// Snapshots applied, persisted and ACKed.
+    pub applied: AtomicU64,
+    /// Decision record batches handed to the stream.
+    pub sent_batches: AtomicU64,
 }
 
 /// Where the pipeline's decision records go to be uploaded. Cheap to clone.
@@ -247,6 +251,7 @@ async fn session(
                 message: Some(Out::Decisions(batch)),
             };
             tx.send(message).await.map_err(|e| e.to_string())?;
+            stats.sent_batches.fetch_add(1, Ordering::Relaxed);
         }
         tokio::select! {
             message = inbound.message() => {
@@ -296,20 +301,26 @@ async fn handle_snapshot(
         return ack;
     }
     let state_dir = config.state_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
+    let prepare = tokio::task::spawn_blocking(move || {
         let valid = ValidSnapshot::try_from(snapshot)?;
         let compiled = valid.compile();
         Ok::<_, Vec<String>>((valid, compiled))
-    })
-    .await;
-    let (valid, compiled) = match prepared {
-        Ok(Ok(prepared)) => prepared,
-        Ok(Err(errors)) => return nack(errors, config.enforced_version),
-        Err(e) => {
+    });
+    // An abandoned compile runs on to its end on the blocking pool; its result is dropped.
+    let (valid, compiled) = match tokio::time::timeout(config.compile_timeout, prepare).await {
+        Ok(Ok(Ok(prepared))) => prepared,
+        Ok(Ok(Err(errors))) => return nack(errors, config.enforced_version),
+        Ok(Err(e)) => {
             return nack(
                 vec![format!("compile task failed: {e}")],
                 config.enforced_version,
             )
+        }
+        Err(_) => {
+            let limit = config.compile_timeout.as_millis();
+            let error =
+                format!("the snapshot did not compile within {limit} ms (policy.load_timeout_ms)");
+            return nack(vec![error], config.enforced_version);
         }
     };
     let update = PolicyUpdate {
@@ -330,6 +341,7 @@ async fn handle_snapshot(
     match persisted {
         Ok(Ok(())) => {
             tracing::info!(version, "controller snapshot in force");
+            stats.applied.fetch_add(1, Ordering::Relaxed);
             ack
         }
         Ok(Err(e)) => nack(vec![format!("applied but not persisted: {e}")], version),

@@ -82,4 +82,7 @@ pub struct ClientConfig {
     pub enforced_version: u64,
     /// The digest of that version, so the same snapshot is acknowledged without a new swap.
     pub enforced_digest: String,
+    /// Bound on converting and compiling one snapshot (`[policy] load_timeout_ms`, as for a
+    /// local load): a snapshot that takes longer is NACKed and the running policy stays.
+    pub compile_timeout: std::time::Duration,
 }

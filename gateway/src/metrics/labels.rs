@@ -46,6 +46,38 @@ impl Label for Disposition {
     }
 }
 
+/// Where the enforced policy came from (`source` label of `bulkhead_policy_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOrigin {
+    /// The controller's snapshot persisted by an earlier run, enforced at start.
+    LastKnownGood,
+    /// The local `[policy] file`.
+    File,
+    /// A snapshot the controller pushed to this run.
+    Controller,
+    /// Nothing to enforce: every flow is denied.
+    DenyAll,
+}
+
+impl PolicyOrigin {
+    /// The label value (also used in log lines).
+    pub fn as_str(self) -> &'static str {
+        Self::VALUES[self.index()]
+    }
+}
+
+impl Label for PolicyOrigin {
+    const VALUES: &'static [&'static str] = &["last_known_good", "file", "controller", "deny_all"];
+    fn index(self) -> usize {
+        match self {
+            PolicyOrigin::LastKnownGood => 0,
+            PolicyOrigin::File => 1,
+            PolicyOrigin::Controller => 2,
+            PolicyOrigin::DenyAll => 3,
+        }
+    }
+}
+
 /// Decision reasons (`reason` label of `bulkhead_decisions_total`): every reason this build
 /// emits, then `other` (which `Reason::Unknown` counts under).
 const DECISION_REASONS: [&str; Reason::KNOWN.len() + 1] = {
@@ -251,10 +283,19 @@ mod tests {
             Disposition::VALUES,
             Reason::VALUES,
             DropReason::VALUES,
+            PolicyOrigin::VALUES,
         ] {
             assert!(values.len() < 40);
             let set: std::collections::BTreeSet<_> = values.iter().collect();
             assert_eq!(set.len(), values.len(), "{values:?}");
+        }
+        for (o, name) in [
+            (PolicyOrigin::LastKnownGood, "last_known_good"),
+            (PolicyOrigin::File, "file"),
+            (PolicyOrigin::Controller, "controller"),
+            (PolicyOrigin::DenyAll, "deny_all"),
+        ] {
+            assert_eq!(o.as_str(), name);
         }
         // The reason vocabularies end with the catch-all.
         assert_eq!(Reason::VALUES.last(), Some(&OTHER));

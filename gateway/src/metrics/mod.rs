@@ -13,19 +13,21 @@
 //! Submodules: [`labels`] (label vocabularies), [`counters`] (the per-worker slots), `render`
 //! (the text exposition), [`http`] (the endpoint, re-exported as [`serve`]).
 
+mod control;
 pub mod counters;
 pub mod http;
 pub mod labels;
 mod render;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use crate::control::ControlStats;
 use crate::logsink::LogCounters;
 
 pub use self::counters::{FlowTableState, LocalCounters, WorkerCounters};
 pub use self::http::serve;
-pub use self::labels::{Label, ACTIONS, DISPOSITIONS, OTHER};
+pub use self::labels::{Label, PolicyOrigin, ACTIONS, DISPOSITIONS, OTHER};
 
 /// Everything `/metrics` reports and `/readyz` decides on.
 #[derive(Debug)]
@@ -36,6 +38,11 @@ pub struct Metrics {
     policy_applied_ms: AtomicU64,
     policy_reloads: AtomicU64,
     policy_reload_failures: AtomicU64,
+    /// [`PolicyOrigin`] index of the enforced policy.
+    policy_origin: AtomicUsize,
+    /// The controller client's counters, when `[controller]` is configured (set once at
+    /// start-up, before the endpoint serves, so the series set does not change while running).
+    control: OnceLock<Arc<ControlStats>>,
     tun_up: AtomicBool,
     policy_loaded: AtomicBool,
     started_ms: u64,
@@ -55,6 +62,8 @@ impl Metrics {
             policy_applied_ms: AtomicU64::new(0),
             policy_reloads: AtomicU64::new(0),
             policy_reload_failures: AtomicU64::new(0),
+            policy_origin: AtomicUsize::new(PolicyOrigin::DenyAll.index()),
+            control: OnceLock::new(),
             tun_up: AtomicBool::new(false),
             policy_loaded: AtomicBool::new(false),
             started_ms: now_ms(),
@@ -74,6 +83,16 @@ impl Metrics {
         if reload {
             self.policy_reloads.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Where the enforced policy came from.
+    pub fn set_policy_origin(&self, origin: PolicyOrigin) {
+        self.policy_origin.store(origin.index(), Ordering::Relaxed);
+    }
+
+    /// Exports the controller client's counters.
+    pub fn set_control_stats(&self, stats: Arc<ControlStats>) {
+        let _ = self.control.set(stats);
     }
 
     /// A reload was refused (the old policy stays).

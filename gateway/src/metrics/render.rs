@@ -108,6 +108,8 @@ impl Metrics {
         self.render_drops(&mut out);
         self.render_worker_series(&mut out, &FLOWS_AND_TUN);
         self.render_policy(&mut out);
+        self.render_policy_source(&mut out);
+        self.render_controller(&mut out);
         self.render_decision_log(&mut out);
         out
     }
@@ -223,7 +225,7 @@ impl Metrics {
             out,
             "bulkhead_policy_reloads_total",
             "counter",
-            "Policy reloads applied.",
+            "Policy swaps after start (SIGHUP reloads and controller snapshots).",
             self.policy_reloads.load(Ordering::Relaxed),
         );
         simple(
@@ -273,12 +275,12 @@ impl Metrics {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn simple(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+pub(super) fn simple(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");
 }
@@ -382,6 +384,7 @@ mod tests {
         m.set_tun_up(true);
         m.policy_applied(41, false);
         m.policy_applied(42, true);
+        m.set_policy_origin(crate::metrics::PolicyOrigin::File);
         m.policy_reload_failed();
         let want = include_str!("testdata/exposition.prom").replace(
             "version=\"VERSION\"",

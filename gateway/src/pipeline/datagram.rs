@@ -101,6 +101,7 @@ impl Pipeline {
             enforced: v.effective_action,
             reason,
             version: policy.version(),
+            instance: policy.instance(),
             name: None,
         });
         self.shared.count_decision(v.effective_action);

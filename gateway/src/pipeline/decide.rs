@@ -188,6 +188,7 @@ impl Shared {
             enforced: v.effective_action,
             reason,
             version: policy.version(),
+            instance: policy.instance(),
             name: name.map(|(n, k)| (n.into_boxed_str(), k)),
         });
         self.count_decision(v.effective_action);
@@ -218,6 +219,7 @@ impl Shared {
             enforced: Action::Reject,
             reason,
             version: policy.version(),
+            instance: policy.instance(),
             name,
         });
         if policy.mode() == Mode::LogOnly {

@@ -170,6 +170,7 @@ impl Shared {
             enforced: Action::Reject,
             reason: Reason::InspectTimeout,
             version: policy.version(),
+            instance: policy.instance(),
             name,
         });
         self.emit_decision(now, flow, policy, out);
@@ -246,6 +247,7 @@ impl Shared {
             enforced: Action::Deny,
             reason: Reason::FlowLimit,
             version: policy.version(),
+            instance: policy.instance(),
             name: None,
         });
         self.emit_decision(now, flow, policy, out);

@@ -76,7 +76,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline deciding with the policies `policy` holds.
     pub fn new(config: PipelineConfig, policy: Arc<PolicyStore>) -> Pipeline {
-        let evaluated_version = policy.version();
+        let evaluated_instance = policy.load().instance();
         Pipeline {
             early_drop_cursor: 0,
             flows: FlowTable::new(config.flow_capacity),
@@ -89,7 +89,7 @@ impl Pipeline {
                     instant: None,
                     epoch_ms: 0,
                 },
-                evaluated_version,
+                evaluated_instance,
                 metadata: Metadata::default(),
             },
         }
@@ -228,13 +228,14 @@ impl Pipeline {
     }
 
     /// Re-evaluates every decided flow after the policy changed; cuts the ones now denied (RST
-    /// both ways, reason `policy_update`). A no-op when the version did not change.
+    /// both ways, reason `policy_update`). A no-op when the policy did not change (the same
+    /// table; a new table with the same version number is a change).
     pub fn reevaluate(&mut self, now: Instant, out: &mut Output) {
         let policy = self.shared.policy.load_full();
-        if policy.version() == self.shared.evaluated_version {
+        if policy.instance() == self.shared.evaluated_instance {
             return;
         }
-        self.shared.evaluated_version = policy.version();
+        self.shared.evaluated_instance = policy.instance();
         for id in self.flows.ids() {
             let Some(flow) = self.flows.get_mut(id) else {
                 continue;
@@ -275,6 +276,7 @@ impl Pipeline {
                 enforced: v.effective_action,
                 reason,
                 version: policy.version(),
+                instance: policy.instance(),
                 name: kind,
             });
             self.shared.emit_decision(now, flow, &policy, out);

@@ -228,9 +228,9 @@ fn rule_and_groups(
     d: Option<&Decision>,
     policy: &CompiledPolicy,
 ) -> (String, Vec<String>, Vec<String>) {
-    let same_version = d.is_some_and(|d| d.version == policy.version());
+    let same_policy = d.is_some_and(|d| d.instance == policy.instance());
     match d.and_then(|d| d.verdict) {
-        Some(v) if same_version => (
+        Some(v) if same_policy => (
             policy.rule_name(v.rule).to_owned(),
             policy.src_groups(&v).map(str::to_owned).collect(),
             policy.dst_groups(&v).map(str::to_owned).collect(),

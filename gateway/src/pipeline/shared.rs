@@ -26,8 +26,9 @@ pub(super) struct Shared {
     pub(super) stats: PipelineStats,
     /// Maps the caller's clock to wall-clock time for records.
     pub(super) clock: ClockAnchor,
-    /// Policy version the flows were last (re-)evaluated under.
-    pub(super) evaluated_version: u64,
+    /// Policy ([`CompiledPolicy::instance`](policy_engine::CompiledPolicy::instance)) the
+    /// flows were last (re-)evaluated under.
+    pub(super) evaluated_instance: u64,
     pub(super) metadata: Metadata,
 }
 

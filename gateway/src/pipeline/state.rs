@@ -124,6 +124,9 @@ pub(super) struct Decision {
     pub(super) enforced: Action,
     pub(super) reason: Reason,
     pub(super) version: u64,
+    /// [`CompiledPolicy::instance`](policy_engine::CompiledPolicy::instance) of the policy
+    /// that decided: the verdict's rule indexes are only meaningful in that table.
+    pub(super) instance: u64,
     pub(super) name: Option<(Box<str>, NameKind)>,
 }
 

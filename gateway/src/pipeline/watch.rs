@@ -357,6 +357,7 @@ impl Shared {
             enforced: v.effective_action,
             reason,
             version: policy.version(),
+            instance: policy.instance(),
             name: name.map(|(n, k)| (n.into_boxed_str(), k)),
         });
         if flow.record.owed() || self.must_log(&v) && !flow.record.decision_written() {
@@ -456,6 +457,7 @@ impl Shared {
             enforced: v.effective_action,
             reason,
             version: policy.version(),
+            instance: policy.instance(),
             name: name.map(|n| (n.into_boxed_str(), kind)),
         };
         let previous = flow.decision.replace(decision);

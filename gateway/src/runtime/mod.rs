@@ -9,8 +9,9 @@
 //!                                                            records ─> bounded queue ─> log writer
 //! ```
 //!
-//! Start-up order: signals, policy (file, or deny-all), decision log, metrics listener, TUN,
-//! routing (`manage_routing`), workers; then ready. Shutdown runs it backwards: stop the
+//! Start-up order: signals, policy (last-known-good controller snapshot, else file, else
+//! deny-all; see `control`), decision log, metrics listener, TUN, routing (`manage_routing`),
+//! workers, controller client (`[controller]`); then ready. Shutdown runs it backwards: stop the
 //! workers (their flow-end records are logged), remove the routing (restoring the sysctls),
 //! let the TUN go, drain and flush the decision log. Any start-up failure is returned as a
 //! [`RuntimeError`] and what was already set up is undone.
@@ -18,6 +19,7 @@
 //! Submodules: [`worker`] (the hot loop), [`policy`] (load and reload), `startup` (the start-up
 //! steps), [`shutdown`] (signals, stopping the workers).
 
+mod control;
 pub mod policy;
 pub mod shutdown;
 mod startup;
@@ -31,7 +33,7 @@ use policy_engine::PolicyStore;
 
 use crate::config::{Config, DEFAULT_MTU};
 use crate::logsink::LogSink;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyOrigin};
 use crate::routing::{Routing, SystemHost};
 
 use self::policy::PolicySource;
@@ -48,6 +50,11 @@ pub enum RuntimeError {
     },
     #[error("decision log {}: {error}", crate::input::echo_path(.path))]
     Log {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("controller TLS file {}: {error}", crate::input::echo_path(.path))]
+    Controller {
         path: std::path::PathBuf,
         error: std::io::Error,
     },
@@ -95,11 +102,20 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
 async fn run_async(config: Config) -> Result<(), RuntimeError> {
     let queues = config.queues();
     let (mut signals, notices) = Signals::new(usize::from(queues))?;
-    let (mut source, store, loaded) = startup::load_policy(&config).await?;
-    let (log_sink, log_tx) = startup::start_decision_log(&config.log)?;
+    let initial = startup::load_policy(&config).await?;
+    let (mut source, store) = (initial.source, initial.store);
+    let client = match &config.controller {
+        Some(section) => Some(control::client_config(&config, section, initial.enforced)?),
+        None => None,
+    };
+    let tee = control::RecordTee::default();
+    let hook = client.as_ref().map(|_| tee.hook());
+    let (log_sink, log_tx) = startup::start_decision_log(&config.log, hook)?;
     let metrics = Arc::new(Metrics::new(usize::from(queues), log_sink.counters()));
-    if source.file().is_some() {
-        metrics.policy_applied(loaded.version, false);
+    metrics.set_policy_origin(initial.origin);
+    // Deny-all is not a loaded policy: /readyz stays false until one is.
+    if initial.origin != PolicyOrigin::DenyAll {
+        metrics.policy_applied(initial.version, false);
     }
     let listener = startup::bind_metrics(&config).await?;
     let mtu = tun_mtu(&config);
@@ -118,6 +134,15 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     drop(log_tx);
     drop(notices);
     metrics.set_tun_up(true);
+    let client = client.map(|c| {
+        let wiring = control::Wiring {
+            store: &store,
+            metrics: &metrics,
+            managed: source.managed(),
+            tee: &tee,
+        };
+        control::start(c, wiring)
+    });
 
     let endpoint = MetricsEndpoint::start(listener, &metrics);
     tracing::info!(
@@ -129,10 +154,14 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         tso = offloads.tso,
         uso = offloads.uso,
         metrics = %endpoint.addr,
+        controller = client.is_some(),
         "gateway running"
     );
 
     let outcome = control_loop(&mut signals, &mut source, &store, &metrics).await;
+    if let Some(c) = client {
+        c.shutdown();
+    }
     shut_down(&metrics, workers, routing, endpoint, log_sink).await;
     outcome
 }
@@ -157,6 +186,10 @@ async fn control_loop(
                 Event::Reload if pending.is_some() => {
                     tracing::info!("SIGHUP: a reload is running; another follows it");
                     again = true;
+                }
+                Event::Reload if source.is_managed() => {
+                    tracing::warn!("SIGHUP: the controller's policy is in force; not reloading \
+                                    the local file");
                 }
                 Event::Reload => {
                     tracing::info!("SIGHUP: reloading the policy");

@@ -16,7 +16,7 @@
 //! change within one idle tick and re-evaluate their established flows.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use policy_engine::{
 };
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyOrigin};
 
 /// Default bound on the time one policy load (read, validate, compile) may take.
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,6 +40,9 @@ pub struct PolicySource {
     timeout: Duration,
     /// Load threads still running, abandoned ones included.
     running: Arc<AtomicUsize>,
+    /// Set once a controller snapshot (pushed, or the last-known-good) is in force: from then
+    /// on the controller owns the policy and the local file is not reloaded over it.
+    managed: Arc<AtomicBool>,
 }
 
 /// What was loaded, for the start-up log line.
@@ -104,7 +107,18 @@ impl PolicySource {
             next_version: 1,
             timeout: DEFAULT_LOAD_TIMEOUT,
             running: Arc::new(AtomicUsize::new(0)),
+            managed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The flag that says the controller owns the policy (shared with the controller client).
+    pub fn managed(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.managed)
+    }
+
+    /// True once a controller snapshot is in force.
+    pub fn is_managed(&self) -> bool {
+        self.managed.load(Ordering::Acquire)
     }
 
     /// Sets the bound on one load's duration.
@@ -199,21 +213,24 @@ impl PolicySource {
     ) -> Option<u64> {
         let path = self.file.clone().unwrap_or_default();
         match self.settle(result) {
+            Ok(_) if self.is_managed() => {
+                // A controller snapshot arrived while the file was loading: it wins.
+                tracing::warn!(
+                    file = %path.display(),
+                    "policy reload discarded: the controller's policy is in force"
+                );
+                None
+            }
             Ok((compiled, loaded)) => {
-                let previous = store.store(compiled);
+                let previous = publish(store, metrics, compiled, PolicyOrigin::File);
                 tracing::info!(
                     file = %path.display(),
                     version = loaded.version,
-                    previous = previous.version(),
+                    previous,
                     rules = loaded.rules,
                     warnings = loaded.warnings,
                     "policy reloaded"
                 );
-                metrics.policy_applied(loaded.version, true);
-                // Freeing a large compiled policy takes time: not on the control thread.
-                let _ = std::thread::Builder::new()
-                    .name("bulkhead-policy-free".into())
-                    .spawn(move || drop(previous));
                 Some(loaded.version)
             }
             Err(err) => {
@@ -241,6 +258,28 @@ impl PolicySource {
         );
         metrics.policy_reload_failed();
     }
+}
+
+/// Makes `compiled` the policy in force: one atomic swap in `store` (workers notice the new
+/// generation within one idle tick, re-evaluate their established flows and cut those it
+/// denies with reason `policy_update`), then the metrics. Every change after start-up goes
+/// through here, a SIGHUP reload and a controller snapshot alike. Returns the previous version.
+pub fn publish(
+    store: &PolicyStore,
+    metrics: &Metrics,
+    compiled: CompiledPolicy,
+    origin: PolicyOrigin,
+) -> u64 {
+    let version = compiled.version();
+    let previous = store.store(compiled);
+    metrics.policy_applied(version, true);
+    metrics.set_policy_origin(origin);
+    let previous_version = previous.version();
+    // Freeing a large compiled policy takes time: not on the control thread.
+    let _ = std::thread::Builder::new()
+        .name("bulkhead-policy-free".into())
+        .spawn(move || drop(previous));
+    previous_version
 }
 
 fn deny_all() -> (CompiledPolicy, Loaded) {

@@ -1,5 +1,5 @@
 //! The start-up steps of [`run`](super::run), in the order they run: policy, decision log,
-//! metrics listener, TUN, routing, workers. Each step either returns what it set up or an error;
+//! metrics listener, TUN, routing, workers (then the controller client, if configured). Each step either returns what it set up or an error;
 //! what earlier steps set up is undone by their values being dropped (the routing state removes
 //! itself), so a failed start leaves the host as it found it.
 
@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use policy_engine::PolicyStore;
 
-use super::policy::{self, Loaded, PolicySource};
+use super::control;
+use super::policy::{self, PolicySource};
 use super::shutdown::{ExitNotices, Workers};
 use super::worker::{Worker, WorkerError};
 use super::RuntimeError;
 use crate::config::{Config, LogSection};
-use crate::logsink::{Destination, LogSender, LogSink};
-use crate::metrics::Metrics;
+use crate::logsink::{Destination, LogSender, LogSink, Tee};
+use crate::metrics::{Metrics, PolicyOrigin};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::record::DecisionRecord;
 use crate::routing::{Routing, RoutingPlan, SystemHost};
@@ -23,13 +24,53 @@ use crate::sys::tun::{Tun, TunOptions, WakeFd};
 /// The worker threads' join handles carry their result.
 pub(super) type WorkerThreads = Workers<Result<(), WorkerError>>;
 
-/// Loads the initial policy (the file's, or deny-all) into a new store, on a load thread and
-/// bounded by `policy.load_timeout_ms` like every reload.
-pub(super) async fn load_policy(
-    config: &Config,
-) -> Result<(PolicySource, Arc<PolicyStore>, Loaded), RuntimeError> {
-    let mut source =
+/// The policy the gateway starts with, and where it came from.
+pub(super) struct InitialPolicy {
+    pub source: PolicySource,
+    pub store: Arc<PolicyStore>,
+    pub version: u64,
+    pub origin: PolicyOrigin,
+    /// The controller version and digest in force (from the last-known-good), for the Hello.
+    pub enforced: Option<(u64, String)>,
+}
+
+/// Loads the initial policy into a new store: the last-known-good snapshot when `[controller]`
+/// is configured and one is persisted, else the file's, else deny-all (see [`super::control`]).
+/// Every load runs on a load thread, bounded by `policy.load_timeout_ms` like every reload.
+pub(super) async fn load_policy(config: &Config) -> Result<InitialPolicy, RuntimeError> {
+    let source =
         PolicySource::new(config.policy.file.clone()).with_timeout(config.policy.load_timeout());
+    if config.controller.is_some() {
+        let found =
+            control::last_known_good(&config.policy.state_dir, config.policy.load_timeout());
+        if let Some(lkg) = found.await {
+            tracing::info!(
+                state_dir = %config.policy.state_dir.display(),
+                version = lkg.version,
+                rules = lkg.rules,
+                source = PolicyOrigin::LastKnownGood.as_str(),
+                "policy loaded"
+            );
+            source
+                .managed()
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Ok(InitialPolicy {
+                source,
+                store: policy::new_store(lkg.compiled),
+                version: lkg.version,
+                origin: PolicyOrigin::LastKnownGood,
+                enforced: Some((lkg.version, lkg.digest)),
+            });
+        }
+    }
+    load_local(config, source).await
+}
+
+/// The local file's policy, or deny-all when none is configured.
+async fn load_local(
+    config: &Config,
+    mut source: PolicySource,
+) -> Result<InitialPolicy, RuntimeError> {
     let (initial, loaded) =
         source
             .initial_bounded()
@@ -38,20 +79,33 @@ pub(super) async fn load_policy(
                 path: config.policy.file.clone().unwrap_or_default(),
                 error,
             })?;
-    match source.file() {
-        Some(f) => tracing::info!(
-            file = %f.display(),
-            version = loaded.version,
-            rules = loaded.rules,
-            warnings = loaded.warnings,
-            "policy loaded"
-        ),
-        None => tracing::warn!("no policy.file configured: denying everything"),
-    }
-    if config.controller.is_some() {
-        tracing::warn!("[controller] is configured but this build enforces the local policy only");
-    }
-    Ok((source, policy::new_store(initial), loaded))
+    let origin = match source.file() {
+        Some(f) => {
+            tracing::info!(
+                file = %f.display(),
+                version = loaded.version,
+                rules = loaded.rules,
+                warnings = loaded.warnings,
+                source = PolicyOrigin::File.as_str(),
+                "policy loaded"
+            );
+            PolicyOrigin::File
+        }
+        None => {
+            tracing::warn!(
+                source = PolicyOrigin::DenyAll.as_str(),
+                "no policy.file configured and no controller snapshot: denying everything"
+            );
+            PolicyOrigin::DenyAll
+        }
+    };
+    Ok(InitialPolicy {
+        source,
+        store: policy::new_store(initial),
+        version: loaded.version,
+        origin,
+        enforced: None,
+    })
 }
 
 /// Opens the decision log and starts its writer thread. An existing path that is not a regular
@@ -59,6 +113,7 @@ pub(super) async fn load_policy(
 /// device or FIFO makes no sense (`-` is the way to write to standard output).
 pub(super) fn start_decision_log(
     log: &LogSection,
+    tee: Option<Tee>,
 ) -> Result<(LogSink, LogSender<DecisionRecord>), RuntimeError> {
     if !log.to_stdout() {
         if let Ok(meta) = std::fs::metadata(&log.decisions) {
@@ -82,9 +137,11 @@ pub(super) fn start_decision_log(
             keep_files: log.keep_files,
         }
     };
-    LogSink::start::<DecisionRecord>(dest, log.queue_capacity).map_err(|error| RuntimeError::Log {
-        path: log.decisions.clone(),
-        error,
+    LogSink::start_with_tee::<DecisionRecord>(dest, log.queue_capacity, tee).map_err(|error| {
+        RuntimeError::Log {
+            path: log.decisions.clone(),
+            error,
+        }
     })
 }
 

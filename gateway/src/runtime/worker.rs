@@ -6,7 +6,8 @@
 //! 1. read up to [`BATCH`] packets without blocking; for each, `process` and act on the verdict
 //!    (packets the pipeline transmits first: they are held segments released in order, RSTs,
 //!    ICMP errors, which all precede the packet in hand);
-//! 2. when the policy store's version moved, `reevaluate` (flows the new policy denies are cut);
+//! 2. when a new policy was stored (the store's generation moved), `reevaluate` (flows the new
+//!    policy denies are cut);
 //! 3. run due timers (`handle_timeout`);
 //! 4. publish the counters (at most every [`PUBLISH_EVERY`]);
 //! 5. when the queue ran dry, keep reading while the last packet is less than the busy-polling
@@ -86,7 +87,7 @@ impl Worker {
         let start = Instant::now();
         self.pipeline.set_clock_anchor(start, epoch_ms());
         let mut marks = Marks {
-            seen_version: self.store.version(),
+            seen_generation: self.store.generation(),
             last_anchor: start,
             last_publish: start,
             last_packet: start,
@@ -170,9 +171,9 @@ impl Worker {
         out: &mut Output,
         local: &mut LocalCounters,
     ) {
-        let version = self.store.version();
-        if version != marks.seen_version {
-            marks.seen_version = version;
+        let generation = self.store.generation();
+        if generation != marks.seen_generation {
+            marks.seen_generation = generation;
             self.pipeline.reevaluate(now, out);
             self.emit(out, local);
         }
@@ -302,7 +303,7 @@ struct Batch {
 
 /// When the loop last did each of its periodic things.
 struct Marks {
-    seen_version: u64,
+    seen_generation: u64,
     last_anchor: Instant,
     last_publish: Instant,
     last_packet: Instant,

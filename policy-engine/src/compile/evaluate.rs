@@ -125,6 +125,14 @@ impl CompiledPolicy {
         self.version
     }
 
+    /// Identifies this compilation: no two tables compiled in one process share it. Versions
+    /// come from two numbering schemes in a gateway (its local file's and the controller's), so
+    /// two different tables may carry the same version; whoever must tell tables apart (which
+    /// policy a flow was decided under) compares instances.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
     /// Enforce or log-only.
     pub fn mode(&self) -> Mode {
         self.mode

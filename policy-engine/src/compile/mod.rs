@@ -59,6 +59,9 @@ pub use evaluate::{Query, RuleRef, SynDecision, Verdict, MAX_NAME_CLASSES_REPORT
 pub use stats::CompileStats;
 pub use tables::CompiledPolicy;
 
+/// The next [`CompiledPolicy::instance`].
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Compiles a policy. Never panics; references out of range (possible only in a policy built by
 /// hand and not [checked](Policy::check)) match nothing.
 pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
@@ -75,6 +78,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let boxed = |s: &str| -> Box<str> { s.into() };
     let mut compiled = CompiledPolicy {
         version,
+        instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         mode: policy.mode,
         default_action: policy.default_action.action(),
         rule_names: policy.rules.iter().map(|r| boxed(&r.name)).collect(),

@@ -205,6 +205,8 @@ impl V4Table {
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub(super) version: u64,
+    /// Unique per compilation in this process (see [`CompiledPolicy::instance`]).
+    pub(super) instance: u64,
     pub(super) mode: Mode,
     pub(super) default_action: Action,
     pub(super) rule_names: Vec<Box<str>>,

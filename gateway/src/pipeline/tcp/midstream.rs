@@ -136,6 +136,7 @@ impl Shared {
             enforced: Action::Reject,
             reason: Reason::Midstream,
             version: policy.version(),
+            instance: policy.instance(),
             name: None,
         });
         if policy.mode() == Mode::LogOnly {

@@ -160,6 +160,7 @@ impl Shared {
             enforced: v.effective_action,
             reason: rule_reason(&v),
             version: policy.version(),
+            instance: policy.instance(),
             name: None,
         });
         self.count_decision(v.effective_action);
