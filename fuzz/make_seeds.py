@@ -4,7 +4,7 @@
 Usage: make_seeds.py CORPUS_DIR OUT_DIR
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
-capture_reader and pipeline. Classic pcap only (the corpus holds no pcapng); link types
+capture_reader, pipeline and quic_initial. Classic pcap only (the corpus holds no pcapng); link types
 Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
 """
 import hashlib
@@ -72,6 +72,32 @@ def tcp_payload(ip):
     else:
         return None
     return seg[(seg[12] >> 4) * 4 :]
+
+
+def udp443_payload(ip):
+    """The payload of a UDP datagram to port 443, or None."""
+    if not ip:
+        return None
+    v = ip[0] >> 4
+    if v == 4:
+        ihl = (ip[0] & 15) * 4
+        if len(ip) < ihl + 8 or ip[9] != 17:
+            return None
+        udp = ip[ihl:]
+    elif v == 6:
+        if len(ip) < 48 or ip[6] != 17:
+            return None
+        udp = ip[40:]
+    else:
+        return None
+    if struct.unpack(">H", udp[2:4])[0] != 443:
+        return None
+    return udp[8:]
+
+
+def quic_seed(datagrams):
+    """quic_initial input: mode 0 (raw datagrams), then (u16 length, datagram)*."""
+    return b"\x00" + b"".join(struct.pack(">H", len(d)) + d for d in datagrams)
 
 
 def write(out, target, blob):
@@ -159,7 +185,11 @@ def main():
         if os.path.getsize(path) <= MAX_CAPTURE_SEED:
             write(out, "capture_reader", open(path, "rb").read())
         seq = b""
+        quic = []
         for ip in frames(path):
+            u = udp443_payload(ip)
+            if u and len(quic) < 8:
+                quic.append(u)
             write(out, "wire_parse", ip)
             if len(seq) < 48 * 1024:
                 # pipeline input: (u8 step, u16 length, packet)*; step: 1 ms, checksum unverified
@@ -171,6 +201,8 @@ def main():
                 write(out, "http_host", p)
         if seq:
             write(out, "pipeline", seq)
+        if quic:
+            write(out, "quic_initial", quic_seed(quic))
         ips = [ip for ip, _ in zip(frames(path), range(6))]
         if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6")):
             write(out, "capture_reader", pcapng_seed("<", ips))
@@ -182,6 +214,14 @@ def main():
             write(out, "tls_client_hello", blob)
         if name.startswith("zapret__http_"):
             write(out, "http_host", blob)
+        if name.startswith("zapret__quic_"):
+            write(out, "quic_initial", quic_seed([blob]))
+        if name.endswith("_kyber_1.bin") and name.startswith("zapret__quic_"):
+            other = open(os.path.join(ydir, name.replace("_1.bin", "_2.bin")), "rb").read()
+            write(out, "quic_initial", quic_seed([blob, other]))
+            write(out, "quic_initial", quic_seed([other, blob]))
+        if name.endswith(".hex") and name.startswith("rfc9001"):
+            write(out, "quic_initial", quic_seed([bytes.fromhex("".join(blob.decode().split()))]))
 
 
 if __name__ == "__main__":
