@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Builds the fuzz seed corpora from the conformance corpus (captures and payloads).
+"""Builds the fuzz seed corpora from recorded traffic (captures and payloads).
 
-Usage: make_seeds.py CORPUS_DIR OUT_DIR
+Usage: make_seeds.py CORPUS_DIR... OUT_DIR
+
+Each CORPUS_DIR has the layout of testdata/ (pcap/, payloads/): the project's own testdata/,
+and the extra conformance corpus when it is present.
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
-capture_reader, pipeline and quic_initial. Classic pcap only (the corpus holds no pcapng); link types
+http_framing, capture_reader, pipeline and quic_initial. Classic pcap only (the corpus holds no pcapng); link types
 Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
 """
 import hashlib
@@ -174,11 +177,33 @@ def http_seeds(out):
         write(out, "pipeline", http_session(reqs))
         for r in reqs:
             write(out, "http_host", r)
+            write(out, "http_framing", r)
 
 
-def main():
-    corpus, out = sys.argv[1], sys.argv[2]
-    http_seeds(out)
+def framing_seeds(out):
+    """Heads with every kind of framing, and chunked bodies on their own (with extensions,
+    trailers, upper-case sizes, and the malformed endings a smuggler would try)."""
+    heads = [
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 12\r\n\r\nhello world!",
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+    ]
+    bodies = [
+        b"5\r\nhello\r\n1a;name=value\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nDigest: x\r\nOther: y\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        b"A\r\n0123456789\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\r",
+        b"0\r\n folded: x\r\n\r\n",
+        b"fffffffffffffff\r\n",
+    ]
+    chunked = b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for blob in heads + bodies + [chunked + b for b in bodies]:
+        write(out, "http_framing", blob)
+
+
+def seed_from(corpus, out):
     pdir = os.path.join(corpus, "pcap")
     for name in sorted(os.listdir(pdir)):
         path = os.path.join(pdir, name)
@@ -204,15 +229,20 @@ def main():
         if quic:
             write(out, "quic_initial", quic_seed(quic))
         ips = [ip for ip, _ in zip(frames(path), range(6))]
-        if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6")):
+        if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6", "chromium_v6")):
             write(out, "capture_reader", pcapng_seed("<", ips))
             write(out, "capture_reader", pcapng_seed(">", ips))
     ydir = os.path.join(corpus, "payloads")
     for name in sorted(os.listdir(ydir)):
+        if name.endswith(".hex") and name.startswith("rfc9001"):
+            text = open(os.path.join(ydir, name)).read()
+            write(out, "quic_initial", quic_seed([bytes.fromhex("".join(text.split()))]))
+        if not name.endswith(".bin"):
+            continue
         blob = open(os.path.join(ydir, name), "rb").read()
-        if name.startswith("client__") or name.startswith("zapret__tls_"):
+        if blob[:1] == b"\x16":
             write(out, "tls_client_hello", blob)
-        if name.startswith("zapret__http_"):
+        elif blob[:1].isupper():
             write(out, "http_host", blob)
         if name.startswith("zapret__quic_"):
             write(out, "quic_initial", quic_seed([blob]))
@@ -220,8 +250,16 @@ def main():
             other = open(os.path.join(ydir, name.replace("_1.bin", "_2.bin")), "rb").read()
             write(out, "quic_initial", quic_seed([blob, other]))
             write(out, "quic_initial", quic_seed([other, blob]))
-        if name.endswith(".hex") and name.startswith("rfc9001"):
-            write(out, "quic_initial", quic_seed([bytes.fromhex("".join(blob.decode().split()))]))
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit("usage: make_seeds.py CORPUS_DIR... OUT_DIR")
+    *corpora, out = sys.argv[1:]
+    http_seeds(out)
+    framing_seeds(out)
+    for corpus in corpora:
+        seed_from(corpus, out)
 
 
 if __name__ == "__main__":

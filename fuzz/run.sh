@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds one fuzz target and runs it for a bounded time, seeded from the conformance corpus.
+# Builds one fuzz target and runs it for a bounded time, seeded from recorded traffic.
 #
 #   fuzz/run.sh TARGET SECONDS
 #
 # Works on a stable toolchain. Targets are built optimised with debug assertions and overflow
 # checks and, by default, no sanitizer: the code under test has no unsafe code. FUZZ_SANITIZER=address
 # builds with ASan (through RUSTC_BOOTSTRAP=1, as its flag is unstable). The seed
-# corpus is rebuilt from $BULKHEAD_CORPUS (default: ../shared/corpus from the repository root)
-# into fuzz/corpus/TARGET, which is not committed. Crashes land in fuzz/artifacts/TARGET.
+# corpus is rebuilt from the project's testdata/ plus, when present, the extra conformance corpus
+# ($BULKHEAD_CORPUS, default: ../shared/corpus from the repository root) into fuzz/corpus/TARGET,
+# which is not committed. Crashes land in fuzz/artifacts/TARGET.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -27,12 +28,14 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 mkdir -p "$here/corpus/$target"
-if [ -d "$corpus_src/pcap" ]; then
-    python3 "$here/make_seeds.py" "$corpus_src" "$here/corpus"
-    echo "seeds: $(find "$here/corpus/$target" -type f | wc -l) files in fuzz/corpus/$target"
+sources=("$root/testdata")
+if [ -f "$corpus_src/manifest.tsv" ]; then
+    sources+=("$corpus_src")
 else
-    echo "*** conformance corpus not found at $corpus_src: fuzzing from an empty corpus ***" >&2
+    echo "note: no extra corpus at $corpus_src: seeding from testdata/ only" >&2
 fi
+python3 "$here/make_seeds.py" "${sources[@]}" "$here/corpus"
+echo "seeds: $(find "$here/corpus/$target" -type f | wc -l) files in fuzz/corpus/$target"
 
 cd "$here"
 # Sanitizers need unstable rustc flags; RUSTC_BOOTSTRAP lets a stable toolchain accept them.

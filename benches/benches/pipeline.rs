@@ -5,12 +5,10 @@
 //! - `established_packet`: `Pipeline::process` on a packet of an established, allowed flow in a
 //!   pipeline holding 10 000 flows: the same work plus state tracking, counters and the verdict;
 //! - `syn_to_verdict`: a whole new flow, SYN to release: SYN, SYN-ACK, ACK, then Chromium's
-//!   1925-byte ClientHello in two segments at MSS 1460, held, reassembled, parsed, evaluated and
-//!   released.
+//!   ClientHello (1.8 KB, post-quantum key share) in two segments at MSS 1460, held, reassembled,
+//!   parsed, evaluated and released.
 //!
-//! The ClientHello comes from `../shared/corpus/payloads/client__chromium.bin` (or
-//! `BULKHEAD_CORPUS`); without the corpus a synthetic hello of the same size is used, and the
-//! bench says so.
+//! The ClientHello is the project's own recording, `testdata/payloads/client__chromium.bin`.
 
 /// The allocator of the `bulkhead` binary, so the tables are laid out on the pages the daemon
 /// gives them (large allocations on transparent huge pages; see `bulkhead_gateway::sys::alloc`).
@@ -20,13 +18,13 @@ static GLOBAL: bulkhead_gateway::sys::alloc::HugePageAlloc =
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_gateway::pipeline::flow::{FlowKey, FlowTable};
 use bulkhead_gateway::pipeline::{Disposition, Output, PacketMeta, Pipeline, PipelineConfig};
-use bulkhead_gateway::wire::{self, pseudo_header_checksum, L4};
+use bulkhead_gateway::wire::{self, L4};
+use bulkhead_testkit::{tcp_packet as tcp, testdata_payload, ACK, PSH, SYN};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const FLOWS: u32 = 10_000;
@@ -58,75 +56,12 @@ fn store() -> Arc<policy_engine::PolicyStore> {
 }
 
 fn hello() -> Vec<u8> {
-    let dir = std::env::var_os("BULKHEAD_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    match std::fs::read(dir.join("payloads/client__chromium.bin")) {
-        Ok(b) => b,
-        Err(_) => {
-            eprintln!("!!! corpus absent: using a synthetic 1925-byte ClientHello");
-            synthetic_hello("api.anthropic.com", 1925)
-        }
-    }
+    let hello = testdata_payload("client__chromium.bin");
+    assert!(hello.len() > 1460, "the hello must need two segments");
+    hello
 }
 
-/// A ClientHello of `total` bytes naming `sni`, the name near the end as in Chromium's.
-fn synthetic_hello(sni: &str, total: usize) -> Vec<u8> {
-    let n = sni.as_bytes();
-    let fixed = 5 + 4 + 2 + 32 + 1 + 4 + 2 + 2 + 4 + (n.len() + 5) + 4;
-    let pad = total - fixed;
-    let mut ext = Vec::new();
-    ext.extend_from_slice(&[0, 0x15]);
-    ext.extend_from_slice(&(pad as u16).to_be_bytes());
-    ext.extend(std::iter::repeat_n(0u8, pad));
-    ext.extend_from_slice(&[0, 0]);
-    ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
-    ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
-    ext.push(0);
-    ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
-    ext.extend_from_slice(n);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![22, 3, 1];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
-}
-
-fn tcp(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        unreachable!()
-    };
-    let mut p = Vec::with_capacity(40 + payload.len());
-    p.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0]);
-    let total = (40 + payload.len()) as u16;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&s.octets());
-    p.extend_from_slice(&d.octets());
-    let c = wire::internet_checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&src.port().to_be_bytes());
-    p.extend_from_slice(&dst.port().to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&ack.to_be_bytes());
-    p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    p.extend_from_slice(payload);
-    let len = (20 + payload.len()) as u32;
-    let mut sum = pseudo_header_checksum(src.ip(), dst.ip(), 6, len).expect("same family");
-    let c = sum.add_bytes(&p[20..]).finish();
-    p[36..38].copy_from_slice(&c.to_be_bytes());
-    p
-}
-
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const PSH_ACK: u8 = 0x18;
+const PSH_ACK: u8 = PSH | ACK;
 
 fn client(i: u32) -> SocketAddr {
     let ip = Ipv4Addr::from(0x0a00_0000 | (i >> 14));

@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bulkhead_benches::cpu_time::ThreadCpuTime;
-use bulkhead_benches::synthetic::{random_queries, synthetic_policy, Shape};
+use bulkhead_testkit::synthetic::{random_queries, synthetic_policy, Shape};
 use criterion::measurement::Measurement;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use policy_engine::{compile, naive, normalize_name};

@@ -1,27 +1,16 @@
 //! SNI extraction from real ClientHellos in one buffer: Bulkhead's parser against tls-parser
 //! (the usual way to get the name with it: parse the record, then the extensions) on the same
-//! input, in the same run. The hellos are read from the conformance corpus
-//! (`$BULKHEAD_CORPUS`, default `../shared/corpus` from the workspace root); without it the
-//! bench says so and measures nothing.
+//! input, in the same run. The hellos are the project's own recordings (`testdata/payloads`).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use bulkhead_gateway::inspect::tls::{parse_client_hello, TlsParse};
+use bulkhead_testkit::{recut_records, testdata_payload};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tls_parser::{
     parse_tls_client_hello_extensions, parse_tls_plaintext, SNIType, TlsExtension, TlsMessage,
     TlsMessageHandshake,
 };
-
-fn corpus_payloads() -> Option<PathBuf> {
-    let dir = match std::env::var_os("BULKHEAD_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-    };
-    let dir = dir.join("payloads");
-    dir.is_dir().then_some(dir)
-}
 
 fn bulkhead_sni(stream: &[u8]) -> usize {
     match parse_client_hello(stream) {
@@ -52,33 +41,14 @@ fn tls_parser_sni(stream: &[u8]) -> usize {
     0
 }
 
-/// The hello re-cut into TLS records of `size` bytes (the multi-record path).
-fn recut(stream: &[u8], size: usize) -> Vec<u8> {
-    let len = usize::from(u16::from_be_bytes([stream[3], stream[4]]));
-    let msg = &stream[5..5 + len];
-    let mut out = Vec::new();
-    for chunk in msg.chunks(size) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out
-}
-
 fn sni(c: &mut Criterion) {
-    let Some(dir) = corpus_payloads() else {
-        eprintln!("*** sni bench skipped: conformance corpus not found (set BULKHEAD_CORPUS) ***");
-        return;
-    };
     let mut group = c.benchmark_group("sni");
     for (label, file, want) in [
         ("chromium", "client__chromium.bin", "api.anthropic.com"),
         ("curl", "client__curl.bin", "api.openai.com"),
+        ("rustls-pq", "client__rustls_pq.bin", "api.mistral.ai"),
     ] {
-        let Ok(hello) = std::fs::read(dir.join(file)) else {
-            eprintln!("*** sni bench: {file} missing, skipped ***");
-            continue;
-        };
+        let hello = testdata_payload(file);
         // Both parsers must find the name before they are timed.
         assert_eq!(bulkhead_sni(&hello), want.len(), "{file}");
         assert_eq!(tls_parser_sni(&hello), want.len(), "{file}");
@@ -90,7 +60,7 @@ fn sni(c: &mut Criterion) {
             b.iter(|| tls_parser_sni(black_box(&hello)))
         });
         if label == "chromium" {
-            let fragmented = recut(&hello, 256);
+            let fragmented = recut_records(&hello, 256);
             assert_eq!(bulkhead_sni(&fragmented), want.len());
             group.bench_function("bulkhead/chromium-256-byte-records", |b| {
                 b.iter(|| bulkhead_sni(black_box(&fragmented)))

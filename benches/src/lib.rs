@@ -2,5 +2,4 @@
 //! ([`throughput`], run by the `throughput` binary).
 
 pub mod cpu_time;
-pub mod synthetic;
 pub mod throughput;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use bulkhead_benches::throughput::passthrough::Passthrough;
 use bulkhead_benches::throughput::{pingpong, Interrupt};
-use bulkhead_gateway::netlab::{addr, Lab, LabSpec};
-use bulkhead_gateway::sys::netns;
+use bulkhead_lab::netns;
+use bulkhead_lab::{addr, Lab, LabSpec};
 
 fn ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip").args(args).output()?;

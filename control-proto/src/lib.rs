@@ -2,9 +2,12 @@
 //!
 //! The contract lives in `proto/bulkhead/control/v1/control.proto`; this crate only exposes the
 //! code that `build.rs` generates from it (messages with prost, client and server with tonic).
-//! Conversion between these wire types and the policy model happens at the edges (the gateway
-//! and the controller), never in `policy-engine`, which knows nothing of protobuf.
+//! Conversion between these wire types and the policy model lives in [`convert`], used by both
+//! edges (the gateway and the controller), never in `policy-engine`, which knows nothing of
+//! protobuf.
 #![forbid(unsafe_code)]
+
+pub mod convert;
 
 /// Generated code for package `bulkhead.control.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
@@ -34,10 +37,102 @@ mod tests {
                 }],
                 ..Default::default()
             }),
+            digest: "sha256:00".into(),
         };
         let bytes = snapshot.encode_to_vec();
         let decoded = Snapshot::decode(bytes.as_slice()).expect("decode");
         assert_eq!(decoded, snapshot);
+    }
+
+    const POLICY: &str = r#"
+[policy]
+default_action = "deny"
+mode = "log-only"
+
+[smartgroups.prod]
+cidrs = ["10.1.0.0/16", "fd00:1::/64"]
+
+[webgroups.openai]
+domains = ["api.openai.com", "*.openai.com"]
+
+[addressgroups.c2]
+cidrs = ["203.0.113.7/32"]
+
+[[rules]]
+name = "prod-to-openai"
+priority = 100
+src = ["prod"]
+dst = ["openai", "prod"]
+protocol = "tcp"
+ports = ["443", "8443-8445"]
+action = "permit"
+log = true
+
+[[rules]]
+name = "block-c2"
+priority = 200
+src = "any"
+dst = ["c2"]
+action = "reject"
+watch = true
+"#;
+
+    #[test]
+    fn a_policy_survives_the_wire_unchanged() {
+        let loaded =
+            policy_engine::load_policy_str(POLICY, std::path::Path::new("p.toml")).unwrap();
+        let wire = crate::convert::policy_to_proto(&loaded.policy);
+        let back = crate::convert::policy_from_proto(&wire).unwrap();
+        let mut expected = loaded.policy.clone();
+        for group in &mut expected.smartgroups {
+            group.selectors.clear();
+            group.description = None;
+        }
+        for group in &mut expected.webgroups {
+            group.description = None;
+        }
+        for group in &mut expected.addressgroups {
+            group.description = None;
+        }
+        for rule in &mut expected.rules {
+            rule.description = None;
+        }
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_hostile_wire_policy_reports_every_error() {
+        let loaded =
+            policy_engine::load_policy_str(POLICY, std::path::Path::new("p.toml")).unwrap();
+        let mut wire = crate::convert::policy_to_proto(&loaded.policy);
+        wire.mode = 99;
+        wire.smartgroups[0].cidrs.push("10.0.0.300/8".into());
+        wire.webgroups[0].domains.push("*.com".into());
+        wire.rules[0].dst.push("nowhere".into());
+        wire.rules[0].ports.push(super::v1::PortRange {
+            first: 1,
+            last: 70000,
+        });
+        wire.rules[1].priority = 1;
+        let errors = crate::convert::policy_from_proto(&wire).unwrap_err().0;
+        let all = errors.join("\n");
+        for expected in [
+            "mode: 99",
+            "`10.0.0.300/8` is not a CIDR",
+            "`*.com`",
+            "dst `nowhere` is no group",
+            "port range 1-70000",
+            "strictly increasing priority",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn digests_name_the_content() {
+        let a = crate::convert::digest(b"a");
+        assert!(a.starts_with("sha256:") && a.len() == 71, "{a}");
+        assert_ne!(a, crate::convert::digest(b"b"));
     }
 
     #[test]

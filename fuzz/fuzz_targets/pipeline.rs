@@ -10,14 +10,13 @@
 #![no_main]
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulkhead_gateway::pipeline::{Output, PacketMeta, Pipeline, PipelineConfig};
 use bulkhead_gateway::wire::{self, ChecksumStatus};
 use libfuzzer_sys::fuzz_target;
-use policy_engine::{compile, load_policy_str, PolicyStore};
+use policy_engine::PolicyStore;
 
 const POLICY: &str = r#"
 [policy]
@@ -62,10 +61,7 @@ const HELD_TOTAL: usize = 32 * 1024;
 fn store() -> Arc<PolicyStore> {
     static STORE: OnceLock<Arc<PolicyStore>> = OnceLock::new();
     STORE
-        .get_or_init(|| {
-            let loaded = load_policy_str(POLICY, Path::new("fuzz.toml")).expect("fuzz policy");
-            Arc::new(PolicyStore::new(compile(&loaded.policy, 1)))
-        })
+        .get_or_init(|| Arc::new(PolicyStore::new(bulkhead_testkit::policy(POLICY, 1))))
         .clone()
 }
 

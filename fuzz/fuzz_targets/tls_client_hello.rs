@@ -5,21 +5,8 @@
 
 use bulkhead_gateway::inspect::tls::{parse_client_hello, TlsParse};
 use bulkhead_gateway::inspect::validate_host_name;
+use bulkhead_testkit::{handshake_message, tls_records};
 use libfuzzer_sys::fuzz_target;
-
-/// The handshake bytes of a stream of handshake records, if it is one.
-fn defragment(mut s: &[u8]) -> Option<Vec<u8>> {
-    let mut msg = Vec::new();
-    while !s.is_empty() {
-        if s.len() < 5 || s[0] != 22 {
-            return None;
-        }
-        let n = usize::from(u16::from_be_bytes([s[3], s[4]]));
-        msg.extend_from_slice(s.get(5..5 + n)?);
-        s = &s[5 + n..];
-    }
-    Some(msg)
-}
 
 fuzz_target!(|data: &[u8]| {
     let first = parse_client_hello(data);
@@ -31,16 +18,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.as_str(), name.as_str(), "reported names are normalised");
     }
     // Re-cut the records that made the hello into 1-, 2- and 7-byte records.
-    let Some(msg) = defragment(&data[..info.consumed]) else {
+    let Some(msg) = handshake_message(&data[..info.consumed]) else {
         return;
     };
     let msg = &msg[..info.hello_len.min(msg.len())];
     for size in [1usize, 2, 7] {
-        let mut s = Vec::with_capacity(msg.len() * 6);
-        for chunk in msg.chunks(size) {
-            s.extend_from_slice(&[22, 3, 1, 0, chunk.len() as u8]);
-            s.extend_from_slice(chunk);
-        }
+        let s = tls_records(msg, size);
         match parse_client_hello(&s) {
             TlsParse::Complete(other) => {
                 assert_eq!(other.sni, info.sni);

@@ -11,17 +11,19 @@
 //! - [`record`]: the decision-log records (OCSF Network Activity) and the sink interface.
 //! - [`runtime`], [`sys`], [`routing`], [`config`], [`logsink`], [`metrics`]: the daemon that drives
 //!   the pipeline from a real TUN device.
-//! - [`netlab`], [`demo`]: network-namespace topologies for `bulkhead demo` and end-to-end tests.
 //! - [`cli`]: the `bulkhead` subcommands; `main.rs` only parses arguments and dispatches.
+//!
+//! The network-namespace laboratory behind `bulkhead demo` and the end-to-end tests is a crate of
+//! its own, `bulkhead-lab` (`lab/`), so that none of its test and demo code is part of the
+//! daemon's modules; `cli::demo` only parses the options and calls it.
 
 pub mod capture;
 pub mod cli;
 pub mod config;
-pub mod demo;
+pub mod control;
 pub mod inspect;
 pub mod logsink;
 pub mod metrics;
-pub mod netlab;
 pub mod pipeline;
 pub mod record;
 pub mod routing;

@@ -1,7 +1,8 @@
-//! SNI conformance on real traffic: every TCP capture of `../shared/corpus/manifest.tsv` is
-//! replayed through the pipeline (the same code `bulkhead replay` runs), and every TCP payload of
-//! `../shared/corpus/payloads/manifest.tsv` is wrapped into a synthetic TCP flow; the TLS server
-//! names found, in order, must be the expected ones (`-` = no name may be found).
+//! SNI conformance on real traffic: every TCP capture of the project's `testdata/manifest.tsv`
+//! (and of the extra corpus's, when present: see `bulkhead_testkit::corpus`) is replayed through
+//! the pipeline (the same code `bulkhead replay` runs), and every TCP payload of the
+//! `payloads/manifest.tsv` files is wrapped into a synthetic TCP flow; the TLS server names found,
+//! in order, must be the expected ones (`-` = no name may be found).
 //!
 //! Each capture is replayed under two policies: one that permits everything on the SYN (names are
 //! found by watching the flow) and one whose verdict needs the name (client data is held until the
@@ -11,16 +12,13 @@
 //! example `tls-subjectaltname`, whose 40 ClientHellos carry 20 distinct names). A row whose
 //! expected names are all distinct also matches when the names found, reduced the same way,
 //! equal them; the summary marks those rows `distinct`.
-//!
-//! Skips, loudly, when the corpus is absent (`BULKHEAD_CORPUS` overrides its location).
-
-mod common;
 
 use std::path::Path;
 
 use bulkhead_gateway::cli::replay::replay;
 use bulkhead_gateway::pipeline::Disposition;
-use common::*;
+use bulkhead_testkit::corpus::extra_corpus;
+use bulkhead_testkit::*;
 
 /// Needs the name: client data is held until it is known.
 const POLICY_HOLD: &str = r#"
@@ -46,15 +44,6 @@ protocol = "any"
 action = "permit"
 log = true
 "#;
-
-fn expected_names(field: &str) -> Vec<String> {
-    field
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && *n != "-")
-        .map(str::to_owned)
-        .collect()
-}
 
 fn distinct(names: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -119,10 +108,10 @@ fn print_table(rows: &[Row]) {
     );
 }
 
-fn names_from_replay(corpus: &Path, file: &str, policy_text: &str) -> anyhow::Result<Vec<String>> {
+fn names_from_replay(capture: &Path, policy_text: &str) -> anyhow::Result<Vec<String>> {
     let r = replay(
         policy(policy_text, 1),
-        &[corpus.join(file)],
+        &[capture.to_path_buf()],
         "conformance",
         false,
     )?;
@@ -138,31 +127,22 @@ fn names_from_replay(corpus: &Path, file: &str, policy_text: &str) -> anyhow::Re
 
 #[test]
 fn captures_yield_the_expected_names() -> anyhow::Result<()> {
-    let Some(corpus) = corpus_dir("captures_yield_the_expected_names") else {
-        return Ok(());
-    };
-    let manifest = std::fs::read_to_string(corpus.join("manifest.tsv"))?;
     let mut rows = Vec::new();
-    for line in manifest
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let cols: Vec<&str> = line.split('\t').collect();
-        anyhow::ensure!(cols.len() >= 3, "bad manifest line: {line}");
-        if cols[1] != "TCP" {
+    for row in captures() {
+        if row.transport != "TCP" {
             continue; // QUIC rows come with QUIC inspection.
         }
-        let expected = expected_names(cols[2]);
-        let watch = names_from_replay(&corpus, cols[0], POLICY_PERMIT_ALL)?;
-        let hold = names_from_replay(&corpus, cols[0], POLICY_HOLD)?;
+        let expected = row.expected_names();
+        let watch = names_from_replay(&row.path, POLICY_PERMIT_ALL)?;
+        let hold = names_from_replay(&row.path, POLICY_HOLD)?;
         let verdict = match (matches(&expected, &watch), matches(&expected, &hold)) {
             (Some("exact"), Some("exact")) => "ok",
             (Some(_), Some(_)) => "distinct",
             _ => "MISMATCH",
         };
         rows.push(Row {
-            file: cols[0].to_owned(),
-            expected: cols[2].to_owned(),
+            file: row.label(),
+            expected: row.expected.clone(),
             found_watch: if watch.is_empty() {
                 "-".into()
             } else {
@@ -183,9 +163,11 @@ fn captures_yield_the_expected_names() -> anyhow::Result<()> {
         .map(|r| r.file.as_str())
         .collect();
     anyhow::ensure!(bad.is_empty(), "name mismatches: {bad:?}");
+    // testdata/ alone has 15 TCP captures; the extra corpus adds more than 50.
+    let least = if extra_corpus().is_some() { 65 } else { 15 };
     anyhow::ensure!(
-        rows.len() >= 50,
-        "only {} TCP rows in the manifest",
+        rows.len() >= least,
+        "only {} TCP rows in the manifests",
         rows.len()
     );
     Ok(())
@@ -221,23 +203,13 @@ fn names_from_payload(payload: &[u8], mss: usize, policy_text: &str) -> (Vec<Str
 
 #[test]
 fn payloads_yield_the_expected_names() -> anyhow::Result<()> {
-    let Some(corpus) = corpus_dir("payloads_yield_the_expected_names") else {
-        return Ok(());
-    };
-    let dir = corpus.join("payloads");
-    let manifest = std::fs::read_to_string(dir.join("manifest.tsv"))?;
     let mut rows = Vec::new();
-    for line in manifest
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let cols: Vec<&str> = line.split('\t').collect();
-        anyhow::ensure!(cols.len() >= 3, "bad manifest line: {line}");
-        if cols[1] != "TCP" {
+    for row in payloads(&[]) {
+        if row.transport != "TCP" {
             continue;
         }
-        let payload = std::fs::read(dir.join(cols[0]))?;
-        let expected = expected_names(cols[2]);
+        let payload = row.bytes();
+        let expected = row.expected_names();
         let mut verdict = "ok";
         let mut found = String::new();
         for policy_text in [POLICY_PERMIT_ALL, POLICY_HOLD] {
@@ -257,8 +229,8 @@ fn payloads_yield_the_expected_names() -> anyhow::Result<()> {
             }
         }
         rows.push(Row {
-            file: cols[0].to_owned(),
-            expected: cols[2].to_owned(),
+            file: row.label(),
+            expected: row.expected.clone(),
             found_watch: found.clone(),
             found_hold: found,
             verdict,
@@ -271,16 +243,22 @@ fn payloads_yield_the_expected_names() -> anyhow::Result<()> {
         .map(|r| r.file.as_str())
         .collect();
     anyhow::ensure!(bad.is_empty(), "name mismatches: {bad:?}");
+    anyhow::ensure!(rows.len() >= 14, "only {} TCP payloads", rows.len());
     Ok(())
 }
 
 #[test]
-fn the_plain_http_payload_is_named_by_its_host() {
-    let Some(payload) = corpus_payload("http_payload", "zapret__http_iana_org.bin") else {
-        return;
-    };
+fn the_plain_http_payloads_are_named_by_their_host() {
+    let payload = testdata_payload("client__curl_http.bin");
     let (tls, http) = names_from_payload(&payload, 1460, POLICY_HOLD);
     assert!(tls.is_empty());
-    // The request says `Host: www.iana.org` (the manifest note names the site).
-    assert_eq!(http, vec!["www.iana.org".to_owned()]);
+    assert_eq!(http, vec!["api.openai.com".to_owned()]);
+    if let Some(extra) = extra_corpus() {
+        let payload = std::fs::read(extra.join("payloads/zapret__http_iana_org.bin"))
+            .expect("the extra corpus's HTTP request");
+        let (tls, http) = names_from_payload(&payload, 1460, POLICY_HOLD);
+        assert!(tls.is_empty());
+        // The request says `Host: www.iana.org` (the manifest note names the site).
+        assert_eq!(http, vec!["www.iana.org".to_owned()]);
+    }
 }

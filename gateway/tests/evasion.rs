@@ -2,29 +2,33 @@
 //! ClientHellos cut up the ways evasion tools cut them, flows seen mid-stream, and every bound.
 //! Each case must yield the true name or a fail-closed deny, never another name.
 
-mod common;
-
 use std::time::Duration;
 
 use bulkhead_gateway::pipeline::{Disposition, DropReason, PacketMeta, PipelineConfig};
 use bulkhead_gateway::record::{Disposition as RecDisposition, EndReason, Reason, RecordAction};
-use common::*;
+use bulkhead_testkit::*;
 
-/// The real hellos the cases are generated from, with their true names.
-fn real_hellos(test: &str) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+/// The hellos the cases are generated from, with their true names: a synthetic one, and every
+/// real one (testdata, plus the extra corpus when present) that names a server `POLICY_OPENAI`
+/// permits.
+fn real_hellos(test: &str) -> Vec<(String, Vec<u8>, String)> {
     let mut v = vec![(
-        "synthetic",
+        "synthetic".to_owned(),
         client_hello(Some("api.openai.com"), 600),
-        "api.openai.com",
+        "api.openai.com".to_owned(),
     )];
-    for (file, name) in [
-        ("client__chromium.bin", "api.anthropic.com"),
-        ("client__curl.bin", "api.openai.com"),
-    ] {
-        if let Some(bytes) = corpus_payload(test, file) {
-            v.push((file, bytes, name));
+    for row in payloads(&["client__"]) {
+        let [name] = &row.expected_names()[..] else {
+            continue;
+        };
+        if name == "api.openai.com" || name == "api.anthropic.com" {
+            v.push((row.label(), row.bytes(), name.clone()));
         }
     }
+    assert!(
+        v.len() >= 3,
+        "{test}: the real hellos of testdata/ are missing"
+    );
     v
 }
 
@@ -76,7 +80,7 @@ fn one_byte_segments_yield_the_true_name() {
             ds.iter().all(|d| *d == Disposition::Held),
             "{case}: every byte held"
         );
-        assert_true_name(&h, &c, &hello, name, case);
+        assert_true_name(&h, &c, &hello, &name, &case);
         assert_eq!(
             h.pipe.stats().held_bytes_now,
             h.pipe.stats().held_bytes_now.min(16 * 1024)
@@ -95,7 +99,7 @@ fn a_split_inside_the_name_yields_the_true_name() {
         let segs = vec![(0, hello[..at].to_vec()), (at as u32, hello[at..].to_vec())];
         let (h, c, ds) = run(&segs);
         assert_eq!(ds, vec![Disposition::Held, Disposition::Held], "{case}");
-        assert_true_name(&h, &c, &hello, name, case);
+        assert_true_name(&h, &c, &hello, &name, &case);
     }
 }
 
@@ -105,7 +109,7 @@ fn segments_in_reverse_order_yield_the_true_name() {
         let mut segs = chunks(&hello, 100);
         segs.reverse();
         let (h, c, _) = run(&segs);
-        assert_true_name(&h, &c, &hello, name, case);
+        assert_true_name(&h, &c, &hello, &name, &case);
         // Released in sequence order, whatever order they came in.
         let offs: Vec<u32> = h
             .wire
@@ -144,7 +148,7 @@ fn duplicated_and_agreeing_overlapping_segments_yield_the_true_name() {
             ds.contains(&Disposition::Drop(DropReason::Duplicate)),
             "{case}"
         );
-        assert_true_name(&h, &c, &hello, name, case);
+        assert_true_name(&h, &c, &hello, &name, &case);
     }
 }
 
@@ -251,7 +255,7 @@ fn hello_cut_into_small_records_yields_the_true_name() {
     for (case, hello, name) in real_hellos("small_records") {
         let recut = recut_records(&hello, 7);
         let (h, c, _) = run(&chunks(&recut, 500));
-        assert_true_name(&h, &c, &recut, name, case);
+        assert_true_name(&h, &c, &recut, &name, &case);
     }
 }
 
@@ -286,7 +290,7 @@ fn a_bogus_hello_with_a_bad_checksum_is_never_inspected() {
         for (off, b) in chunks(&hello, 1460) {
             h.send(&c.data(off, &b));
         }
-        assert_true_name(&h, &c, &hello, name, case);
+        assert_true_name(&h, &c, &hello, &name, &case);
     }
 }
 

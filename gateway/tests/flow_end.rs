@@ -1,13 +1,11 @@
 //! Flow-end records are written when a TCP connection closes (FINs both ways, an accepted RST, or
 //! a reset by the gateway), once per flow, whatever arrives while the entry lingers.
 
-mod common;
-
 use std::time::Duration;
 
 use bulkhead_gateway::pipeline::Disposition;
 use bulkhead_gateway::record::{DecisionRecord, EndReason};
-use common::*;
+use bulkhead_testkit::*;
 
 fn ends(h: &Harness) -> Vec<&DecisionRecord> {
     h.records.iter().filter(|r| r.is_flow_end()).collect()

@@ -5,11 +5,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::path::PathBuf;
 
 use bulkhead_gateway::inspect::http::{parse_request_head, HttpParse};
 use bulkhead_gateway::inspect::tls::{parse_client_hello, TlsParse};
 use bulkhead_gateway::wire;
+use bulkhead_testkit::{client_hello, recut_records, tcp_packet, testdata_payload, tls_hellos};
 
 struct Counting;
 
@@ -45,22 +45,6 @@ fn allocations_during<T>(f: impl FnOnce() -> T) -> (u64, T) {
     (ALLOCATIONS.with(Cell::get) - before, out)
 }
 
-fn corpus() -> Option<PathBuf> {
-    let dir = match std::env::var_os("BULKHEAD_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-    };
-    if dir.join("payloads").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "\n*** conformance corpus not found at {}: real hellos skipped ***\n",
-            dir.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn counter_sees_allocations() {
     // The check below could not fail if the allocator did not count.
@@ -71,41 +55,20 @@ fn counter_sees_allocations() {
 
 #[test]
 fn tls_http_and_packet_parsers_do_not_allocate() {
-    let mut hellos: Vec<Vec<u8>> = Vec::new();
-    if let Some(dir) = corpus() {
-        for f in [
-            "client__chromium.bin",
-            "client__curl.bin",
-            "client__openssl.bin",
-        ] {
-            hellos.push(std::fs::read(dir.join("payloads").join(f)).expect(f));
-        }
-    }
-    // A synthetic hello with an upper-case name (inline copy), cut into 1-byte records too.
-    let name = b"Upper.Example.COM";
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
-    let sni_len = name.len() + 5;
-    body.extend_from_slice(&((sni_len + 4) as u16).to_be_bytes());
-    body.extend_from_slice(&[0, 0]);
-    body.extend_from_slice(&(sni_len as u16).to_be_bytes());
-    body.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    body.push(0);
-    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    body.extend_from_slice(name);
-    let mut msg = vec![1, 0];
-    msg.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    msg.extend_from_slice(&body);
-    let mut one = vec![22, 3, 1];
-    one.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    one.extend_from_slice(&msg);
-    let mut bytewise = Vec::new();
-    for b in &msg {
-        bytewise.extend_from_slice(&[22, 3, 1, 0, 1, *b]);
-    }
-    hellos.push(one);
-    hellos.push(bytewise);
+    // The real hellos of testdata/ (and of the extra corpus when present), and a synthetic one
+    // with an upper-case name (the parser copies it to lower case inline), also cut into 1-byte
+    // records.
+    let mut hellos: Vec<Vec<u8>> = tls_hellos(&["client__"])
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .collect();
+    assert!(
+        hellos.len() >= 7,
+        "the real hellos of testdata/ are missing"
+    );
+    let upper = client_hello(Some("Upper.Example.COM"), 0);
+    hellos.push(recut_records(&upper, 1));
+    hellos.push(upper);
 
     for h in &hellos {
         let (n, r) = allocations_during(|| parse_client_hello(h));
@@ -127,22 +90,22 @@ fn tls_http_and_packet_parsers_do_not_allocate() {
     assert!(matches!(r, HttpParse::Complete(ref i) if i.host.is_some()));
     assert_eq!(n, 0, "parse_request_head allocated");
 
-    // A TCP/IPv4 packet carrying the first hello.
-    let payload = &hellos[0];
-    let mut pkt = vec![
-        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-    ];
-    let total = (40 + payload.len()) as u16;
-    pkt[2..4].copy_from_slice(&total.to_be_bytes());
-    pkt.extend_from_slice(&[
-        0x9c, 0x40, 1, 0xbb, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff,
-    ]);
-    pkt.extend_from_slice(&[0, 0, 0, 0]);
-    pkt.extend_from_slice(payload);
+    // A TCP/IPv4 packet carrying Chromium's hello (over the 1500-byte MTU; the parser does not
+    // care).
+    let payload = testdata_payload("client__chromium.bin");
+    let pkt = tcp_packet(
+        "10.0.0.1:40000".parse().unwrap(),
+        "10.0.0.2:443".parse().unwrap(),
+        1,
+        1,
+        bulkhead_testkit::ACK | bulkhead_testkit::PSH,
+        &payload,
+    );
     let (n, p) = allocations_during(|| {
         let p = wire::parse(&pkt).expect("parses");
         (p.ports(), p.verify_transport_checksum(), p.payload().len())
     });
     assert_eq!(p.0, Some((40000, 443)));
+    assert_eq!(p.1, wire::ChecksumStatus::Valid);
     assert_eq!(n, 0, "wire::parse allocated");
 }

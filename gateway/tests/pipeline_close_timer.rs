@@ -5,42 +5,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead_gateway::pipeline::{IdleTimeouts, Output, PacketMeta, Pipeline, PipelineConfig};
-use etherparse::PacketBuilder;
+use std::net::SocketAddr;
 
-const CLIENT: [u8; 4] = [10, 10, 1, 2];
-const SERVER: [u8; 4] = [10, 200, 0, 10];
+use bulkhead_gateway::pipeline::{IdleTimeouts, Output, PacketMeta, Pipeline, PipelineConfig};
+use bulkhead_testkit::{policy, tcp_packet, ACK, FIN, SYN};
 
 fn segment(from_client: bool, seq: u32, ack: Option<u32>, syn: bool, fin: bool) -> Vec<u8> {
-    let (s, d, sp, dp) = if from_client {
-        (CLIENT, SERVER, 40_000, 443)
+    let client: SocketAddr = "10.10.1.2:40000".parse().unwrap();
+    let server: SocketAddr = "10.200.0.10:443".parse().unwrap();
+    let (src, dst) = if from_client {
+        (client, server)
     } else {
-        (SERVER, CLIENT, 443, 40_000)
+        (server, client)
     };
-    let mut b = PacketBuilder::ipv4(s, d, 64).tcp(sp, dp, seq, 1000);
-    if syn {
-        b = b.syn();
-    }
-    if fin {
-        b = b.fin();
-    }
-    if let Some(a) = ack {
-        b = b.ack(a);
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).expect("build a segment");
-    v
+    let flags = if syn { SYN } else { 0 } | if fin { FIN } else { 0 } | ack.map_or(0, |_| ACK);
+    tcp_packet(src, dst, seq, ack.unwrap_or(0), flags, &[])
 }
 
 #[test]
 fn fins_both_ways_arm_the_closed_linger() {
-    let loaded = policy_engine::load_policy_str(
+    let store = Arc::new(policy_engine::PolicyStore::new(policy(
         "[policy]\ndefault_action = \"permit\"\n",
-        std::path::Path::new("permit.toml"),
-    )
-    .expect("policy");
-    let store = Arc::new(policy_engine::PolicyStore::new(policy_engine::compile(
-        &loaded.policy,
         1,
     )));
     let closed = Duration::from_secs(2);

@@ -3,12 +3,10 @@
 //! not panic, must stay within its bounds, and must never let a single client byte of a denied
 //! flow reach the server.
 
-mod common;
-
 use std::time::Duration;
 
 use bulkhead_gateway::pipeline::PipelineConfig;
-use common::*;
+use bulkhead_testkit::*;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

@@ -1,12 +1,12 @@
 //! `bulkhead run` in the lab's gateway namespace with a given policy, through
-//! [`bulkhead_gateway::netlab::gateway::GatewayProcess`].
+//! [`bulkhead_lab::gateway::GatewayProcess`].
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bulkhead_gateway::netlab::gateway::{GatewayProcess, GatewaySpec};
-use bulkhead_gateway::netlab::Lab;
+use bulkhead_lab::gateway::{GatewayProcess, GatewaySpec};
+use bulkhead_lab::Lab;
 
 /// A running gateway. Dropping it stops it.
 #[derive(Debug)]

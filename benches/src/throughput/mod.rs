@@ -1,5 +1,5 @@
 //! The throughput harness: in one run, on one network-namespace topology (workload namespace --
-//! gateway namespace -- server namespace, veth pairs, built by [`bulkhead_gateway::netlab`]),
+//! gateway namespace -- server namespace, veth pairs, built by [`bulkhead_lab`]),
 //! it measures
 //!
 //! 1. kernel forwarding in the gateway namespace, without a gateway process;
@@ -76,7 +76,7 @@ impl Interrupt {
                             flag.set();
                         } else {
                             eprintln!("throughput: second signal: removing the lab and exiting");
-                            bulkhead_gateway::netlab::topology::emergency_cleanup();
+                            bulkhead_lab::emergency_cleanup();
                             std::process::exit(130);
                         }
                     }
@@ -91,10 +91,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bulkhead_gateway::netlab::pki::Pki;
-use bulkhead_gateway::netlab::servers::{InternetServers, ServerSpec};
-use bulkhead_gateway::netlab::{addr, Lab, LabSpec};
-use bulkhead_gateway::sys::netns;
+use bulkhead_lab::netns;
+use bulkhead_lab::pki::Pki;
+use bulkhead_lab::servers::{InternetServers, ServerSpec};
+use bulkhead_lab::{addr, Lab, LabSpec};
 
 use report::{Figure, Report, Setup, SetupResult};
 
@@ -193,55 +193,7 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
             bail!("interrupted");
         }
         eprintln!("throughput: measuring {}", setup.label());
-        let result = match setup {
-            Setup::Kernel => bench.measure(setup)?,
-            Setup::TunPassthrough => {
-                match passthrough::Passthrough::start(&lab, opts.queues, opts.busy_poll_us) {
-                    Ok(fwd) => {
-                        // Let the routing settle as the gateway's readiness wait would.
-                        std::thread::sleep(Duration::from_millis(300));
-                        let r = bench.measure(setup)?;
-                        match fwd.stop() {
-                            Ok(summary) => notes.push(format!("{}: {summary}.", setup.label())),
-                            Err(e) => notes
-                                .push(format!("{}: stopping the forwarder: {e:#}", setup.label())),
-                        }
-                        r
-                    }
-                    Err(e) => {
-                        if interrupt.is_set() {
-                            bail!("interrupted");
-                        }
-                        SetupResult::missing(setup, &format!("{e:#}"))
-                    }
-                }
-            }
-            Setup::GatewayPermitAll | Setup::GatewayLargePolicy => {
-                let text = if setup == Setup::GatewayPermitAll {
-                    policy::permit_all()
-                } else {
-                    large.clone()
-                };
-                match gateway::Gateway::start(&lab, &bulkhead, &text, opts) {
-                    Ok(gw) => {
-                        let r = bench.measure(setup)?;
-                        match gw.stop() {
-                            Ok(summary) => notes.push(format!("{}: {summary}.", setup.label())),
-                            Err(e) => notes
-                                .push(format!("{}: stopping the gateway: {e:#}", setup.label())),
-                        }
-                        r
-                    }
-                    Err(e) => {
-                        if interrupt.is_set() {
-                            bail!("interrupted");
-                        }
-                        SetupResult::missing(setup, &format!("{e:#}"))
-                    }
-                }
-            }
-        };
-        results.push(result);
+        results.push(bench.measure_setup(setup, &bulkhead, &large, &mut notes)?);
     }
     notes.push(format!(
         "Generated policy: {} rules, {} SmartGroups, {} WebGroups with {} name patterns, {} \
@@ -295,6 +247,12 @@ fn load_average() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// What a set-up runs while it is measured.
+enum Running {
+    Passthrough(passthrough::Passthrough),
+    Gateway(gateway::Gateway),
+}
+
 struct Bench<'a> {
     lab: &'a Lab,
     client_ns: String,
@@ -305,6 +263,61 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// Starts what `setup` needs (the pass-through forwarder, a gateway on the permit-all or the
+    /// generated policy), measures it, stops it and adds how the stop went to `notes`. A set-up
+    /// that cannot start is reported as missing, with why; only an interruption is an error.
+    fn measure_setup(
+        &self,
+        setup: Setup,
+        bulkhead: &Path,
+        large: &str,
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<SetupResult> {
+        let (started, what) = match setup {
+            Setup::Kernel => return self.measure(setup),
+            Setup::TunPassthrough => (
+                passthrough::Passthrough::start(self.lab, self.opts.queues, self.opts.busy_poll_us)
+                    .map(Running::Passthrough),
+                "the forwarder",
+            ),
+            Setup::GatewayPermitAll | Setup::GatewayLargePolicy => {
+                let text = if setup == Setup::GatewayPermitAll {
+                    policy::permit_all()
+                } else {
+                    large.to_owned()
+                };
+                (
+                    gateway::Gateway::start(self.lab, bulkhead, &text, self.opts)
+                        .map(Running::Gateway),
+                    "the gateway",
+                )
+            }
+        };
+        let running = match started {
+            Ok(running) => running,
+            Err(e) => {
+                if self.interrupt.is_set() {
+                    bail!("interrupted");
+                }
+                return Ok(SetupResult::missing(setup, &format!("{e:#}")));
+            }
+        };
+        if matches!(running, Running::Passthrough(_)) {
+            // Let the routing settle as the gateway's readiness wait would.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let result = self.measure(setup)?;
+        let stopped = match running {
+            Running::Passthrough(fwd) => fwd.stop(),
+            Running::Gateway(gw) => gw.stop(),
+        };
+        match stopped {
+            Ok(summary) => notes.push(format!("{}: {summary}.", setup.label())),
+            Err(e) => notes.push(format!("{}: stopping {what}: {e:#}", setup.label())),
+        }
+        Ok(result)
+    }
+
     /// Measures every figure of one set-up; a figure that fails is recorded as missing. Only an
     /// interruption is an error.
     fn measure(&self, setup: Setup) -> anyhow::Result<SetupResult> {
@@ -374,13 +387,16 @@ impl Bench<'_> {
     }
 }
 
-/// The `bulkhead` binary: the given path, or the one built next to this executable.
+/// The `bulkhead` binary: the given path, or the one [`bulkhead_lab::bins`] finds (by default
+/// next to this executable).
 fn locate_bulkhead(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("locating this executable")?
-            .with_file_name("bulkhead"),
+    let Some(path) = given else {
+        return bulkhead_lab::bins::find("bulkhead").map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (for measurements, a release build: `cargo build --release -p \
+                 bulkhead-gateway`; or pass --bulkhead PATH)"
+            )
+        });
     };
     if !path.is_file() {
         bail!(
@@ -389,7 +405,7 @@ fn locate_bulkhead(given: Option<&Path>) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    Ok(path)
+    Ok(path.to_path_buf())
 }
 
 fn which(tool: &str) -> anyhow::Result<PathBuf> {

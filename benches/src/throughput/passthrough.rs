@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use bulkhead_gateway::config::{DEFAULT_BUSY_POLL_US, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY};
-use bulkhead_gateway::netlab::gateway::TUN_NAME;
-use bulkhead_gateway::netlab::Lab;
 use bulkhead_gateway::routing::{Routing, RoutingPlan, SystemHost};
-use bulkhead_gateway::sys::netns;
 use bulkhead_gateway::sys::tun::{Tun, TunOptions, TunQueue, WakeFd, MAX_READ};
+use bulkhead_lab::gateway::TUN_NAME;
+use bulkhead_lab::netns;
+use bulkhead_lab::Lab;
 
 /// Longest sleep of an idle worker (how late it sees the stop flag at worst).
 const IDLE_TICK: Duration = Duration::from_millis(100);

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bulkhead_gateway::sys::netns;
+use bulkhead_lab::netns;
 
 use super::Interrupt;
 

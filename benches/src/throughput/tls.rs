@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bulkhead_gateway::sys::netns;
+use bulkhead_lab::netns;
 use rustls::pki_types::ServerName;
 
 use super::Interrupt;

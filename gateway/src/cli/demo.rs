@@ -1,11 +1,14 @@
 //! `bulkhead demo`: builds a small network of namespaces, runs the gateway on the built-in
 //! sample policy and shows permitted, denied, rejected and watched connections from real clients
 //! with their decision records. Root only; removes everything it built, also on Ctrl-C.
+//!
+//! The demo itself is [`bulkhead_lab::demo`]; this module parses the options, runs this very
+//! binary as the gateway and turns the result into the exit status.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::demo::{self, DemoOptions};
+use bulkhead_lab::demo::{self, DemoOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -65,7 +68,7 @@ fn install_interrupt_cleanup() -> anyhow::Result<()> {
                 }
             });
             eprintln!("\ninterrupted: stopping the gateway and removing the lab...");
-            crate::netlab::emergency_cleanup();
+            bulkhead_lab::emergency_cleanup();
             std::process::exit(130);
         })?;
     Ok(())

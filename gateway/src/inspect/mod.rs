@@ -1,7 +1,8 @@
 //! The protocol parsers that find the name a client asks for, without decrypting anything.
 //!
 //! - [`tls`]: the server name (SNI) of a TLS ClientHello, reassembled across TLS records.
-//! - [`http`]: the `Host` of a plain HTTP/1.x request, or the authority of a `CONNECT`.
+//! - [`http`]: the `Host` of a plain HTTP/1.x request, or the authority of a `CONNECT`; and
+//!   ([`http::framing`]) where its body ends, so that the next request head can be found.
 //! - [`quic`]: the server name of a QUIC (v1, v2) connection, from the ClientHello carried in
 //!   the client's Initial packets, which are decrypted with their public keys and handed to
 //!   [`tls`]. It takes datagrams rather than a stream, and allocates one buffer per flow.
@@ -294,47 +295,6 @@ pub fn validate_host_name(raw: &[u8]) -> Result<HostName<'_>, HostNameError> {
             Ok(s) => Ok(HostName::Borrowed(s)),
             Err(_) => Err(HostNameError::InvalidByte(0x80)),
         }
-    }
-}
-
-/// Test helpers shared by the parsers' tests.
-#[cfg(test)]
-pub(crate) mod testutil {
-    use std::path::PathBuf;
-
-    /// The conformance corpus: `$BULKHEAD_CORPUS`, or `../shared/corpus` from the workspace root.
-    /// `None` (after a loud message) when it is absent, so the caller can skip.
-    pub(crate) fn corpus_dir() -> Option<PathBuf> {
-        let dir = match std::env::var_os("BULKHEAD_CORPUS") {
-            Some(d) => PathBuf::from(d),
-            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-        };
-        if dir.join("payloads").is_dir() {
-            Some(dir)
-        } else {
-            eprintln!(
-                "\n*** SKIPPED: conformance corpus not found at {} (set BULKHEAD_CORPUS) ***\n",
-                dir.display()
-            );
-            None
-        }
-    }
-
-    /// `(file name, expected name)` rows of `payloads/manifest.tsv` whose file name starts with
-    /// one of `prefixes`, with the payload bytes.
-    pub(crate) fn payloads(prefixes: &[&str]) -> Option<Vec<(String, String, Vec<u8>)>> {
-        let dir = corpus_dir()?.join("payloads");
-        let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).ok()?;
-        let mut out = Vec::new();
-        for line in manifest.lines().filter(|l| !l.starts_with('#')) {
-            let cols: Vec<&str> = line.split('\t').collect();
-            if cols.len() < 3 || !prefixes.iter().any(|p| cols[0].starts_with(p)) {
-                continue;
-            }
-            let bytes = std::fs::read(dir.join(cols[0])).ok()?;
-            out.push((cols[0].to_string(), cols[2].to_string(), bytes));
-        }
-        Some(out)
     }
 }
 

@@ -3,7 +3,6 @@
 #![allow(unsafe_code)]
 
 pub mod alloc;
-pub mod netns;
 pub mod tun;
 
 /// Restores the default action of SIGPIPE, so a command whose output is piped into a program

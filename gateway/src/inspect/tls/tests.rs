@@ -3,8 +3,23 @@
 
 use proptest::prelude::*;
 
+use bulkhead_testkit::{handshake_bytes, tls_hellos, tls_records_sized};
+
 use super::*;
-use crate::inspect::testutil::payloads;
+
+/// The real ClientHellos, each in one TLS record as its client sent it (testdata/, plus the
+/// extra corpus when present): `(label, expected name, bytes)`.
+fn real_hellos() -> Vec<(String, String, Vec<u8>)> {
+    let rows: Vec<_> = tls_hellos(&["client__", "zapret__tls_"])
+        .into_iter()
+        .map(|(row, bytes)| (row.label(), row.expected.clone(), bytes))
+        .collect();
+    assert!(
+        rows.len() >= 8,
+        "the real ClientHellos of testdata/ are missing"
+    );
+    rows
+}
 
 /// Builds a ClientHello handshake message (header included) with the given extensions, or with
 /// no extensions block at all when `exts` is `None`.
@@ -32,20 +47,7 @@ fn hello_message(exts: Option<&[(u16, Vec<u8>)]>) -> Vec<u8> {
 
 /// Splits a handshake message into handshake records of the given sizes (cycled).
 fn records(msg: &[u8], sizes: &[usize]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = msg;
-    let mut i = 0;
-    while !rest.is_empty() {
-        let n = sizes[i % sizes.len()]
-            .clamp(1, MAX_RECORD_LEN)
-            .min(rest.len());
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-        out.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        i += 1;
-    }
-    out
+    tls_records_sized(msg, sizes)
 }
 
 fn sni_ext(entries: &[(u8, &[u8])]) -> Vec<u8> {
@@ -71,16 +73,9 @@ fn name_of(p: &TlsParse<'_>) -> Option<String> {
     }
 }
 
-/// The handshake message carried by the records of `stream` (test helper, trusts the input).
+/// The handshake bytes carried by the records of `stream` (lenient: prefixes and mutations).
 fn defragment(stream: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::new();
-    let mut s = stream;
-    while s.len() >= 5 {
-        let n = usize::from(u16::from_be_bytes([s[3], s[4]]));
-        msg.extend_from_slice(&s[5..5 + n.min(s.len() - 5)]);
-        s = &s[(5 + n).min(s.len())..];
-    }
-    msg
+    handshake_bytes(stream)
 }
 
 #[test]
@@ -326,13 +321,7 @@ fn fragmentation_does_not_change_the_answer() {
 
 #[test]
 fn real_hellos_give_their_names() {
-    let Some(rows) = payloads(&["client__", "zapret__tls_"]) else {
-        return;
-    };
-    assert!(
-        rows.len() >= 9,
-        "expected the real ClientHellos in the corpus"
-    );
+    let rows = real_hellos();
     for (file, want, bytes) in &rows {
         let got = parse_client_hello(bytes);
         assert_eq!(
@@ -356,9 +345,7 @@ fn real_hellos_give_their_names() {
 
 #[test]
 fn every_prefix_of_real_hellos_is_incomplete() {
-    let Some(rows) = payloads(&["client__", "zapret__tls_"]) else {
-        return;
-    };
+    let rows = real_hellos();
     for (file, _, bytes) in &rows {
         let end = match parse_client_hello(bytes) {
             TlsParse::Complete(i) => i.consumed,
@@ -382,9 +369,7 @@ fn every_prefix_of_real_hellos_is_incomplete() {
 
 #[test]
 fn real_hellos_recut_into_records() {
-    let Some(rows) = payloads(&["client__", "zapret__tls_"]) else {
-        return;
-    };
+    let rows = real_hellos();
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         rng_state ^= rng_state << 13;
@@ -493,12 +478,10 @@ fn check_against_oracle(stream: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn real_streams() -> Vec<Vec<u8>> {
-    payloads(&["client__", "zapret__tls_"])
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(_, _, b)| b)
-        .collect()
+/// The real hellos' bytes, read once: the property tests draw from them thousands of times.
+fn real_streams() -> &'static [Vec<u8>] {
+    static STREAMS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    STREAMS.get_or_init(|| real_hellos().into_iter().map(|(_, _, b)| b).collect())
 }
 
 proptest! {
@@ -511,14 +494,9 @@ proptest! {
         muts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         record_size in prop_oneof![Just(MAX_RECORD_LEN), 1usize..600],
     ) {
-        let streams = real_streams();
-        let base = if streams.is_empty() {
-            one(&[(0, sni_ext(&[(0, b"fallback.example")])), (43, vec![2, 3, 4])])
-        } else {
-            which.get(&streams).clone()
-        };
+        let base = which.get(real_streams());
         // Mutations land in the handshake message; then it is re-cut into records.
-        let mut msg = defragment(&base);
+        let mut msg = defragment(base);
         for (i, v) in &muts {
             let at = i.index(msg.len());
             msg[at] = *v;
@@ -542,9 +520,8 @@ proptest! {
         muts in proptest::collection::vec((0usize..64, any::<u8>()), 1..3),
     ) {
         // Aim at the server_name extension, where a disagreement would matter most.
-        let streams = real_streams();
-        prop_assume!(!streams.is_empty());
-        let original: &Vec<u8> = which.get(&streams);
+        // testdata/ always has real hellos, so no case is ever rejected for want of data.
+        let original: &Vec<u8> = which.get(real_streams());
         let mut msg = defragment(original);
         let TlsParse::Complete(info) = parse_client_hello(original) else {
             return Err(TestCaseError::fail("real hello did not parse"));
@@ -571,9 +548,7 @@ proptest! {
 #[test]
 fn oracle_reads_the_real_hellos() {
     // The differential test is only as good as its oracle: it must see the real names.
-    let Some(rows) = payloads(&["client__", "zapret__tls_"]) else {
-        return;
-    };
+    let rows = real_hellos();
     for (file, want, bytes) in &rows {
         let got = oracle_name(bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(got.as_deref(), Some(want.as_bytes()), "{file}");

@@ -1,5 +1,6 @@
-//! The QUIC payloads and captures of the conformance corpus (`$BULKHEAD_CORPUS`, or
-//! `../shared/corpus` from the workspace root; skipped loudly when absent).
+//! The QUIC payloads and captures of the extra conformance corpus (`$BULKHEAD_CORPUS`, or
+//! `../shared/corpus` beside the workspace; skipped loudly when absent: the project's testdata/
+//! holds no QUIC, and the builder's packets are tested in the other modules).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -7,8 +8,39 @@ use std::net::IpAddr;
 use super::{hostile_variants, name_of, unhex};
 use crate::capture::CaptureReader;
 use crate::inspect::quic::{InitialCollector, QuicParse};
-use crate::inspect::testutil::{corpus_dir, payloads};
+use bulkhead_testkit::corpus::{self, ManifestRow};
 use crate::wire::{parse, L4};
+
+/// `(file, expected name, bytes)` of the extra corpus's payloads starting with one of
+/// `prefixes`; `None`, said loudly, when the corpus is absent.
+fn payloads(prefixes: &[&str]) -> Option<Vec<(String, String, Vec<u8>)>> {
+    let rows: Vec<(String, String, Vec<u8>)> = corpus::payloads(prefixes)
+        .into_iter()
+        .filter(|r| r.origin == "extra")
+        .map(|r| {
+            let bytes = r.bytes();
+            (r.file, r.expected, bytes)
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("\n*** SKIPPED: no QUIC payloads (the extra corpus is absent) ***\n");
+        return None;
+    }
+    Some(rows)
+}
+
+/// The UDP/QUIC capture rows of the extra corpus; `None`, said loudly, when it is absent.
+fn quic_captures() -> Option<Vec<ManifestRow>> {
+    let rows: Vec<ManifestRow> = corpus::captures()
+        .into_iter()
+        .filter(|r| r.origin == "extra" && r.transport == "UDP/QUIC")
+        .collect();
+    if rows.is_empty() {
+        eprintln!("\n*** SKIPPED: no QUIC captures (the extra corpus is absent) ***\n");
+        return None;
+    }
+    Some(rows)
+}
 
 #[test]
 fn corpus_payloads() {
@@ -29,7 +61,7 @@ fn corpus_payloads() {
         let bytes = if file.ends_with(".hex") {
             unhex(std::str::from_utf8(bytes).unwrap())
         } else {
-            bytes.clone()
+            bytes.to_vec()
         };
         if let Some(stem) = file.strip_suffix("_kyber_1.bin") {
             let other = by_file[format!("{stem}_kyber_2.bin").as_str()];
@@ -98,16 +130,11 @@ fn client_flows(path: &std::path::Path) -> (Flows, bool) {
 /// in order (the replay tests check the whole list).
 #[test]
 fn corpus_captures() {
-    let Some(dir) = corpus_dir() else { return };
-    let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).unwrap();
+    let Some(rows) = quic_captures() else { return };
     let mut checked = 0;
-    for line in manifest.lines().filter(|l| !l.starts_with('#')) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() < 3 || cols[1] != "UDP/QUIC" {
-            continue;
-        }
+    for row in &rows {
         let mut got: Vec<(usize, String)> = Vec::new();
-        let (flows, tcp) = client_flows(&dir.join(cols[0]));
+        let (flows, tcp) = client_flows(&row.path);
         for flow in flows {
             let mut c = InitialCollector::new();
             for &(n, ref d) in &flow {
@@ -128,18 +155,18 @@ fn corpus_captures() {
         got.sort();
         let names: Vec<&str> = got.iter().map(|(_, n)| n.as_str()).collect();
         if tcp {
-            let mut want = cols[2].split(',');
+            let mut want = row.expected.split(',');
             for n in &names {
                 assert!(
                     want.any(|w| w == *n),
                     "{}: {names:?} in {}",
-                    cols[0],
-                    cols[2]
+                    row.file,
+                    row.expected
                 );
             }
-            assert!(!names.is_empty(), "{}", cols[0]);
+            assert!(!names.is_empty(), "{}", row.file);
         } else {
-            assert_eq!(names.join(","), cols[2], "{}", cols[0]);
+            assert_eq!(names.join(","), row.expected, "{}", row.file);
         }
         checked += 1;
     }
