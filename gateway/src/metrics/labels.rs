@@ -95,6 +95,7 @@ enum DropLabel {
     FragmentedHeader,
     SecondHello,
     HostChanged,
+    QuicBlocked,
     Other,
 }
 
@@ -123,6 +124,7 @@ const DROP_REASONS: [&str; DropLabel::Other as usize + 1] = [
     "fragmented_header",
     "second_hello",
     "host_changed",
+    "quic_blocked",
     OTHER,
 ];
 
@@ -162,6 +164,7 @@ impl DropLabel {
             Reason::BadChecksum => DropLabel::BadChecksum,
             Reason::SecondHello => DropLabel::SecondHello,
             Reason::HostChanged => DropLabel::HostChanged,
+            Reason::QuicBlocked => DropLabel::QuicBlocked,
             Reason::Unknown => DropLabel::Other,
         }
     }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use policy_engine::{Action, Query, Transport, Verdict};
 
+use crate::inspect::quic::InitialCollector;
 use crate::record::{Reason, Traffic};
 use crate::wire::{IpProtocol, TcpFlowSeq, TcpSegment};
 
@@ -161,6 +162,9 @@ pub(super) struct Inspect {
     /// renumbered: they count from the client's sequence number `base + shift` (see
     /// [`REBASE_FROM`]).
     pub(super) shift: u32,
+    /// A UDP 443 flow: the reader of the client's QUIC Initials. It stays after a permit, so that
+    /// a later Initial carrying another ClientHello is noticed (see `pipeline::quic`).
+    pub(super) quic: Option<Box<InitialCollector>>,
 }
 
 impl Inspect {
@@ -175,6 +179,7 @@ impl Inspect {
             guard_end: 0,
             inspected_end: 0,
             shift: 0,
+            quic: None,
         }
     }
 

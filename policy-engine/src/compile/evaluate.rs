@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::compile;
 use super::stats::CompileStats;
 use super::tables::{bit, CompiledPolicy, Entry, Span, NONE};
-use crate::model::{Action, Mode, Policy, Transport};
+use crate::model::{Action, Mode, Policy, QuicMode, Transport};
 
 /// Which rule gave a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +127,11 @@ impl CompiledPolicy {
     /// Enforce or log-only.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Inspect or block QUIC.
+    pub fn quic(&self) -> QuicMode {
+        self.quic
     }
 
     /// The default action.

@@ -76,6 +76,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let mut compiled = CompiledPolicy {
         version,
         mode: policy.mode,
+        quic: policy.quic,
         default_action: policy.default_action.action(),
         rule_names: policy.rules.iter().map(|r| boxed(&r.name)).collect(),
         rule_actions: policy.rules.iter().map(|r| r.action).collect(),
