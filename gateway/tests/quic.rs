@@ -92,13 +92,19 @@ fn permit_releases_the_held_datagrams_in_order() {
     let pkts = datagrams("API.OpenAI.com.", 3);
     assert_eq!(h.send(&pkts[0]), Disposition::Held);
     assert_eq!(h.send(&pkts[1]), Disposition::Held);
-    assert!(h.take_wire().is_empty(), "nothing leaves before the verdict");
+    assert!(
+        h.take_wire().is_empty(),
+        "nothing leaves before the verdict"
+    );
     assert_eq!(h.send(&pkts[2]), Disposition::Held);
     assert_eq!(h.take_wire(), pkts, "released in arrival order");
     // The name is normalised as for TLS, and recorded as the TLS server name.
     let d = h.decisions();
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].tls.as_ref().map(|t| t.sni.as_str()), Some("api.openai.com"));
+    assert_eq!(
+        d[0].tls.as_ref().map(|t| t.sni.as_str()),
+        Some("api.openai.com")
+    );
     assert_eq!(d[0].reason, Reason::Rule);
     // The connection proper (short header) and the server's answers pass.
     let short = udp_packet(client(), server(), &[0x40, 1, 2, 3, 4, 5]);
@@ -114,7 +120,7 @@ fn deny_drops_the_held_datagrams() {
     let mut h = Harness::new(POLICY_QUIC);
     let pkts = datagrams("other.example.org", 2);
     assert_eq!(h.send(&pkts[0]), Disposition::Held);
-    assert_eq!(h.send(&pkts[1]), Disposition::Held);
+    assert_eq!(h.send(&pkts[1]), Disposition::Drop(DropReason::Policy));
     assert!(h.take_wire().is_empty());
     assert_eq!(h.decisions()[0].reason, Reason::Default);
     assert_eq!(h.names(), vec![Some("other.example.org".to_string())]);
@@ -133,7 +139,7 @@ fn icmp_type_code(p: &[u8]) -> (u8, u8) {
 fn reject_answers_port_unreachable() {
     let mut h = Harness::new(POLICY_QUIC);
     let pkts = datagrams("reject.example.net", 1);
-    assert_eq!(h.send(&pkts[0]), Disposition::Held);
+    assert_eq!(h.send(&pkts[0]), Disposition::Drop(DropReason::Policy));
     let wire = h.take_wire();
     assert_eq!(wire.len(), 1, "one ICMP error");
     assert_eq!(icmp_type_code(&wire[0]), (3, 3));
@@ -145,7 +151,10 @@ fn reject_answers_port_unreachable() {
     let c6: SocketAddr = "[fd00::2]:51000".parse().unwrap();
     let s6: SocketAddr = "[2001:db8::10]:443".parse().unwrap();
     let d = &initials("reject.example.net", DCID, 1)[0];
-    assert_eq!(h.send(&udp_packet(c6, s6, d)), Disposition::Held);
+    assert_eq!(
+        h.send(&udp_packet(c6, s6, d)),
+        Disposition::Drop(DropReason::Policy)
+    );
     assert_eq!(icmp_type_code(&h.take_wire()[0]), (1, 4));
 }
 
@@ -166,7 +175,7 @@ fn broken_initials_fail_closed() {
 fn not_quic_is_decided_without_a_name() {
     let mut h = Harness::new(POLICY_QUIC);
     let short = udp_packet(client(), server(), &[0x40, 1, 2, 3, 4]);
-    assert_eq!(h.send(&short), Disposition::Held);
+    assert_eq!(h.send(&short), Disposition::Drop(DropReason::Policy));
     assert_eq!(h.decisions()[0].reason, Reason::NoSni);
     assert!(h.take_wire().is_empty());
 }
@@ -185,7 +194,10 @@ fn per_flow_bound_fails_closed() {
         Disposition::Drop(DropReason::FailClosed(Reason::InspectOverflow))
     );
     assert_eq!(h.decisions()[0].reason, Reason::InspectOverflow);
-    assert!(h.take_wire().iter().all(|p| p != &pkts[0]), "nothing held leaks");
+    assert!(
+        h.take_wire().iter().all(|p| p != &pkts[0]),
+        "nothing held leaks"
+    );
     assert_eq!(h.pipe.stats().held_bytes_now, 0);
 }
 
@@ -226,7 +238,10 @@ fn a_new_client_hello_on_a_permitted_flow_is_cut() {
     // Same ports, a new DCID and a hello for a name the policy denies.
     let other = initials("other.example.org", &[9; 8], 1);
     let d = h.send(&udp_packet(client(), server(), &other[0]));
-    assert_eq!(d, Disposition::Drop(DropReason::FailClosed(Reason::SecondHello)));
+    assert_eq!(
+        d,
+        Disposition::Drop(DropReason::FailClosed(Reason::SecondHello))
+    );
     assert_eq!(h.decisions().last().unwrap().reason, Reason::SecondHello);
     let short = udp_packet(client(), server(), &[0x40, 1, 2, 3]);
     assert_ne!(h.send(&short), Disposition::Forward);
@@ -311,7 +326,10 @@ fn replay_reads_names_from_a_built_quic_capture() {
     let records = replay(POLICY_QUIC, &[&cap]);
     assert_eq!(
         tls_names(&records),
-        vec!["api.openai.com".to_string(), "other.example.org".to_string()]
+        vec![
+            "api.openai.com".to_string(),
+            "other.example.org".to_string()
+        ]
     );
 }
 

@@ -229,7 +229,13 @@ fn quic_setting() {
     assert_eq!(load("[policy]\nquic = \"inspect\"\n"), QuicMode::Inspect);
     assert_eq!(load("[policy]\nquic = \"block\"\n"), QuicMode::Block);
     assert_eq!(
-        compile(&load_policy_str("[policy]\nquic = \"block\"\n", Path::new("p.toml")).unwrap().policy, 1).quic(),
+        compile(
+            &load_policy_str("[policy]\nquic = \"block\"\n", Path::new("p.toml"))
+                .unwrap()
+                .policy,
+            1
+        )
+        .quic(),
         QuicMode::Block
     );
     assert_eq!(

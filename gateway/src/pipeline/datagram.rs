@@ -1,8 +1,10 @@
 //! UDP, ICMP and other protocols: decided on the first packet, by address and port.
 //!
-//! UDP 443 (QUIC) carries no name yet: a verdict that needs one is given without it, with reason
-//! `no_sni` (`not_tls` for other ports). A rejected flow answers each client packet with an ICMP
-//! administratively-prohibited error. These flows end on their idle timeout.
+//! UDP 443 is QUIC: a flow whose verdict needs a name is inspected ([`super::quic`]), or refused
+//! outright under `quic = "block"`. Elsewhere a verdict that needs a name is given without it,
+//! with reason `not_tls` (`no_sni` on UDP 443 under log-only, which never holds). A rejected flow
+//! answers each client packet with an ICMP administratively-prohibited error (port unreachable on
+//! UDP 443, which makes QUIC clients fall back to TCP). These flows end on their idle timeout.
 //!
 //! An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded, parameter
 //! problem) belongs to the flow of the packet it quotes: it passes when that flow is forwarded,

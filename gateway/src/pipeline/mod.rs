@@ -22,6 +22,7 @@
 //! | `shared.rs` | What every flow shares, and the bookkeeping of held bytes and decisions |
 //! | `housekeeping.rs` | Deadlines, expiry, reclaim and early drop in a full table, `flow_limit` |
 //! | `datagram.rs` | UDP and other protocols, ICMP errors |
+//! | `quic.rs` | UDP 443: datagrams held until the QUIC Initials name the flow |
 //! | `tcp/` | TCP: a SYN (`syn.rs`), a flow seen mid-stream (`midstream.rs`), later segments (`established.rs`), resets (`reset.rs`) |
 //! | `decide.rs` | Holding client bytes until the name is known, the verdict, failing closed |
 //! | `watch.rs` | After the verdict: second ClientHellos, later HTTP requests, retransmissions |

@@ -99,13 +99,16 @@ impl Shared {
             Outcome::Fail(reason) => self.fail_closed(now, flow, reason, out),
             Outcome::Decide(found) => {
                 let policy = self.policy.load_full();
-                self.quic_decide(now, flow, &found, &policy, p.packet, out);
-                Disposition::Held
+                match self.quic_decide(now, flow, &found, &policy, p.packet, out) {
+                    // Released with the others, in order, through `out`.
+                    Action::Permit => Disposition::Held,
+                    Action::Deny | Action::Reject => Disposition::Drop(DropReason::Policy),
+                }
             }
         }
     }
 
-    /// Applies the verdict on the name to the held datagrams.
+    /// Applies the verdict on the name to the held datagrams; returns the enforced action.
     fn quic_decide(
         &mut self,
         now: Instant,
@@ -114,9 +117,9 @@ impl Shared {
         policy: &CompiledPolicy,
         last: &[u8],
         out: &mut Output,
-    ) {
+    ) -> Action {
         let Some(mut insp) = flow.inspect.take() else {
-            return;
+            return Action::Deny;
         };
         let held = std::mem::take(&mut insp.held);
         self.account(-(insp.held_packet_bytes as isize));
@@ -140,6 +143,7 @@ impl Shared {
             Action::Deny => {}
             Action::Reject => self.icmp_refuse(last, Unreachable::Port, out),
         }
+        action
     }
 
     /// A client long-header datagram on a permitted UDP 443 flow: passes when it belongs to the

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use super::{hostile_variants, name_of, unhex};
 use crate::capture::CaptureReader;
 use crate::inspect::quic::{InitialCollector, QuicParse};
-use bulkhead_testkit::corpus::{self, ManifestRow};
 use crate::wire::{parse, L4};
+use bulkhead_testkit::corpus::{self, ManifestRow};
 
 /// `(file, expected name, bytes)` of the extra corpus's payloads starting with one of
 /// `prefixes`; `None`, said loudly, when the corpus is absent.
