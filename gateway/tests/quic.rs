@@ -362,8 +362,38 @@ fn replay_reads_names_from_the_corpus_quic_captures() {
                 row.label()
             );
         }
+        // Permitted by name, the whole connection passes: the client's later long-header packets
+        // (Initial ACKs coalesced with Handshake packets, under the server's connection ID) are
+        // not taken for a new ClientHello.
+        for r in replay(POLICY_NAME_PERMITS, &[&row.path]) {
+            assert!(
+                !matches!(r.reason, Reason::SecondHello | Reason::ParseError),
+                "{}: {:?} {:?}",
+                row.label(),
+                r.reason,
+                r.name()
+            );
+        }
     }
 }
+
+/// Permits everything but one name: every flow's verdict needs its name, so every QUIC flow is
+/// inspected, then permitted.
+const POLICY_NAME_PERMITS: &str = r#"
+[policy]
+default_action = "permit"
+
+[webgroups.none]
+domains = ["blocked.invalid"]
+
+[[rules]]
+name = "deny-one-name"
+priority = 1
+src = ["any"]
+dst = ["none"]
+protocol = "any"
+action = "deny"
+"#;
 
 #[test]
 fn block_mode_refuses_quic_with_port_unreachable() {
