@@ -137,6 +137,9 @@ impl Shared {
                     });
                 }
                 if flow.phase == Phase::Forwarding {
+                    if let Some(c) = insp.quic.as_mut() {
+                        c.settle();
+                    }
                     flow.inspect = Some(insp);
                 }
             }

@@ -72,6 +72,14 @@ impl CryptoStream {
         self.n = 0;
     }
 
+    /// Gives back the room past the bytes received. Once the ClientHello is whole and the flow
+    /// permitted, only the hello is kept, to check the CRYPTO data of later Initials against it;
+    /// data past it is ignored from then on, as data past the largest hello is before.
+    pub fn settle(&mut self) {
+        let keep = self.ranges[..self.n].last().map_or(0, |r| r.1);
+        self.buf = self.buf[..RECORD_HDR + keep].into();
+    }
+
     /// Number of CRYPTO frames received.
     pub fn frames(&self) -> usize {
         self.frames
@@ -87,9 +95,9 @@ impl CryptoStream {
             .checked_add(data.len() as u64)
             .filter(|&e| e < 1 << 62)
             .ok_or(QuicError::CryptoOffsetTooLarge)?;
-        // Bytes past the largest hello are never needed; a hello that claims to reach there is
-        // refused from its header.
-        let cap = MAX_HELLO_LEN as u64;
+        // Bytes past the largest hello (or, once settled, past the hello) are never needed; a
+        // hello that claims to reach there is refused from its header.
+        let cap = (self.buf.len() - RECORD_HDR) as u64;
         if offset >= cap || data.is_empty() {
             return Ok(());
         }

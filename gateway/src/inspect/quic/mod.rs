@@ -166,6 +166,17 @@ impl InitialCollector {
         InitialCollector::default()
     }
 
+    /// Frees what only an incomplete ClientHello needs: the CRYPTO buffer shrinks to the hello
+    /// received (from 16 KiB to its size) and the decryption scratch is released. A permitted
+    /// flow keeps its collector settled, so that later Initials are still checked against the
+    /// hello it was decided on, at a fraction of the memory.
+    pub fn settle(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            s.settle();
+        }
+        self.scratch = Vec::new();
+    }
+
     /// Initial packets decrypted so far.
     pub fn initials(&self) -> usize {
         self.initials

@@ -273,6 +273,49 @@ fn shuffled_frames_across_initials_and_coalesced_packets() {
     }
 }
 
+/// A settled collector still gives the hello it holds, takes its retransmissions, and refuses a
+/// different hello: the check a permitted flow makes on later Initials.
+#[test]
+fn settled_collector_keeps_checking_later_initials() {
+    let hello = rfc_hello();
+    let pkts = initials(
+        spec(Version::V1, &DCID, &DCID, 0),
+        &frames_of(&hello, 100),
+        2,
+    );
+    let mut c = InitialCollector::new();
+    for p in &pkts[..pkts.len() - 1] {
+        assert_eq!(c.push(p), QuicParse::Incomplete);
+    }
+    assert!(matches!(
+        c.push(&pkts[pkts.len() - 1]),
+        QuicParse::Complete(_)
+    ));
+    c.settle();
+    for p in &pkts {
+        let QuicParse::Complete(info) = c.push(p) else {
+            panic!("a retransmission after settling");
+        };
+        assert_eq!(
+            info.sni.map(|n| n.to_string()).as_deref(),
+            Some("example.com")
+        );
+    }
+    // Another hello under the same keys: its bytes disagree with the one kept.
+    let mut other = hello.clone();
+    let at = other.len() - 3;
+    other[at] ^= 0x55;
+    let again = initials(
+        spec(Version::V1, &DCID, &DCID, 40),
+        &frames_of(&other, 2000),
+        1,
+    );
+    assert_eq!(
+        c.push(&again[0]),
+        QuicParse::Malformed(QuicError::InconsistentCrypto)
+    );
+}
+
 #[test]
 fn too_many_gaps_fail_closed() {
     // One-byte frames in shuffled order leave more holes than the bound: refused, never
