@@ -113,6 +113,9 @@ fn permit_releases_the_held_datagrams_in_order() {
     assert_eq!(h.send(&answer), Disposition::Forward);
     // A retransmitted Initial of the same ClientHello rides on the verdict.
     assert_eq!(h.send(&pkts[1]), Disposition::Forward);
+    // The permitted flow keeps only its hello (and a scratch buffer), not the 16 KiB reader.
+    let kept = h.pipe.stats().held_bytes_now;
+    assert!(kept > 0 && kept < 4096, "{kept}");
 }
 
 #[test]
@@ -127,6 +130,7 @@ fn deny_drops_the_held_datagrams() {
     let again = udp_packet(client(), server(), &[0x40, 1, 2, 3]);
     assert_eq!(h.send(&again), Disposition::Drop(DropReason::Policy));
     assert!(h.take_wire().is_empty());
+    assert_eq!(h.pipe.stats().held_bytes_now, 0);
 }
 
 /// (type, code) of the ICMP or ICMPv6 error in a built packet.
@@ -215,6 +219,28 @@ fn total_bound_fails_closed() {
         Disposition::Drop(DropReason::FailClosed(Reason::MemoryPressure))
     );
     assert_eq!(h.pipe.stats().held_bytes_now, 0);
+}
+
+/// The reader's buffer counts towards the total: flows that each send the start of an Initial
+/// cannot pin memory the bound does not see.
+#[test]
+fn the_total_bound_counts_the_initial_reader() {
+    let config = PipelineConfig {
+        max_held_bytes_total: 20_000,
+        ..PipelineConfig::default()
+    };
+    let mut h = Harness::with_config(POLICY_QUIC, config);
+    let first = &initials("api.openai.com", DCID, 2)[0];
+    assert_eq!(
+        h.send(&udp_packet(client(), server(), first)),
+        Disposition::Held
+    );
+    assert!(h.pipe.stats().held_bytes_now > 16 * 1024);
+    let c2: SocketAddr = "10.0.0.3:52000".parse().unwrap();
+    assert_eq!(
+        h.send(&udp_packet(c2, server(), first)),
+        Disposition::Drop(DropReason::FailClosed(Reason::MemoryPressure))
+    );
 }
 
 #[test]

@@ -90,10 +90,13 @@ impl Shared {
         insp.held_packet_bytes += len;
         insp.started.get_or_insert(now);
         self.account(len as isize);
+        // The reader allocates on its first Initial: counted with the held bytes.
+        let before = insp.bytes();
         let outcome = match insp.quic.as_mut() {
             Some(c) => read_initials(c, payload),
             None => Outcome::Fail(Reason::ParseError),
         };
+        self.account(insp.bytes() as isize - before as isize);
         match outcome {
             Outcome::Wait => Disposition::Held,
             Outcome::Fail(reason) => self.fail_closed(now, flow, reason, out),
@@ -137,14 +140,21 @@ impl Shared {
                     });
                 }
                 if flow.phase == Phase::Forwarding {
+                    let before = insp.bytes();
                     if let Some(c) = insp.quic.as_mut() {
                         c.settle();
                     }
+                    self.account(insp.bytes() as isize - before as isize);
                     flow.inspect = Some(insp);
+                } else {
+                    self.account(-(insp.bytes() as isize));
                 }
             }
-            Action::Deny => {}
-            Action::Reject => self.icmp_refuse(last, Unreachable::Port, out),
+            Action::Deny => self.account(-(insp.bytes() as isize)),
+            Action::Reject => {
+                self.account(-(insp.bytes() as isize));
+                self.icmp_refuse(last, Unreachable::Port, out);
+            }
         }
         action
     }
@@ -158,7 +168,11 @@ impl Shared {
         payload: &[u8],
         out: &mut Output,
     ) -> Disposition {
-        let Some(c) = flow.inspect.as_mut().and_then(|i| i.quic.as_mut()) else {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Disposition::Forward;
+        };
+        let before = insp.bytes();
+        let Some(c) = insp.quic.as_mut() else {
             return Disposition::Forward;
         };
         let decided = flow
@@ -168,8 +182,8 @@ impl Shared {
             .map(|(n, _)| &**n);
         let same = match c.push(payload) {
             QuicParse::Complete(info) => {
-                // Borrowed unless the name needed normalising: nothing allocates here for a
-                // client that repeats its own Initial.
+                // Borrowed unless the name needed normalising. (Only long-header packets come
+                // here: the handshake's few, never the connection's short-header packets.)
                 match info.sni {
                     Some(n) => policy_engine::normalize_name(n.as_str())
                         .is_ok_and(|n| Some(&*n) == decided),
@@ -178,6 +192,8 @@ impl Shared {
             }
             _ => false,
         };
+        // The settled reader takes a scratch buffer again to decrypt.
+        self.account(insp.bytes() as isize - before as isize);
         if same {
             return Disposition::Forward;
         }

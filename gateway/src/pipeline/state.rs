@@ -183,9 +183,11 @@ impl Inspect {
         }
     }
 
-    /// Bytes held: the reassembled stream and the copies of held packets.
+    /// Bytes held: the reassembled stream, the copies of held packets and a QUIC reader's
+    /// buffers (16 KiB while a ClientHello is read, which the total bound must see: otherwise
+    /// flows that each send part of an Initial would pin memory no bound counts).
     pub(super) fn bytes(&self) -> usize {
-        self.buf.stored() + self.held_packet_bytes
+        self.buf.stored() + self.held_packet_bytes + self.quic.as_ref().map_or(0, |c| c.footprint())
     }
 }
 

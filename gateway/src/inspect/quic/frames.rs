@@ -80,6 +80,11 @@ impl CryptoStream {
         self.buf = self.buf[..RECORD_HDR + keep].into();
     }
 
+    /// Bytes of its buffer.
+    pub fn footprint(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Number of CRYPTO frames received.
     pub fn frames(&self) -> usize {
         self.frames

@@ -177,6 +177,11 @@ impl InitialCollector {
         self.scratch = Vec::new();
     }
 
+    /// Bytes of buffers the collector holds (the CRYPTO buffer and the decryption scratch).
+    pub fn footprint(&self) -> usize {
+        self.stream.as_ref().map_or(0, CryptoStream::footprint) + self.scratch.capacity()
+    }
+
     /// Initial packets decrypted so far.
     pub fn initials(&self) -> usize {
         self.initials
