@@ -16,13 +16,13 @@ use std::time::Instant;
 use policy_engine::{Action, CompiledPolicy, Mode, QuicMode, SynDecision};
 
 use crate::record::Reason;
-use crate::wire::{self, IpProtocol, ParsedPacket, UdpDatagram, Unreachable};
+use crate::wire::{IpProtocol, ParsedPacket, UdpDatagram, Unreachable};
 
 use super::decide::rule_reason;
 use super::flow::{FlowKey, Side};
 use super::quic::{is_long_header, QUIC_PORT};
 use super::state::{flow_query, Decision, Flow, Phase};
-use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared, Transmit};
+use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared};
 
 impl Pipeline {
     /// An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded,
@@ -245,6 +245,7 @@ impl Pipeline {
         self.shared.count_decision(v.effective_action);
         let must_log = self.shared.must_log(&v);
         let enforced = v.effective_action;
+        let kind = refusal(&flow);
         match self.new_flow(now, key, flow, out) {
             Ok(id) => {
                 let Some(flow) = self.flows.get_mut(id) else {
@@ -268,11 +269,6 @@ impl Pipeline {
             Action::Permit => Disposition::Forward,
             Action::Deny => Disposition::Drop(DropReason::Policy),
             Action::Reject => {
-                let Some(flow) = self.flows.lookup(&key).and_then(|id| self.flows.get(id)) else {
-                    self.shared.icmp_unreachable(p.packet, out);
-                    return Disposition::Drop(DropReason::Policy);
-                };
-                let kind = refusal(flow);
                 self.shared.icmp_refuse(p.packet, kind, out);
                 Disposition::Drop(DropReason::Policy)
             }
@@ -294,18 +290,6 @@ impl Shared {
     /// Answers a client packet of a rejected flow with the flow's ICMP error ([`refusal`]).
     pub(super) fn refuse(&mut self, flow: &Flow, offending: &[u8], out: &mut Output) {
         self.icmp_refuse(offending, refusal(flow), out);
-    }
-
-    /// Answers a packet of a rejected flow with an ICMP administratively-prohibited error.
-    pub(super) fn icmp_unreachable(&mut self, offending: &[u8], out: &mut Output) {
-        let mut packet = Vec::new();
-        if wire::build_icmp_unreachable(&mut packet, offending, None).is_ok() {
-            self.stats.generated += 1;
-            out.transmit.push(Transmit {
-                packet,
-                meta: PacketMeta::default(),
-            });
-        }
     }
 }
 
