@@ -7,7 +7,7 @@ Each CORPUS_DIR has the layout of testdata/ (pcap/, payloads/): the project's ow
 and the extra conformance corpus when it is present.
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
-http_framing, capture_reader and pipeline. Classic pcap only (the corpus holds no pcapng); link types
+http_framing, capture_reader, pipeline and quic_initial. Classic pcap only (the corpus holds no pcapng); link types
 Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
 """
 import hashlib
@@ -75,6 +75,32 @@ def tcp_payload(ip):
     else:
         return None
     return seg[(seg[12] >> 4) * 4 :]
+
+
+def udp443_payload(ip):
+    """The payload of a UDP datagram to port 443, or None."""
+    if not ip:
+        return None
+    v = ip[0] >> 4
+    if v == 4:
+        ihl = (ip[0] & 15) * 4
+        if len(ip) < ihl + 8 or ip[9] != 17:
+            return None
+        udp = ip[ihl:]
+    elif v == 6:
+        if len(ip) < 48 or ip[6] != 17:
+            return None
+        udp = ip[40:]
+    else:
+        return None
+    if struct.unpack(">H", udp[2:4])[0] != 443:
+        return None
+    return udp[8:]
+
+
+def quic_seed(datagrams):
+    """quic_initial input: mode 0 (raw datagrams), then (u16 length, datagram)*."""
+    return b"\x00" + b"".join(struct.pack(">H", len(d)) + d for d in datagrams)
 
 
 def write(out, target, blob):
@@ -184,7 +210,11 @@ def seed_from(corpus, out):
         if os.path.getsize(path) <= MAX_CAPTURE_SEED:
             write(out, "capture_reader", open(path, "rb").read())
         seq = b""
+        quic = []
         for ip in frames(path):
+            u = udp443_payload(ip)
+            if u and len(quic) < 8:
+                quic.append(u)
             write(out, "wire_parse", ip)
             if len(seq) < 48 * 1024:
                 # pipeline input: (u8 step, u16 length, packet)*; step: 1 ms, checksum unverified
@@ -196,12 +226,17 @@ def seed_from(corpus, out):
                 write(out, "http_host", p)
         if seq:
             write(out, "pipeline", seq)
+        if quic:
+            write(out, "quic_initial", quic_seed(quic))
         ips = [ip for ip, _ in zip(frames(path), range(6))]
         if ips and name.startswith(("tls__tls-client-hello-frag", "community-id-ipv6", "chromium_v6")):
             write(out, "capture_reader", pcapng_seed("<", ips))
             write(out, "capture_reader", pcapng_seed(">", ips))
     ydir = os.path.join(corpus, "payloads")
     for name in sorted(os.listdir(ydir)):
+        if name.endswith(".hex") and name.startswith("rfc9001"):
+            text = open(os.path.join(ydir, name)).read()
+            write(out, "quic_initial", quic_seed([bytes.fromhex("".join(text.split()))]))
         if not name.endswith(".bin"):
             continue
         blob = open(os.path.join(ydir, name), "rb").read()
@@ -209,6 +244,12 @@ def seed_from(corpus, out):
             write(out, "tls_client_hello", blob)
         elif blob[:1].isupper():
             write(out, "http_host", blob)
+        if name.startswith("zapret__quic_"):
+            write(out, "quic_initial", quic_seed([blob]))
+        if name.endswith("_kyber_1.bin") and name.startswith("zapret__quic_"):
+            other = open(os.path.join(ydir, name.replace("_1.bin", "_2.bin")), "rb").read()
+            write(out, "quic_initial", quic_seed([blob, other]))
+            write(out, "quic_initial", quic_seed([other, blob]))
 
 
 def main():

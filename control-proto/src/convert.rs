@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use policy_engine::{
     Action, AddressGroup, DefaultAction, DstGroup, DstSpec, Mode, NamePattern, Policy, PortRange,
-    Ports, Protocol, Rule, SmartGroup, SrcSpec, WebGroup,
+    Ports, Protocol, QuicMode, Rule, SmartGroup, SrcSpec, WebGroup,
 };
 use sha2::{Digest, Sha256};
 
@@ -57,6 +57,10 @@ pub fn policy_to_proto(policy: &Policy) -> v1::Policy {
         mode: match policy.mode {
             Mode::Enforce => v1::Mode::Enforce as i32,
             Mode::LogOnly => v1::Mode::LogOnly as i32,
+        },
+        quic: match policy.quic {
+            QuicMode::Inspect => v1::Quic::Inspect as i32,
+            QuicMode::Block => v1::Quic::Block as i32,
         },
         smartgroups: policy
             .smartgroups
@@ -166,6 +170,14 @@ pub fn policy_from_proto(wire: &v1::Policy) -> Result<Policy, ConvertError> {
             Mode::Enforce
         }
     };
+    let quic = match v1::Quic::try_from(wire.quic) {
+        Ok(v1::Quic::Unspecified | v1::Quic::Inspect) => QuicMode::Inspect,
+        Ok(v1::Quic::Block) => QuicMode::Block,
+        Err(_) => {
+            errors.push(format!("quic: {} is not inspect or block", wire.quic));
+            QuicMode::Inspect
+        }
+    };
     let smartgroups = wire
         .smartgroups
         .iter()
@@ -197,6 +209,7 @@ pub fn policy_from_proto(wire: &v1::Policy) -> Result<Policy, ConvertError> {
     let mut policy = Policy {
         default_action,
         mode,
+        quic,
         smartgroups,
         webgroups,
         addressgroups,

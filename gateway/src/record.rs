@@ -42,8 +42,8 @@ pub enum Reason {
     Rule,
     /// No rule matched: the policy's default action.
     Default,
-    /// The flow needed a name and the ClientHello had none (or the transport carries none yet,
-    /// such as QUIC on UDP 443).
+    /// The flow needed a name and the ClientHello had none (over TCP, or in QUIC Initials), or
+    /// its UDP 443 datagrams are not QUIC Initials the gateway can read.
     NoSni,
     /// The flow needed a name and its first bytes are neither TLS nor HTTP.
     NotTls,
@@ -71,6 +71,8 @@ pub enum Reason {
     SecondHello,
     /// A later HTTP request on the flow names a Host the policy denies.
     HostChanged,
+    /// The policy blocks QUIC (`quic = "block"`): refused so that the client falls back to TCP.
+    QuicBlocked,
     /// A reason this version does not know (forward compatibility when reading records).
     #[serde(other)]
     Unknown,
@@ -78,7 +80,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason this build emits (all but `Unknown`), e.g. for metric label vocabularies.
-    pub const KNOWN: [Reason; 16] = [
+    pub const KNOWN: [Reason; 17] = [
         Reason::Rule,
         Reason::Default,
         Reason::NoSni,
@@ -95,6 +97,7 @@ impl Reason {
         Reason::BadChecksum,
         Reason::SecondHello,
         Reason::HostChanged,
+        Reason::QuicBlocked,
     ];
 
     /// The `snake_case` name, as serialised and used as a metrics label.
@@ -116,6 +119,7 @@ impl Reason {
             Reason::BadChecksum => "bad_checksum",
             Reason::SecondHello => "second_hello",
             Reason::HostChanged => "host_changed",
+            Reason::QuicBlocked => "quic_blocked",
             Reason::Unknown => "unknown",
         }
     }
@@ -133,7 +137,7 @@ impl Reason {
     pub const fn is_fail_closed(self) -> bool {
         !matches!(
             self,
-            Reason::Rule | Reason::Default | Reason::NoSni | Reason::NotTls
+            Reason::Rule | Reason::Default | Reason::NoSni | Reason::NotTls | Reason::QuicBlocked
         )
     }
 }

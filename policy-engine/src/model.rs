@@ -74,6 +74,27 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What the gateway does with QUIC (UDP to port 443): the `quic` key of `[policy]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum QuicMode {
+    /// Read the server name from the client's Initial packets and decide on it, as for TLS.
+    #[default]
+    Inspect,
+    /// Refuse QUIC long-header packets with ICMP port unreachable, so that clients fall back to
+    /// TLS over TCP, where every connection shows its name.
+    Block,
+}
+
+impl QuicMode {
+    /// The policy-language keyword: `inspect` or `block`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuicMode::Inspect => "inspect",
+            QuicMode::Block => "block",
+        }
+    }
+}
+
 /// The transport of a packet, from its IP protocol number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -323,6 +344,8 @@ pub struct Policy {
     pub default_action: DefaultAction,
     /// Enforce or only log.
     pub mode: Mode,
+    /// Inspect or block QUIC.
+    pub quic: QuicMode,
     /// Source identities (and east-west destinations).
     pub smartgroups: Vec<SmartGroup>,
     /// Destinations by name.

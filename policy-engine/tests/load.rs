@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use policy_engine::{
-    load_policy_file, load_policy_str, Action, DefaultAction, DstGroup, DstSpec, Mode, PortRange,
-    Ports, Protocol, Severity, SrcSpec,
+    compile, load_policy_file, load_policy_str, Action, DefaultAction, DstGroup, DstSpec, Mode,
+    PortRange, Ports, Protocol, QuicMode, Severity, SrcSpec,
 };
 
 const GROUPS: &str = r#"
@@ -186,7 +186,7 @@ x = 1
     assert_eq!(
         errors(text),
         vec![
-            "2:1: unknown key `colour` in [policy]; expected default_action, mode, include or description",
+            "2:1: unknown key `colour` in [policy]; expected default_action, mode, quic, include or description",
             "4:1: unknown key `cidr` in smartgroup `a`; expected cidrs, selectors or description",
             "6:1: unknown key `domain` in webgroup `w`; expected domains or description",
             "9:1: unknown key `nets` in addressgroup `g`; expected cidrs or description",
@@ -214,6 +214,37 @@ fn invalid_policy_section_values() {
     assert_eq!(
         errors("[policy]\nmode = true\n"),
         vec!["2:8: `mode` must be a string, not a boolean"]
+    );
+}
+
+#[test]
+fn quic_setting() {
+    let load = |text: &str| {
+        load_policy_str(text, Path::new("p.toml"))
+            .expect("loads")
+            .policy
+            .quic
+    };
+    assert_eq!(load("[policy]\n"), QuicMode::Inspect, "inspect by default");
+    assert_eq!(load("[policy]\nquic = \"inspect\"\n"), QuicMode::Inspect);
+    assert_eq!(load("[policy]\nquic = \"block\"\n"), QuicMode::Block);
+    assert_eq!(
+        compile(
+            &load_policy_str("[policy]\nquic = \"block\"\n", Path::new("p.toml"))
+                .unwrap()
+                .policy,
+            1
+        )
+        .quic(),
+        QuicMode::Block
+    );
+    assert_eq!(
+        errors("[policy]\nquic = \"allow\"\n"),
+        vec!["2:8: invalid quic `allow`: expected \"inspect\" or \"block\""]
+    );
+    assert_eq!(
+        errors("[policy]\nquic = false\n"),
+        vec!["2:8: `quic` must be a string, not a boolean"]
     );
 }
 

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use policy_engine::{
     Action, AddressGroup, DefaultAction, DstGroup, DstSpec, Mode, NamePattern, Policy, PortRange,
-    Ports, Protocol, Rule, SmartGroup, SrcSpec, Transport, WebGroup,
+    Ports, Protocol, QuicMode, Rule, SmartGroup, SrcSpec, Transport, WebGroup,
 };
 
 /// Sizes of a synthetic policy.
@@ -146,6 +146,7 @@ pub fn synthetic_policy(shape: Shape, seed: u64) -> Synthetic {
         policy: Policy {
             default_action: DefaultAction::Deny,
             mode: Mode::Enforce,
+            quic: QuicMode::Inspect,
             smartgroups,
             webgroups,
             addressgroups,

@@ -3,8 +3,11 @@
 //! - [`tls`]: the server name (SNI) of a TLS ClientHello, reassembled across TLS records.
 //! - [`http`]: the `Host` of a plain HTTP/1.x request, or the authority of a `CONNECT`; and
 //!   ([`http::framing`]) where its body ends, so that the next request head can be found.
+//! - [`quic`]: the server name of a QUIC (v1, v2) connection, from the ClientHello carried in
+//!   the client's Initial packets, which are decrypted with their public keys and handed to
+//!   [`tls`]. It takes datagrams rather than a stream, and allocates one buffer per flow.
 //!
-//! Both take the client's byte stream from its first byte (the pipeline reassembles TCP segments
+//! The first two take the client's byte stream from its first byte (the pipeline reassembles TCP segments
 //! into it) and answer `Complete`, `Incomplete` (feed more bytes), `Not...` (another protocol:
 //! the policy decides by address) or `Malformed` (fail closed). They never panic, never allocate
 //! and read every length-prefixed field through a bounded reader. A name is only ever reported
@@ -15,6 +18,7 @@
 //! is already in that form and holds a fixed inline copy otherwise, so no path allocates.
 
 pub mod http;
+pub mod quic;
 pub mod tls;
 
 use std::fmt;

@@ -127,6 +127,7 @@ enum DropLabel {
     FragmentedHeader,
     SecondHello,
     HostChanged,
+    QuicBlocked,
     Other,
 }
 
@@ -155,6 +156,7 @@ const DROP_REASONS: [&str; DropLabel::Other as usize + 1] = [
     "fragmented_header",
     "second_hello",
     "host_changed",
+    "quic_blocked",
     OTHER,
 ];
 
@@ -194,6 +196,7 @@ impl DropLabel {
             Reason::BadChecksum => DropLabel::BadChecksum,
             Reason::SecondHello => DropLabel::SecondHello,
             Reason::HostChanged => DropLabel::HostChanged,
+            Reason::QuicBlocked => DropLabel::QuicBlocked,
             Reason::Unknown => DropLabel::Other,
         }
     }

@@ -1,8 +1,10 @@
 //! UDP, ICMP and other protocols: decided on the first packet, by address and port.
 //!
-//! UDP 443 (QUIC) carries no name yet: a verdict that needs one is given without it, with reason
-//! `no_sni` (`not_tls` for other ports). A rejected flow answers each client packet with an ICMP
-//! administratively-prohibited error. These flows end on their idle timeout.
+//! UDP 443 is QUIC: a flow whose verdict needs a name is inspected ([`super::quic`]), or refused
+//! outright under `quic = "block"`. Elsewhere a verdict that needs a name is given without it,
+//! with reason `not_tls` (`no_sni` on UDP 443 under log-only, which never holds). A rejected flow
+//! answers each client packet with an ICMP administratively-prohibited error (port unreachable on
+//! UDP 443, which makes QUIC clients fall back to TCP). These flows end on their idle timeout.
 //!
 //! An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded, parameter
 //! problem) belongs to the flow of the packet it quotes: it passes when that flow is forwarded,
@@ -11,15 +13,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use policy_engine::{Action, SynDecision};
+use policy_engine::{Action, CompiledPolicy, Mode, QuicMode, SynDecision};
 
 use crate::record::Reason;
-use crate::wire::{self, IpProtocol, ParsedPacket};
+use crate::wire::{IpProtocol, ParsedPacket, UdpDatagram, Unreachable};
 
 use super::decide::rule_reason;
-use super::flow::FlowKey;
+use super::flow::{FlowKey, Side};
+use super::quic::{is_long_header, QUIC_PORT};
 use super::state::{flow_query, Decision, Flow, Phase};
-use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared, Transmit};
+use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared};
 
 impl Pipeline {
     /// An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded,
@@ -54,6 +57,143 @@ impl Pipeline {
         Disposition::Forward
     }
 
+    /// A UDP datagram: to or from port 443 it may be QUIC, whose Initials name the flow
+    /// ([`super::quic`]); everything else is decided on its first packet.
+    pub(super) fn udp(
+        &mut self,
+        now: Instant,
+        p: &ParsedPacket<'_>,
+        u: &UdpDatagram<'_>,
+        meta: PacketMeta,
+        out: &mut Output,
+    ) -> Disposition {
+        let (sport, dport) = (u.src_port, u.dst_port);
+        if sport != QUIC_PORT && dport != QUIC_PORT {
+            return self.datagram(now, p, sport, dport, out);
+        }
+        let (key, side) = FlowKey::new(IpProtocol::Udp.number(), p.src, sport, p.dst, dport);
+        let Some(id) = self.flows.lookup(&key) else {
+            return self.quic_new(now, p, u, (key, side), meta, out);
+        };
+        let Some(flow) = self.flows.get_mut(id) else {
+            return Disposition::Drop(DropReason::Malformed);
+        };
+        let from_client = side == flow.client_side;
+        let len = p.packet.len() as u64;
+        let d = match flow.phase {
+            Phase::Inspecting if from_client => {
+                flow.count(side, len, now);
+                self.shared.quic_hold(now, flow, p, u.payload, meta, out)
+            }
+            // The server has nothing to answer before the client's Initials are released.
+            Phase::Inspecting => {
+                flow.count(side, len, now);
+                Disposition::Drop(DropReason::Policy)
+            }
+            Phase::Forwarding
+                if from_client && flow.inspect.is_some() && is_long_header(u.payload) =>
+            {
+                flow.count(side, len, now);
+                self.shared.quic_recheck(now, flow, u.payload, out)
+            }
+            _ => return self.datagram(now, p, sport, dport, out),
+        };
+        self.shared.arm(id, flow);
+        d
+    }
+
+    /// The first datagram of a UDP 443 flow: inspected when the verdict needs the name and the
+    /// policy enforces (log-only never holds: it decides by address, as for any datagram).
+    fn quic_new(
+        &mut self,
+        now: Instant,
+        p: &ParsedPacket<'_>,
+        u: &UdpDatagram<'_>,
+        (key, side): (FlowKey, Side),
+        meta: PacketMeta,
+        out: &mut Output,
+    ) -> Disposition {
+        let (sport, dport) = (u.src_port, u.dst_port);
+        let policy = self.shared.policy.load_full();
+        let mut flow = Flow::new(now, p.src, sport, p.dst, dport, side, IpProtocol::Udp);
+        if dport == QUIC_PORT && policy.quic() == QuicMode::Block && is_long_header(u.payload) {
+            return self.quic_block(now, p, key, flow, &policy, out);
+        }
+        let needs_name = matches!(
+            policy.evaluate_without_name(&flow_query(&flow, None)),
+            SynDecision::NeedsName
+        );
+        if dport != QUIC_PORT || !needs_name || policy.mode() == Mode::LogOnly {
+            return self.datagram(now, p, sport, dport, out);
+        }
+        flow.count(flow.client_side, p.packet.len() as u64, now);
+        self.shared.quic_start(&mut flow);
+        match self.new_flow(now, key, flow, out) {
+            Ok(id) => {
+                let Some(flow) = self.flows.get_mut(id) else {
+                    return Disposition::Drop(DropReason::Malformed);
+                };
+                let d = self.shared.quic_hold(now, flow, p, u.payload, meta, out);
+                self.shared.arm(id, flow);
+                d
+            }
+            Err(mut flow) => {
+                self.shared.drop_inspect(&mut flow);
+                self.shared.flow_limit(now, &mut flow, &policy, p, out)
+            }
+        }
+    }
+
+    /// `quic = "block"`: a new flow that opens with a QUIC long header is refused with ICMP port
+    /// unreachable (the client falls back to TCP), whatever the rules say; log-only records it
+    /// and lets it pass.
+    fn quic_block(
+        &mut self,
+        now: Instant,
+        p: &ParsedPacket<'_>,
+        key: FlowKey,
+        mut flow: Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Disposition {
+        let log_only = policy.mode() == Mode::LogOnly;
+        let enforced = if log_only {
+            Action::Permit
+        } else {
+            Action::Reject
+        };
+        flow.count(flow.client_side, p.packet.len() as u64, now);
+        flow.decision = Some(Decision {
+            verdict: None,
+            enforced,
+            reason: Reason::QuicBlocked,
+            version: policy.version(),
+            instance: policy.instance(),
+            name: None,
+        });
+        self.shared.count_decision(enforced);
+        match self.new_flow(now, key, flow, out) {
+            Ok(id) => {
+                let Some(flow) = self.flows.get_mut(id) else {
+                    return Disposition::Drop(DropReason::Malformed);
+                };
+                flow.phase = if log_only {
+                    Phase::Forwarding
+                } else {
+                    Phase::Blocked
+                };
+                self.shared.emit_decision(now, flow, policy, out);
+                self.shared.arm(id, flow);
+            }
+            Err(mut flow) => return self.shared.flow_limit(now, &mut flow, policy, p, out),
+        }
+        if log_only {
+            return Disposition::Forward;
+        }
+        self.shared.icmp_refuse(p.packet, Unreachable::Port, out);
+        Disposition::Drop(DropReason::Policy)
+    }
+
     /// A UDP, ICMP (not an error) or other packet: its flow is decided on its first packet.
     pub(super) fn datagram(
         &mut self,
@@ -75,7 +215,7 @@ impl Pipeline {
                 Phase::Forwarding => Disposition::Forward,
                 _ => {
                     if side == flow.client_side && flow.enforced() == Some(Action::Reject) {
-                        self.shared.icmp_unreachable(p.packet, out);
+                        self.shared.refuse(flow, p.packet, out);
                     }
                     Disposition::Drop(DropReason::Policy)
                 }
@@ -107,6 +247,7 @@ impl Pipeline {
         self.shared.count_decision(v.effective_action);
         let must_log = self.shared.must_log(&v);
         let enforced = v.effective_action;
+        let kind = refusal(&flow);
         match self.new_flow(now, key, flow, out) {
             Ok(id) => {
                 let Some(flow) = self.flows.get_mut(id) else {
@@ -130,24 +271,27 @@ impl Pipeline {
             Action::Permit => Disposition::Forward,
             Action::Deny => Disposition::Drop(DropReason::Policy),
             Action::Reject => {
-                self.shared.icmp_unreachable(p.packet, out);
+                self.shared.icmp_refuse(p.packet, kind, out);
                 Disposition::Drop(DropReason::Policy)
             }
         }
     }
 }
 
+/// The ICMP error that refuses a flow's packets: port unreachable for QUIC (UDP to 443), so that
+/// the client falls back to TCP at once; administratively prohibited otherwise.
+fn refusal(flow: &Flow) -> Unreachable {
+    if flow.proto == IpProtocol::Udp && flow.server.port() == QUIC_PORT {
+        Unreachable::Port
+    } else {
+        Unreachable::Prohibited
+    }
+}
+
 impl Shared {
-    /// Answers a packet of a rejected flow with an ICMP administratively-prohibited error.
-    pub(super) fn icmp_unreachable(&mut self, offending: &[u8], out: &mut Output) {
-        let mut packet = Vec::new();
-        if wire::build_icmp_unreachable(&mut packet, offending, None).is_ok() {
-            self.stats.generated += 1;
-            out.transmit.push(Transmit {
-                packet,
-                meta: PacketMeta::default(),
-            });
-        }
+    /// Answers a client packet of a rejected flow with the flow's ICMP error ([`refusal`]).
+    pub(super) fn refuse(&mut self, flow: &Flow, offending: &[u8], out: &mut Output) {
+        self.icmp_refuse(offending, refusal(flow), out);
     }
 }
 

@@ -22,6 +22,7 @@
 //! | `shared.rs` | What every flow shares, and the bookkeeping of held bytes and decisions |
 //! | `housekeeping.rs` | Deadlines, expiry, reclaim and early drop in a full table, `flow_limit` |
 //! | `datagram.rs` | UDP and other protocols, ICMP errors |
+//! | `quic.rs` | UDP 443: datagrams held until the QUIC Initials name the flow |
 //! | `tcp/` | TCP: a SYN (`syn.rs`), a flow seen mid-stream (`midstream.rs`), later segments (`established.rs`), resets (`reset.rs`) |
 //! | `decide.rs` | Holding client bytes until the name is known, the verdict, failing closed |
 //! | `watch.rs` | After the verdict: second ClientHellos, later HTTP requests, retransmissions |
@@ -35,6 +36,7 @@ mod decide;
 pub mod flow;
 mod housekeeping;
 mod name;
+mod quic;
 pub mod reasm;
 mod records;
 mod shared;
@@ -190,7 +192,7 @@ impl Pipeline {
             // gateway never inspected: TCP uses path MTU discovery and never needs it.
             L4::Tcp(_) if p.fragment.is_some() => Disposition::Drop(DropReason::Fragment),
             L4::Tcp(seg) => self.tcp(now, p, seg, meta, out),
-            L4::Udp(u) => self.datagram(now, p, u.src_port, u.dst_port, out),
+            L4::Udp(u) => self.udp(now, p, u, meta, out),
             L4::Icmp(m) if icmp_is_error(false, m.msg_type) => self.icmp_error(now, p, m.payload),
             L4::Icmpv6(m) if icmp_is_error(true, m.msg_type) => self.icmp_error(now, p, m.payload),
             L4::Icmp(_) | L4::Icmpv6(_) | L4::Other(_) => self.datagram(now, p, 0, 0, out),

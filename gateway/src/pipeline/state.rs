@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use policy_engine::{Action, Query, Transport, Verdict};
 
+use crate::inspect::quic::InitialCollector;
 use crate::record::{Reason, Traffic};
 use crate::wire::{IpProtocol, TcpFlowSeq, TcpSegment};
 
@@ -164,6 +165,9 @@ pub(super) struct Inspect {
     /// renumbered: they count from the client's sequence number `base + shift` (see
     /// [`REBASE_FROM`]).
     pub(super) shift: u32,
+    /// A UDP 443 flow: the reader of the client's QUIC Initials. It stays after a permit, so that
+    /// a later Initial carrying another ClientHello is noticed (see `pipeline::quic`).
+    pub(super) quic: Option<Box<InitialCollector>>,
 }
 
 impl Inspect {
@@ -178,12 +182,15 @@ impl Inspect {
             guard_end: 0,
             inspected_end: 0,
             shift: 0,
+            quic: None,
         }
     }
 
-    /// Bytes held: the reassembled stream and the copies of held packets.
+    /// Bytes held: the reassembled stream, the copies of held packets and a QUIC reader's
+    /// buffers (16 KiB while a ClientHello is read, which the total bound must see: otherwise
+    /// flows that each send part of an Initial would pin memory no bound counts).
     pub(super) fn bytes(&self) -> usize {
-        self.buf.stored() + self.held_packet_bytes
+        self.buf.stored() + self.held_packet_bytes + self.quic.as_ref().map_or(0, |c| c.footprint())
     }
 }
 

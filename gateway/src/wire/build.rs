@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use super::checksum::{internet_checksum, pseudo_header_checksum};
 use super::icmp::{
     is_icmpv4_error, is_icmpv6_error, ICMPV4_ADMIN_PROHIBITED, ICMPV4_DEST_UNREACHABLE,
-    ICMPV6_ADMIN_PROHIBITED, ICMPV6_DEST_UNREACHABLE,
+    ICMPV4_PORT_UNREACHABLE, ICMPV6_ADMIN_PROHIBITED, ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_PORT_UNREACHABLE,
 };
 use super::ipv4::Ipv4Packet;
 use super::ipv6::{walk_extensions, Ipv6Packet};
@@ -199,8 +200,29 @@ pub fn build_icmp_unreachable(
     offending: &[u8],
     source: Option<IpAddr>,
 ) -> Result<usize, BuildError> {
+    build_icmp_error(out, offending, source, Unreachable::Prohibited)
+}
+
+/// Which destination-unreachable error to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Administratively prohibited: ICMPv4 type 3 code 13, ICMPv6 type 1 code 1.
+    Prohibited,
+    /// Port unreachable: ICMPv4 type 3 code 3, ICMPv6 type 1 code 4. A QUIC client takes it as
+    /// "no QUIC here" and falls back to TCP at once, where the prohibited error would make some
+    /// clients give up on the host altogether.
+    Port,
+}
+
+/// As [`build_icmp_unreachable`], with the error chosen by `kind`.
+pub fn build_icmp_error(
+    out: &mut Vec<u8>,
+    offending: &[u8],
+    source: Option<IpAddr>,
+    kind: Unreachable,
+) -> Result<usize, BuildError> {
     let start = out.len();
-    let r = build_icmp_inner(out, offending, source);
+    let r = build_icmp_inner(out, offending, source, kind);
     if r.is_err() {
         out.truncate(start);
     }
@@ -211,7 +233,12 @@ fn build_icmp_inner(
     out: &mut Vec<u8>,
     offending: &[u8],
     source: Option<IpAddr>,
+    kind: Unreachable,
 ) -> Result<usize, BuildError> {
+    let (code4, code6) = match kind {
+        Unreachable::Prohibited => (ICMPV4_ADMIN_PROHIBITED, ICMPV6_ADMIN_PROHIBITED),
+        Unreachable::Port => (ICMPV4_PORT_UNREACHABLE, ICMPV6_PORT_UNREACHABLE),
+    };
     let start = out.len();
     match offending.first().map(|b| b >> 4) {
         Some(4) => {
@@ -243,7 +270,7 @@ fn build_icmp_inner(
             let quote = &ip.packet()[..ip.total_len().min(ICMPV4_MAX_LEN - 28)];
             push_ipv4_header(out, from.octets(), osrc.octets(), 1, 28 + quote.len());
             let l4 = out.len();
-            out.extend_from_slice(&[ICMPV4_DEST_UNREACHABLE, ICMPV4_ADMIN_PROHIBITED, 0, 0]);
+            out.extend_from_slice(&[ICMPV4_DEST_UNREACHABLE, code4, 0, 0]);
             out.extend_from_slice(&[0, 0, 0, 0]);
             out.extend_from_slice(quote);
             fill_l4_checksum(out, l4, 2, from.into(), osrc.into(), IpProtocol::Icmp);
@@ -275,7 +302,7 @@ fn build_icmp_inner(
             let quote = &pkt[..pkt.len().min(ICMPV6_MAX_LEN - 48)];
             push_ipv6_header(out, from.octets(), osrc.octets(), 58, 8 + quote.len());
             let l4 = out.len();
-            out.extend_from_slice(&[ICMPV6_DEST_UNREACHABLE, ICMPV6_ADMIN_PROHIBITED, 0, 0]);
+            out.extend_from_slice(&[ICMPV6_DEST_UNREACHABLE, code6, 0, 0]);
             out.extend_from_slice(&[0, 0, 0, 0]);
             out.extend_from_slice(quote);
             fill_l4_checksum(out, l4, 2, from.into(), osrc.into(), IpProtocol::Icmpv6);

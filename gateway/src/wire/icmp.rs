@@ -10,6 +10,10 @@ pub const ICMPV4_ADMIN_PROHIBITED: u8 = 13;
 pub const ICMPV6_DEST_UNREACHABLE: u8 = 1;
 /// ICMPv6 code 1: communication with destination administratively prohibited.
 pub const ICMPV6_ADMIN_PROHIBITED: u8 = 1;
+/// ICMPv4 code 3: port unreachable.
+pub const ICMPV4_PORT_UNREACHABLE: u8 = 3;
+/// ICMPv6 code 4: port unreachable.
+pub const ICMPV6_PORT_UNREACHABLE: u8 = 4;
 
 /// Length of the ICMP header (type, code, checksum, 4 bytes of type-specific data).
 pub const HEADER_LEN: usize = 8;

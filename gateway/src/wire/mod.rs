@@ -31,7 +31,10 @@ mod parse;
 mod tcp;
 mod udp;
 
-pub use build::{build_icmp_unreachable, build_tcp_rst, BuildError, RstTarget, TcpFlowSeq, TcpRst};
+pub use build::{
+    build_icmp_error, build_icmp_unreachable, build_tcp_rst, BuildError, RstTarget, TcpFlowSeq,
+    TcpRst, Unreachable,
+};
 pub use checksum::{internet_checksum, pseudo_header_checksum, Checksum};
 pub use icmp::{IcmpPacket, ICMPV4_DEST_UNREACHABLE, ICMPV6_DEST_UNREACHABLE};
 pub use ipv4::Ipv4Packet;

@@ -9,7 +9,7 @@ use super::compile;
 use super::ports::PortFilter;
 use super::stats::CompileStats;
 use super::tables::{bit, CompiledPolicy, Entry, Span, NONE};
-use crate::model::{Action, Mode, Policy, Transport};
+use crate::model::{Action, Mode, Policy, QuicMode, Transport};
 
 /// Which rule gave a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,6 +136,11 @@ impl CompiledPolicy {
     /// Enforce or log-only.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Inspect or block QUIC.
+    pub fn quic(&self) -> QuicMode {
+        self.quic
     }
 
     /// The default action.

@@ -80,6 +80,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         version,
         instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         mode: policy.mode,
+        quic: policy.quic,
         default_action: policy.default_action.action(),
         rule_names: policy.rules.iter().map(|r| boxed(&r.name)).collect(),
         rule_actions: policy.rules.iter().map(|r| r.action).collect(),

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeValue;
 use toml::Spanned;
 
-use crate::model::{DefaultAction, Mode, Policy};
+use crate::model::{DefaultAction, Mode, Policy, QuicMode};
 
 use crate::echo::Echo;
 use diagnostics::{Source, Span};
@@ -192,6 +192,19 @@ impl Loader {
                         }
                     }
                 }
+                "quic" => {
+                    if let Some(s) = self.expect_str(src, v, "quic") {
+                        match s {
+                            "inspect" => self.policy.quic = QuicMode::Inspect,
+                            "block" => self.policy.quic = QuicMode::Block,
+                            other => self.error(
+                                src,
+                                v.span(),
+                                format!("invalid quic `{other}`: expected \"inspect\" or \"block\""),
+                            ),
+                        }
+                    }
+                }
                 "include" => {
                     for (s, span) in self.string_list(src, v, "include") {
                         if s.is_empty() {
@@ -207,7 +220,7 @@ impl Loader {
                 other => self.error(
                     src,
                     key.span(),
-                    format!("unknown key `{other}` in [policy]; expected default_action, mode, include or description", other = Echo(other)),
+                    format!("unknown key `{other}` in [policy]; expected default_action, mode, quic, include or description", other = Echo(other)),
                 ),
             }
         }

@@ -1,0 +1,244 @@
+//! UDP 443 (QUIC): the name of a flow whose verdict needs one is read from the client's Initial
+//! packets ([`crate::inspect::quic`]).
+//!
+//! The flow's client datagrams are held, as a TCP flow's segments are, until the ClientHello is
+//! whole; the same bounds apply (held bytes per flow: `inspect_overflow`, over all flows:
+//! `memory_pressure`, time from the first held datagram: `inspect_timeout`) and an Initial that
+//! breaks the rules fails the flow closed (`parse_error`). A first datagram that is not a QUIC
+//! long header, or a version whose Initials cannot be read, is decided without a name
+//! (`no_sni`). On the verdict: a permit releases the held datagrams in arrival order, a deny
+//! drops them, a reject answers with ICMP port unreachable, which makes a QUIC client fall back
+//! to TCP at once.
+//!
+//! After a permit the reader stays with the flow. Short-header packets (the connection proper)
+//! pass without being looked at; a later client Initial is read too, and one that carries
+//! another ClientHello (a new connection reusing the ports, with a new DCID or version) cuts the
+//! flow with reason `second_hello` rather than riding on the first verdict.
+
+use std::time::Instant;
+
+use policy_engine::{Action, CompiledPolicy};
+
+use crate::inspect::quic::{InitialCollector, QuicParse};
+use crate::record::Reason;
+use crate::wire::{self, ParsedPacket, Unreachable};
+
+use super::name::Found;
+use super::state::{Flow, Held, Inspect, Phase};
+use super::{Disposition, DropReason, Output, PacketMeta, Shared, Transmit};
+
+/// The QUIC long-header bit (RFC 8999 5.1): set on Initial, 0-RTT, Handshake and Retry packets,
+/// clear on the packets of an established connection.
+const LONG_HEADER: u8 = 0x80;
+
+/// The port QUIC is inspected on.
+pub(super) const QUIC_PORT: u16 = 443;
+
+/// True when a UDP payload starts with a QUIC long header.
+pub(super) fn is_long_header(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|b| b & LONG_HEADER != 0)
+}
+
+/// What a client datagram of an inspecting flow brought.
+enum Outcome {
+    /// Hold it, wait for more.
+    Wait,
+    /// The name (or its proven absence) is known.
+    Decide(Found),
+    /// Fail closed with this reason.
+    Fail(Reason),
+}
+
+impl Shared {
+    /// Starts inspecting a new UDP 443 flow: an empty reader and nothing held.
+    pub(super) fn quic_start(&mut self, flow: &mut Flow) {
+        let mut insp = Inspect::new(0);
+        insp.quic = Some(Box::new(InitialCollector::new()));
+        flow.inspect = Some(Box::new(insp));
+        flow.phase = Phase::Inspecting;
+    }
+
+    /// Holds a client datagram of an inspecting UDP 443 flow and decides once the Initials name
+    /// the flow (or prove it nameless).
+    pub(super) fn quic_hold(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        p: &ParsedPacket<'_>,
+        payload: &[u8],
+        meta: PacketMeta,
+        out: &mut Output,
+    ) -> Disposition {
+        let len = p.packet.len();
+        if self.stats.held_bytes_now + len > self.config.max_held_bytes_total {
+            return self.fail_closed(now, flow, Reason::MemoryPressure, out);
+        }
+        let per_flow = self.config.max_held_bytes_per_flow;
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Disposition::Drop(DropReason::Malformed);
+        };
+        if insp.held_packet_bytes + len > per_flow {
+            return self.fail_closed(now, flow, Reason::InspectOverflow, out);
+        }
+        insp.held.push(Held {
+            offset: insp.held.len() as i64,
+            len,
+            fin: false,
+            packet: p.packet.to_vec(),
+            meta,
+        });
+        insp.held_packet_bytes += len;
+        insp.started.get_or_insert(now);
+        self.account(len as isize);
+        // The reader allocates on its first Initial: counted with the held bytes.
+        let before = insp.bytes();
+        let outcome = match insp.quic.as_mut() {
+            Some(c) => read_initials(c, payload),
+            None => Outcome::Fail(Reason::ParseError),
+        };
+        self.account(insp.bytes() as isize - before as isize);
+        match outcome {
+            Outcome::Wait => Disposition::Held,
+            Outcome::Fail(reason) => self.fail_closed(now, flow, reason, out),
+            Outcome::Decide(found) => {
+                let policy = self.policy.load_full();
+                match self.quic_decide(now, flow, &found, &policy, p.packet, out) {
+                    // Released with the others, in order, through `out`.
+                    Action::Permit => Disposition::Held,
+                    Action::Deny | Action::Reject => Disposition::Drop(DropReason::Policy),
+                }
+            }
+        }
+    }
+
+    /// Applies the verdict on the name to the held datagrams; returns the enforced action.
+    fn quic_decide(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        last: &[u8],
+        out: &mut Output,
+    ) -> Action {
+        let Some(mut insp) = flow.inspect.take() else {
+            return Action::Deny;
+        };
+        let held = std::mem::take(&mut insp.held);
+        self.account(-(insp.held_packet_bytes as isize));
+        insp.held_packet_bytes = 0;
+        insp.started = None;
+        let action = self.decide_found(now, flow, found, policy, out);
+        match action {
+            Action::Permit => {
+                // `held` is in arrival order: each datagram was appended as it came.
+                for h in held {
+                    self.stats.released += 1;
+                    out.transmit.push(Transmit {
+                        packet: h.packet,
+                        meta: h.meta,
+                    });
+                }
+                if flow.phase == Phase::Forwarding {
+                    let before = insp.bytes();
+                    if let Some(c) = insp.quic.as_mut() {
+                        c.settle();
+                    }
+                    self.account(insp.bytes() as isize - before as isize);
+                    flow.inspect = Some(insp);
+                } else {
+                    self.account(-(insp.bytes() as isize));
+                }
+            }
+            Action::Deny => self.account(-(insp.bytes() as isize)),
+            Action::Reject => {
+                self.account(-(insp.bytes() as isize));
+                self.icmp_refuse(last, Unreachable::Port, out);
+            }
+        }
+        action
+    }
+
+    /// A client long-header datagram on a permitted UDP 443 flow: passes when it belongs to the
+    /// ClientHello the flow was decided on; another ClientHello cuts the flow.
+    pub(super) fn quic_recheck(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        payload: &[u8],
+        out: &mut Output,
+    ) -> Disposition {
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Disposition::Forward;
+        };
+        let before = insp.bytes();
+        let Some(c) = insp.quic.as_mut() else {
+            return Disposition::Forward;
+        };
+        let decided = flow
+            .decision
+            .as_ref()
+            .and_then(|d| d.name.as_ref())
+            .map(|(n, _)| &**n);
+        let same = match c.push(payload) {
+            QuicParse::Complete(info) => {
+                // Borrowed unless the name needed normalising. (Only long-header packets come
+                // here: the handshake's few, never the connection's short-header packets.)
+                match info.sni {
+                    Some(n) => policy_engine::normalize_name(n.as_str())
+                        .is_ok_and(|n| Some(&*n) == decided),
+                    None => decided.is_none(),
+                }
+            }
+            _ => false,
+        };
+        // The settled reader takes a scratch buffer again to decrypt.
+        self.account(insp.bytes() as isize - before as isize);
+        if same {
+            return Disposition::Forward;
+        }
+        self.fail_closed(now, flow, Reason::SecondHello, out)
+    }
+
+    /// Answers a refused packet with an ICMP destination-unreachable error of `kind`.
+    pub(super) fn icmp_refuse(&mut self, offending: &[u8], kind: Unreachable, out: &mut Output) {
+        let mut packet = Vec::new();
+        if wire::build_icmp_error(&mut packet, offending, None, kind).is_ok() {
+            self.stats.generated += 1;
+            out.transmit.push(Transmit {
+                packet,
+                meta: PacketMeta::default(),
+            });
+        }
+    }
+}
+
+/// Feeds one datagram to the reader: what the flow learned.
+fn read_initials(c: &mut InitialCollector, payload: &[u8]) -> Outcome {
+    match c.push(payload) {
+        QuicParse::Incomplete => Outcome::Wait,
+        QuicParse::Malformed(_) => Outcome::Fail(Reason::ParseError),
+        // Not QUIC, or QUIC that cannot be read: decided without a name, as a TLS flow whose
+        // ClientHello has no server name.
+        QuicParse::NotQuic | QuicParse::UnsupportedVersion(_) => Outcome::Decide(Found::Tls {
+            name: None,
+            ech: false,
+            end: 0,
+        }),
+        QuicParse::Complete(info) => {
+            let name = match info.sni {
+                Some(n) => match policy_engine::normalize_name(n.as_str()) {
+                    Ok(n) => Some(n.into_owned()),
+                    // A name the policy cannot read is a broken ClientHello, as over TCP.
+                    Err(_) => return Outcome::Fail(Reason::ParseError),
+                },
+                None => None,
+            };
+            Outcome::Decide(Found::Tls {
+                name,
+                ech: info.ech,
+                end: 0,
+            })
+        }
+    }
+}
