@@ -235,6 +235,16 @@ impl CompiledPolicy {
         }
     }
 
+    /// Which rules accept the query's transport and port.
+    #[inline]
+    fn port_filter(&self, transport: Transport, port: u16) -> PortFilter<'_> {
+        let bits = self
+            .port_bitsets
+            .as_ref()
+            .map(|b| b.class_bits(transport, port));
+        self.ports.query(transport, port, bits)
+    }
+
     /// Records a matching rule; true when it is enforced (nothing after it can matter).
     #[inline]
     fn take(&self, r: u32, best: &mut Best) -> bool {
@@ -266,7 +276,7 @@ impl CompiledPolicy {
     /// rules that match only by name do not match.
     pub fn evaluate(&self, q: &Query<'_>) -> Verdict {
         let (s, d) = self.address_entries(q.src, q.dst);
-        let ports = self.ports.query(q.transport, q.dst_port);
+        let ports = self.port_filter(q.transport, q.dst_port);
         let mut best = Best {
             any: NONE,
             eff: NONE,
@@ -315,7 +325,7 @@ impl CompiledPolicy {
     /// none), `NeedsName` otherwise. `q.name` is ignored.
     pub fn evaluate_without_name(&self, q: &Query<'_>) -> SynDecision {
         let (s, d) = self.address_entries(q.src, q.dst);
-        let ports = self.ports.query(q.transport, q.dst_port);
+        let ports = self.port_filter(q.transport, q.dst_port);
         let ld = self.span(d.rules);
         let mut best = Best {
             any: NONE,

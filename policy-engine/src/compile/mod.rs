@@ -43,6 +43,7 @@
 
 mod classes;
 mod evaluate;
+mod port_bitsets;
 mod ports;
 mod rule_index;
 mod stats;
@@ -51,6 +52,7 @@ mod tables;
 use crate::model::Policy;
 
 use classes::{destination_classes, name_classes, source_classes, Arena};
+use port_bitsets::PortBitsets;
 use ports::RulePorts;
 use rule_index::RuleIndex;
 use tables::{Class, Entry, IntervalTable, V4Table};
@@ -73,6 +75,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
     let dst = destination_classes(policy, &index, &mut arena);
     let (names, name_classes) = name_classes(policy, &index, &mut arena);
     let ports = RulePorts::new(policy);
+    let port_bitsets = PortBitsets::new(policy, policy.rules.len().div_ceil(64));
     let mut arena = arena.data;
     arena.shrink_to_fit();
     let boxed = |s: &str| -> Box<str> { s.into() };
@@ -105,6 +108,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         name_classes,
         names,
         ports,
+        port_bitsets,
         stats: CompileStats::default(),
     };
     let cidrs = policy

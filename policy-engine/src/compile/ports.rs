@@ -106,7 +106,12 @@ impl RulePorts {
 
     /// The filter of one query.
     #[inline]
-    pub(super) fn query(&self, transport: Transport, port: u16) -> PortFilter<'_> {
+    pub(super) fn query<'a>(
+        &'a self,
+        transport: Transport,
+        port: u16,
+        bits: Option<&'a [u64]>,
+    ) -> PortFilter<'a> {
         let transport = match transport {
             Transport::Tcp => TCP,
             Transport::Udp => UDP,
@@ -114,6 +119,7 @@ impl RulePorts {
         };
         PortFilter {
             ports: self,
+            bits,
             transport,
             port,
         }
@@ -148,6 +154,9 @@ fn valid_sorted(ranges: &[PortRange]) -> Vec<(u16, u16)> {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PortFilter<'a> {
     ports: &'a RulePorts,
+    /// The bitset of the query's port class, when the policy has one (see `port_bitsets`):
+    /// then one bit answers, and the rule's own entry is not read.
+    bits: Option<&'a [u64]>,
     transport: u8,
     port: u16,
 }
@@ -155,6 +164,9 @@ pub(super) struct PortFilter<'a> {
 impl PortFilter<'_> {
     #[inline]
     pub(super) fn accepts(&self, rule: u32) -> bool {
+        if let Some(bits) = self.bits {
+            return super::tables::bit(bits, rule);
+        }
         let Some(spec) = self.ports.specs.get(rule as usize) else {
             return false;
         };
@@ -217,9 +229,12 @@ mod tests {
             }
         }
         let table = RulePorts::new(&policy);
+        let bitsets = super::super::port_bitsets::PortBitsets::new(&policy, 1)
+            .expect("a small policy fits the bitsets' budget");
         for transport in [Transport::Tcp, Transport::Udp, Transport::Other(1)] {
             for port in 0..=u16::MAX {
-                let filter = table.query(transport, port);
+                let filter = table.query(transport, port, None);
+                let bits = bitsets.class_bits(transport, port);
                 for (i, rule) in policy.rules.iter().enumerate() {
                     let want = rule.protocol.matches(transport)
                         && match &rule.ports {
@@ -234,9 +249,14 @@ mod tests {
                         want,
                         "{transport:?} {port} {rule:?}"
                     );
+                    assert_eq!(
+                        super::super::tables::bit(bits, i as u32),
+                        want,
+                        "bitsets: {transport:?} {port} {rule:?}"
+                    );
                 }
             }
         }
-        assert!(!table.query(Transport::Tcp, 443).accepts(10_000));
+        assert!(!table.query(Transport::Tcp, 443, None).accepts(10_000));
     }
 }

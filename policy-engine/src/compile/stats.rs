@@ -55,6 +55,7 @@ impl CompiledPolicy {
             + self.dst_v4.bytes()
             + self.dst_v6.bytes()
             + self.ports.bytes()
+            + self.port_bitsets.as_ref().map_or(0, |b| b.bytes())
             + self.names.bytes();
         CompileStats {
             rules: policy.rules.len(),

@@ -234,6 +234,8 @@ pub struct CompiledPolicy {
     pub(super) dst_v6: IntervalTable<u128, Entry>,
     pub(super) names: crate::trie::NameTrie,
     pub(super) ports: super::ports::RulePorts,
+    /// The port classes' bitsets, when they fit their budget (see `port_bitsets`).
+    pub(super) port_bitsets: Option<super::port_bitsets::PortBitsets>,
     pub(super) stats: CompileStats,
 }
 
