@@ -14,8 +14,11 @@
 //!    their own (see `trie.rs`). A name walks the trie once, touching one cache line per label.
 //!    Each node carries up to two *name classes*: the WebGroups whose patterns end exactly there,
 //!    and those whose `*.` patterns cover names below it.
-//! 3. **Ports.** Each rule keeps its transports and its port ranges (`ports`): a candidate rule is
-//!    checked against the query's port by reading its own entry.
+//! 3. **Ports.** The ports of each transport are cut into intervals that the same rules accept,
+//!    each with a *port class*: a bitset over the rules, reached from the port by a direct table
+//!    (`port_bitsets`), so a candidate rule costs one cached bit. The bitsets grow with intervals
+//!    x rules, so they are built only within a 32 MiB budget; past it (100k rules of distinct
+//!    ports, say) each rule's own 16-byte entry (`ports`) answers, linear in the policy.
 //! 4. **First match.** Every address and name class carries the sorted list of the rules that
 //!    name one of its groups (rules with `src = "any"` or `dst = "any"` are not copied into every
 //!    list), and apart the rules of that list whose other side is "any". The first matching rule
@@ -35,6 +38,7 @@
 //! - `rule_index`: per-rule bitsets and per-group rule lists, which every later phase reads;
 //! - `classes`: address classes (interval sweep) and name classes, with the interners that
 //!   share group sets and rule lists;
+//! - `port_bitsets`: the port classes and their bitsets, within their budget;
 //! - `ports`: the transports and ports of each rule;
 //! - `tables`: the data structures of a [`CompiledPolicy`] and their lookups;
 //! - `evaluate`: [`CompiledPolicy::evaluate`] and [`CompiledPolicy::evaluate_without_name`],
