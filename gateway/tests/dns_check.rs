@@ -528,7 +528,11 @@ mod learning {
         let mut h = learning_harness();
         // A query the gateway saw, then a forged answer with another id naming the
         // attacker's address.
-        h.send(&udp_packet(sa(CLIENT), sa(RESOLVER), &query(4, "api.openai.com.")));
+        h.send(&udp_packet(
+            sa(CLIENT),
+            sa(RESOLVER),
+            &query(4, "api.openai.com."),
+        ));
         let forged = udp_packet(
             sa(RESOLVER),
             sa(CLIENT),

@@ -13,7 +13,7 @@
 //!   the waiting flows. A flow whose inspection time runs out first fails closed
 //!   (`sni_dns_timeout`), one whose lookup fails gets `sni_dns_failure`. Under `log` nothing
 //!   waits: the flow goes on, and when the answer says the address is not the name's, one more
-//!   decision record says so (disposition `Detected`).
+//!   decision record says so (disposition `Detected`); a failed lookup is only counted.
 //!
 //! Offline (`bulkhead replay`) nothing can be asked: a name the cache does not know (from DNS
 //! answers in the capture, or an answer file) is `sni_dns_unverified`: refused under `enforce`,
@@ -395,7 +395,10 @@ impl Shared {
             return;
         }
         let outcome = self.dns_check(now, flow, name, mode, false, out);
-        if let CheckOutcome::Failed(reason, record) = outcome {
+        // Only a mismatch is evidence against the name: a failed lookup under `log` is counted
+        // (`failure` in the metrics), not recorded, so that an unreachable resolver does not
+        // turn every permitted flow into a detection.
+        if let CheckOutcome::Failed(reason @ Reason::SniAddressMismatch, record) = outcome {
             if let Some(d) = flow.decision.as_mut() {
                 d.reason = reason;
             }
