@@ -557,3 +557,131 @@ mod learning {
         assert_eq!(s.untrusted, 2);
     }
 }
+
+/// `bulkhead replay` and the check, on a capture recorded in a namespace lab
+/// (`testdata/record_dns.sh`): the workload resolves api.openai.com (10.98.0.2) through a
+/// resolver on the far side, connects there, sends the same hello to 10.98.0.3, then names
+/// api.anthropic.com, which it never resolved.
+mod replay {
+    use super::*;
+    use bulkhead_gateway::cli::replay::{read_dns_answers, replay_with, ReplayOptions};
+    use bulkhead_gateway::record::DecisionRecord;
+    use std::path::PathBuf;
+
+    const REPLAY_POLICY: &str = r#"
+[policy]
+default_action = "deny"
+sni_dns_check = "enforce"
+
+[webgroups.ai]
+domains = ["api.openai.com", "api.anthropic.com"]
+
+[addressgroups.resolver]
+cidrs = ["10.98.0.2/32"]
+
+[[rules]]
+name = "to-ai"
+priority = 10
+src = ["any"]
+dst = ["ai"]
+protocol = "tcp"
+ports = ["443"]
+action = "permit"
+
+[[rules]]
+name = "dns"
+priority = 20
+src = ["any"]
+dst = ["resolver"]
+protocol = "udp"
+ports = ["53"]
+action = "permit"
+"#;
+
+    fn capture() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/dns/sni_spoof_v4.pcap"
+        ))
+    }
+
+    fn run(opts: &ReplayOptions) -> Vec<DecisionRecord> {
+        let policy = bulkhead_testkit::policy(REPLAY_POLICY, 1);
+        replay_with(policy, &[capture()], opts)
+            .expect("replay")
+            .records
+            .into_iter()
+            .filter(|r| r.connection_info.protocol_name == "tcp")
+            .collect()
+    }
+
+    fn reasons(records: &[DecisionRecord]) -> Vec<(String, String, Reason)> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    r.dst_endpoint.ip.to_string(),
+                    r.name().unwrap_or("-").to_owned(),
+                    r.reason,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_in_the_capture_confirm_and_refute() {
+        let records = run(&ReplayOptions {
+            gateway_id: "replay".into(),
+            ..ReplayOptions::default()
+        });
+        assert_eq!(
+            reasons(&records),
+            vec![
+                ("10.98.0.2".into(), "api.openai.com".into(), Reason::Rule),
+                (
+                    "10.98.0.3".into(),
+                    "api.openai.com".into(),
+                    Reason::SniAddressMismatch
+                ),
+                (
+                    "10.98.0.3".into(),
+                    "api.anthropic.com".into(),
+                    Reason::SniDnsUnverified
+                ),
+            ]
+        );
+        let mismatch = &records[1];
+        assert_eq!(mismatch.disposition, RecDisposition::Blocked);
+        assert_eq!(
+            mismatch.dns_check.as_ref().unwrap().resolved,
+            vec![ip("10.98.0.2")]
+        );
+    }
+
+    #[test]
+    fn an_answer_file_confirms_what_the_capture_does_not_hold() {
+        let answers = read_dns_answers(
+            "# the address api.anthropic.com had at the time\napi.anthropic.com 10.98.0.3\n",
+        )
+        .unwrap();
+        let records = run(&ReplayOptions {
+            gateway_id: "replay".into(),
+            dns_answers: answers,
+            ..ReplayOptions::default()
+        });
+        assert_eq!(records[2].reason, Reason::Rule);
+        assert_eq!(records[1].reason, Reason::SniAddressMismatch);
+        assert!(read_dns_answers("api.openai.com not-an-address\n").is_err());
+        assert!(read_dns_answers("bad..name 10.0.0.1\n").is_err());
+    }
+
+    #[test]
+    fn answers_from_a_resolver_not_trusted_are_not_learned() {
+        let records = run(&ReplayOptions {
+            gateway_id: "replay".into(),
+            dns_learn_from: vec![ip("10.98.0.99")],
+            ..ReplayOptions::default()
+        });
+        assert!(records.iter().all(|r| r.reason == Reason::SniDnsUnverified));
+    }
+}
