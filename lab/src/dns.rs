@@ -46,6 +46,14 @@ impl DnsState {
         self.silent.store(silent, Ordering::Relaxed);
     }
 
+    /// Removes a name from the zone: its queries get NXDOMAIN.
+    pub fn remove(&self, name: &str) {
+        self.zone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name.to_ascii_lowercase());
+    }
+
     /// Answers each query this late.
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(
@@ -109,11 +117,21 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts the server on `addr` in the named namespace; returns once it is bound.
     pub fn start(netns_name: &str, addr: SocketAddr) -> Result<DnsServer, LabError> {
+        DnsServer::start_in(Some(netns_name), addr)
+    }
+
+    /// Starts the server on `addr` in this process's own namespace (a loopback address, for
+    /// benches); returns once it is bound.
+    pub fn start_here(addr: SocketAddr) -> Result<DnsServer, LabError> {
+        DnsServer::start_in(None, addr)
+    }
+
+    fn start_in(netns_name: Option<&str>, addr: SocketAddr) -> Result<DnsServer, LabError> {
         let state = Arc::new(DnsState::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread_state = state.clone();
-        let thread = netns::spawn_in(netns_name, move || {
+        let body = move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -138,7 +156,16 @@ impl DnsServer {
                     _ = stop_rx => {}
                 }
             });
-        })
+        };
+        let thread = match netns_name {
+            Some(ns) => netns::spawn_in(ns, body),
+            None => std::thread::Builder::new()
+                .name("lab-dns".into())
+                .spawn(move || {
+                    body();
+                    Ok(())
+                }),
+        }
         .map_err(|e| LabError::io("spawn the DNS server thread", e))?;
         let server = DnsServer {
             state,

@@ -86,7 +86,7 @@ fn setup(check: &str, extra_dns: &str) -> Setup {
 fn https(s: &Setup, server: SocketAddr, name: &str) -> Exchange {
     clients::fetch(
         &s.tb.lab.workload("prod").netns,
-        Request::https(&s.tb.client_tls, server, name, "/dns").timeout(T_CLIENT),
+        Request::https(&s.tb.client_tls, server, name, "/").timeout(T_CLIENT),
     )
     .expect("run the client")
 }

@@ -93,6 +93,11 @@ impl Shared {
             insp.started = Some(now);
         }
         self.account(p.packet.len() as isize);
+        if insp.dns_wait {
+            // The name is known and permitted; the DNS check's answer decides (what came since
+            // is held with the rest and checked with it then).
+            return Disposition::Held;
+        }
         let found = name::classify(insp.buf.contiguous());
         if matches!(found, Found::Incomplete) {
             if seg.flags.fin() || flow.tcp.fin_client {

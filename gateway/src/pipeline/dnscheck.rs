@@ -51,6 +51,11 @@ use super::{Output, Pipeline, Shared};
 /// DNS port.
 const DNS_PORT: u16 = 53;
 
+/// Most flows waiting for one name's lookup (a cold cache and a burst of connections to one
+/// name); past it a flow that must wait fails closed under `enforce`, and under `log` gets no
+/// later check.
+const MAX_WAITERS_PER_NAME: usize = 4096;
+
 /// Flows waiting for one name.
 #[derive(Debug)]
 pub(super) struct Waiting {
@@ -180,9 +185,13 @@ impl Shared {
     fn dns_wait(&mut self, now: Instant, name: &str, key: FlowKey, out: &mut Output) -> bool {
         let stale_after = self.config.inspect_timeout;
         if let Some(w) = self.dns.waiting.get_mut(name) {
-            if !w.flows.contains(&key) {
-                w.flows.push(key);
+            if w.flows.len() >= MAX_WAITERS_PER_NAME {
+                self.stats.dns_queries_refused += 1;
+                return false;
             }
+            // Not de-duplicated (that would cost a scan per flow): a flow listed twice is
+            // decided once, the second visit finds it decided.
+            w.flows.push(key);
             if now.saturating_duration_since(w.asked) > stale_after {
                 w.asked = now;
                 out.dns_queries.push(name.into());
@@ -222,13 +231,16 @@ impl Shared {
         out: &mut Output,
     ) -> CheckOutcome {
         let addr = flow.server.ip();
+        // An answer handed in by `dns_answer` decides the flows that waited for it: not a hit.
+        let answered = self.dns.answer.as_ref().is_some_and(|(n, _)| **n == *name);
+        let hit = u64::from(!answered);
         match self.dns_find(now, name, addr) {
             Found::Match => {
-                self.stats.dns_cache_hits += 1;
+                self.stats.dns_cache_hits += hit;
                 CheckOutcome::Confirmed
             }
             Found::Mismatch(resolved) => {
-                self.stats.dns_cache_hits += 1;
+                self.stats.dns_cache_hits += hit;
                 self.stats.dns_mismatches += 1;
                 CheckOutcome::Failed(
                     Reason::SniAddressMismatch,
