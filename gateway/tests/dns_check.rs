@@ -685,3 +685,93 @@ action = "permit"
         assert!(records.iter().all(|r| r.reason == Reason::SniDnsUnverified));
     }
 }
+
+/// QUIC flows permitted by name: decided where the Initials are read, which cannot wait for a
+/// lookup. A cached answer decides them; a name the cache does not know is refused under
+/// `enforce` (ICMP port unreachable: the client falls back to TCP) while its lookup is asked.
+mod quic {
+    use super::*;
+    use bulkhead_gateway::inspect::quic::build::{client_initial, crypto_frame, InitialSpec};
+    use bulkhead_gateway::inspect::quic::Version;
+    use bulkhead_testkit::tls::handshake_bytes;
+
+    fn initial(name: &str) -> Vec<u8> {
+        let hs = handshake_bytes(&client_hello(Some(name), 300));
+        let dcid = [0x83, 0x94, 0xc8, 0xf0, 0x3e, 0x51, 0x57, 0x08];
+        let spec = InitialSpec {
+            version: Version::from_wire(1),
+            key_dcid: &dcid,
+            dcid: &dcid,
+            scid: &[1, 2, 3, 4],
+            token: &[],
+            pn: 0,
+        };
+        client_initial(&spec, &crypto_frame(0, &hs), 1200).expect("v1 Initial")
+    }
+
+    fn quic_policy() -> String {
+        policy("enforce", "enforce").replace("protocol = \"tcp\"", "protocol = \"udp\"")
+    }
+
+    fn datagram(name: &str) -> Vec<u8> {
+        udp_packet(
+            "10.1.2.3:51000".parse().unwrap(),
+            SocketAddr::new(ip(SERVER), 443),
+            &initial(name),
+        )
+    }
+
+    #[test]
+    fn a_cached_name_passes_and_a_spoofed_address_is_refused() {
+        let mut h = Harness::new(&quic_policy());
+        let t = h.now;
+        h.pipe
+            .dns_cache()
+            .insert("api.openai.com", &[(ip(SERVER), 60)], t);
+        assert_eq!(h.send(&datagram("api.openai.com")), Disposition::Held);
+        assert!(!h.take_wire().is_empty(), "released");
+        // Another client port, another address for the name in the cache: refused.
+        let t = h.now;
+        h.pipe
+            .dns_cache()
+            .insert("chat.openai.com", &[(ip("203.0.113.5"), 60)], t);
+        let d = udp_packet(
+            "10.1.2.3:51001".parse().unwrap(),
+            SocketAddr::new(ip(SERVER), 443),
+            &initial("chat.openai.com"),
+        );
+        assert_ne!(h.send(&d), Disposition::Forward);
+        let r = *h.decisions().last().unwrap();
+        assert_eq!(r.reason, Reason::SniAddressMismatch);
+        assert_eq!(r.tls.as_ref().unwrap().sni, "chat.openai.com");
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_and_looked_up() {
+        let mut h = Harness::new(&quic_policy());
+        assert_ne!(h.send(&datagram("api.openai.com")), Disposition::Forward);
+        assert_eq!(take_queries(&mut h), vec!["api.openai.com"]);
+        let r = *h.decisions().last().unwrap();
+        assert_eq!(r.reason, Reason::SniDnsFailure);
+        assert_eq!(r.dns_check.as_ref().unwrap().outcome, "not_cached");
+        // The answer fills nothing by itself (the runtime stores it); once cached, the next
+        // connection passes.
+        answer(
+            &mut h,
+            "api.openai.com",
+            DnsAnswer::Addresses(vec![ip(SERVER)]),
+        );
+        let t = h.now;
+        h.pipe
+            .dns_cache()
+            .insert("api.openai.com", &[(ip(SERVER), 60)], t);
+        h.take_wire();
+        let again = udp_packet(
+            "10.1.2.3:51002".parse().unwrap(),
+            SocketAddr::new(ip(SERVER), 443),
+            &initial("api.openai.com"),
+        );
+        h.send(&again);
+        assert!(!h.take_wire().is_empty(), "released");
+    }
+}

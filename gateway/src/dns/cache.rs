@@ -91,7 +91,7 @@ impl DnsCache {
         let hasher = RandomState::default();
         let shard_capacity = config.capacity.div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)
-            .map(|_| ArcSwap::from_pointee(ShardMap::with_hasher(hasher.clone())))
+            .map(|_| ArcSwap::from_pointee(ShardMap::with_hasher(hasher)))
             .collect();
         DnsCache {
             shards,
@@ -244,7 +244,7 @@ fn merge(
         }
     }
     if addrs.len() > MAX_ADDRS_PER_NAME {
-        addrs.sort_by(|x, y| y.1.cmp(&x.1));
+        addrs.sort_by_key(|x| std::cmp::Reverse(x.1));
         *dropped = (addrs.len() - MAX_ADDRS_PER_NAME) as u64;
         addrs.truncate(MAX_ADDRS_PER_NAME);
     } else {
