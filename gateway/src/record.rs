@@ -73,6 +73,10 @@ pub enum Reason {
     HostChanged,
     /// The policy blocks QUIC (`quic = "block"`): refused so that the client falls back to TCP.
     QuicBlocked,
+    /// The flow needed a name and the ClientHello's server name (or the HTTP Host) is not a host
+    /// name: an IP literal, or bytes no name may hold. What was sent is recorded, escaped, in
+    /// `tls.sni` / `http.host`; it is never matched against WebGroups.
+    SniNotHostname,
     /// A reason this version does not know (forward compatibility when reading records).
     #[serde(other)]
     Unknown,
@@ -80,7 +84,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason this build emits (all but `Unknown`), e.g. for metric label vocabularies.
-    pub const KNOWN: [Reason; 17] = [
+    pub const KNOWN: [Reason; 18] = [
         Reason::Rule,
         Reason::Default,
         Reason::NoSni,
@@ -98,6 +102,7 @@ impl Reason {
         Reason::SecondHello,
         Reason::HostChanged,
         Reason::QuicBlocked,
+        Reason::SniNotHostname,
     ];
 
     /// The `snake_case` name, as serialised and used as a metrics label.
@@ -120,6 +125,7 @@ impl Reason {
             Reason::SecondHello => "second_hello",
             Reason::HostChanged => "host_changed",
             Reason::QuicBlocked => "quic_blocked",
+            Reason::SniNotHostname => "sni_not_hostname",
             Reason::Unknown => "unknown",
         }
     }
@@ -137,7 +143,12 @@ impl Reason {
     pub const fn is_fail_closed(self) -> bool {
         !matches!(
             self,
-            Reason::Rule | Reason::Default | Reason::NoSni | Reason::NotTls | Reason::QuicBlocked
+            Reason::Rule
+                | Reason::Default
+                | Reason::NoSni
+                | Reason::NotTls
+                | Reason::QuicBlocked
+                | Reason::SniNotHostname
         )
     }
 }

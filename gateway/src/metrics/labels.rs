@@ -128,6 +128,7 @@ enum DropLabel {
     SecondHello,
     HostChanged,
     QuicBlocked,
+    SniNotHostname,
     Other,
 }
 
@@ -157,6 +158,7 @@ const DROP_REASONS: [&str; DropLabel::Other as usize + 1] = [
     "second_hello",
     "host_changed",
     "quic_blocked",
+    "sni_not_hostname",
     OTHER,
 ];
 
@@ -197,6 +199,7 @@ impl DropLabel {
             Reason::SecondHello => DropLabel::SecondHello,
             Reason::HostChanged => DropLabel::HostChanged,
             Reason::QuicBlocked => DropLabel::QuicBlocked,
+            Reason::SniNotHostname => DropLabel::SniNotHostname,
             Reason::Unknown => DropLabel::Other,
         }
     }

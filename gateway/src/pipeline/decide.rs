@@ -39,7 +39,7 @@ use crate::wire::{ParsedPacket, TcpSegment};
 use super::name::{self, Found};
 use super::reasm::Insert;
 use super::state::{
-    data_offset, flow_query, seq_gt, Decision, Flow, Held, Inspect, NameKind, Phase,
+    data_offset, flow_query, seq_gt, usable_name, Decision, Flow, Held, Inspect, NameKind, Phase,
 };
 use super::{Disposition, DropReason, Output, PacketMeta, Shared, Transmit};
 
@@ -180,7 +180,7 @@ impl Shared {
         out: &mut Output,
     ) -> Action {
         let (name, reason_if_none) = found_name(found);
-        let q = flow_query(flow, name.as_ref().map(|(n, _)| n.as_str()));
+        let q = flow_query(flow, usable_name(&name));
         let v = policy.evaluate(&q);
         let reason = found_reason(policy, &v, reason_if_none);
         flow.decision = Some(Decision {
@@ -247,14 +247,32 @@ impl Shared {
     }
 }
 
-/// The name a parse found, or the reason there is none.
+/// The name a parse found, or the reason there is none. What was sent in place of a host name
+/// comes back with a kind that is not [`NameKind::usable`], and its reason.
 pub(super) fn found_name(found: &Found) -> (Option<(String, NameKind)>, Option<Reason>) {
     match found {
         Found::Tls {
             name: Some(n), ech, ..
         } => (Some((n.clone(), NameKind::Sni { ech: *ech })), None),
+        Found::Tls {
+            name: None,
+            unusable: Some(u),
+            ech,
+            ..
+        } => (
+            Some((u.clone(), NameKind::SniNotHostname { ech: *ech })),
+            Some(Reason::SniNotHostname),
+        ),
         Found::Tls { name: None, .. } => (None, Some(Reason::NoSni)),
         Found::Http { host: Some(h), .. } => (Some((h.clone(), NameKind::Host)), None),
+        Found::Http {
+            host: None,
+            unusable: Some(u),
+            ..
+        } => (
+            Some((u.clone(), NameKind::HostNotHostname)),
+            Some(Reason::SniNotHostname),
+        ),
         Found::Http { host: None, .. } => (None, Some(Reason::NoSni)),
         Found::NotTls => (None, Some(Reason::NotTls)),
         Found::Malformed | Found::Incomplete => (None, Some(Reason::ParseError)),

@@ -248,7 +248,7 @@ impl Pipeline {
             let Some(decision) = &flow.decision else {
                 continue;
             };
-            let name = decision.name.as_ref().map(|(n, _)| &**n);
+            let name = flow.name();
             let q = flow_query(flow, name);
             let v = if name.is_none() && flow.inspect.as_ref().is_some_and(|i| i.watch.is_some()) {
                 // Decided on the SYN and the name is not known yet: it will be checked when

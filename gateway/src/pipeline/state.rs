@@ -113,8 +113,32 @@ pub(super) enum RstSeen {
 /// Where the name came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NameKind {
-    Sni { ech: bool },
+    Sni {
+        ech: bool,
+    },
     Host,
+    /// The server name sent is not a host name (an IP literal...): kept, escaped, for the
+    /// record only; never matched against the policy.
+    SniNotHostname {
+        ech: bool,
+    },
+    /// The HTTP Host sent is an IP literal: kept for the record only.
+    HostNotHostname,
+}
+
+impl NameKind {
+    /// True for a host name the policy can be asked about.
+    pub(super) fn usable(self) -> bool {
+        matches!(self, NameKind::Sni { .. } | NameKind::Host)
+    }
+}
+
+/// The name of a decision that the policy may be asked about (a host name, not what was sent
+/// in its place).
+pub(super) fn usable_name(name: &Option<(String, NameKind)>) -> Option<&str> {
+    name.as_ref()
+        .filter(|(_, k)| k.usable())
+        .map(|(n, _)| n.as_str())
 }
 
 #[derive(Debug)]
@@ -204,8 +228,14 @@ impl Inspect {
 pub(super) struct TcpTrack {
     /// Client ISN + 1: stream offset 0 of the client's data.
     pub(super) base: u32,
-    /// True once the SYN was seen (stream offsets are meaningful).
+    /// True once the SYN was seen (stream offsets are meaningful), or, on a flow met without
+    /// its SYN, once its first client data was taken as stream offset 0 (`anchored`).
     pub(super) synced: bool,
+    /// Met without its SYN: stream offset 0 (`base`) is the first client data seen, which began
+    /// a ClientHello or an HTTP request, not ISN + 1. Client bytes before it were never
+    /// inspected: until the server has acknowledged past `base`, a segment that carries any of
+    /// them is dropped, so the server cannot be given bytes ahead of what was inspected.
+    pub(super) anchored: bool,
     /// One past the highest client sequence number forwarded.
     pub(super) client_next: u32,
     /// One past the highest server sequence number seen.
@@ -354,11 +384,12 @@ impl Flow {
         }
     }
 
-    /// The name the flow was decided on.
+    /// The name the flow was decided on (a host name: not what was sent in place of one).
     pub(super) fn name(&self) -> Option<&str> {
         self.decision
             .as_ref()
             .and_then(|d| d.name.as_ref())
+            .filter(|(_, k)| k.usable())
             .map(|(n, _)| &**n)
     }
 }

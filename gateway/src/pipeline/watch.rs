@@ -45,8 +45,8 @@ use crate::inspect::http::framing::{chunk_step, ChunkPart, ChunkStep};
 use super::name::{self, Found, Watch};
 use super::reasm::Insert;
 use super::state::{
-    data_offset, flow_query, seq_gt, Decision, Flow, Inspect, NameKind, Phase, Record, RstSeen,
-    REBASE_FROM,
+    data_offset, flow_query, seq_gt, usable_name, Decision, Flow, Inspect, NameKind, Phase, Record,
+    RstSeen, REBASE_FROM,
 };
 use super::{Disposition, DropReason, Output, Shared};
 
@@ -343,7 +343,7 @@ impl Shared {
         // The verdict for the name: the same as the SYN's when it was final under this policy;
         // under log-only it is the verdict the record reports, with the reason enforcement
         // would have given.
-        let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        let v = policy.evaluate(&flow_query(flow, usable_name(&name)));
         // The name decides the reason only while the record that reports it is owed: once a
         // record was written, the reason computed here is never reported (a cut replaces it).
         let name_decides = matches!(flow.record, Record::Owed { name_decides: true });
@@ -386,14 +386,20 @@ impl Shared {
         out: &mut Output,
     ) {
         self.stats.second_hellos += 1;
-        let Found::Tls { name, ech, .. } = found else {
+        let Found::Tls {
+            name, ech, unusable, ..
+        } = found
+        else {
             return;
         };
-        let kind = NameKind::Sni { ech: *ech };
+        let (name, kind) = match (name, unusable) {
+            (None, Some(u)) => (Some(u.clone()), NameKind::SniNotHostname { ech: *ech }),
+            _ => (name.clone(), NameKind::Sni { ech: *ech }),
+        };
         self.later_name(
             now,
             flow,
-            name.clone(),
+            name,
             kind,
             Reason::SecondHello,
             policy,
@@ -443,7 +449,7 @@ impl Shared {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) {
-        let q = flow_query(flow, name.as_deref());
+        let q = flow_query(flow, name.as_deref().filter(|_| kind.usable()));
         let v = policy.evaluate(&q);
         let first = flow
             .decision

@@ -19,7 +19,9 @@ use policy_engine::Action;
 use crate::record::Reason;
 use crate::wire::{ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment};
 
+use crate::pipeline::name;
 use crate::pipeline::state::{seq_gt, Flow, Inspect, Phase, RstSeen};
+use crate::pipeline::tcp::midstream::anchor;
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Shared};
 
 impl Shared {
@@ -63,6 +65,14 @@ impl Shared {
                 self.inspecting_client_segment(now, flow, p, seg, meta, out)
             }
             Phase::Inspecting => {
+                if flow.tcp.anchored
+                    && flow.tcp.server_ack.is_some_and(|a| seq_gt(a, flow.tcp.base))
+                {
+                    // Met mid-stream and anchored on a hello the gateway still holds, yet the
+                    // server acknowledges client bytes past it: the server's stream is not the
+                    // one inspected (it got bytes the gateway never saw).
+                    return self.fail_closed(now, flow, Reason::Midstream, out);
+                }
                 if !seg.payload.is_empty() && !flow.tcp.synack_seen {
                     // Data from the server before it answered the SYN: the two ends do not agree
                     // on who opened the flow. Nothing passes until the name is known.
@@ -90,6 +100,25 @@ impl Shared {
                 return Disposition::Drop(DropReason::BadChecksum);
             }
             let policy = self.policy.load_full();
+            if !flow.tcp.synced {
+                // Met mid-stream and permitted by address: its first client data is seen only
+                // now. The name can be read if they open a hello or a request; otherwise it is
+                // never known, and the record owed is written without it.
+                if name::opens_hello_or_request(seg.payload) {
+                    anchor(flow, seg, false);
+                } else {
+                    if let Some(insp) = flow.inspect.as_mut() {
+                        insp.watch = None;
+                    }
+                    self.finish_watch_if_done(now, flow, &policy, out);
+                    self.drop_inspect(flow);
+                    return Disposition::Forward;
+                }
+            }
+            if flow.tcp.anchored && before_anchor(flow, seg) {
+                // Bytes ahead of what was inspected (see `TcpTrack::anchored`).
+                return Disposition::Drop(DropReason::OutOfState);
+            }
             let d = self.watch(now, flow, seg, &policy, out);
             if d != Disposition::Forward {
                 return d;
@@ -127,11 +156,21 @@ impl Shared {
         if !flow.tcp.synced {
             return Disposition::Drop(DropReason::FailClosed(Reason::Midstream));
         }
+        if flow.tcp.anchored && before_anchor(flow, seg) {
+            // Bytes ahead of the hello or request the flow is inspected on (see
+            // `TcpTrack::anchored`): the server must never get them before it.
+            return Disposition::Drop(DropReason::OutOfState);
+        }
         if !meta.partial_checksum() && p.verify_transport_checksum() == ChecksumStatus::Invalid {
             return Disposition::Drop(DropReason::BadChecksum);
         }
         self.hold(now, flow, p, seg, meta, out)
     }
+}
+
+/// True when the segment carries client bytes from before the flow's anchor.
+fn before_anchor(flow: &Flow, seg: &TcpSegment<'_>) -> bool {
+    !seg.payload.is_empty() && seq_gt(flow.tcp.base, seg.seq)
 }
 
 /// What the segment says about the connection: RSTs, FINs, acknowledgments, the SYN and the
@@ -178,6 +217,14 @@ fn track(flow: &mut Flow, from_client: bool, seg: &TcpSegment<'_>) {
         }
         if flags.ack() {
             flow.tcp.server_ack = Some(seg.ack);
+            if flow.tcp.anchored
+                && flow.phase == Phase::Forwarding
+                && seq_gt(seg.ack, flow.tcp.base)
+            {
+                // The server took the inspected bytes from the anchor on: anything before it is
+                // old to the server now.
+                flow.tcp.anchored = false;
+            }
         }
     }
 }
