@@ -1689,7 +1689,10 @@ fn a_hello_seen_mid_stream_is_inspected_as_after_a_syn() {
 #[test]
 fn a_hello_seen_mid_stream_gets_the_evasion_checks_of_one_after_a_syn() {
     let hello = client_hello(Some("api.openai.com"), 300);
-    let at = hello.windows(14).position(|w| w == b"api.openai.com").unwrap();
+    let at = hello
+        .windows(14)
+        .position(|w| w == b"api.openai.com")
+        .unwrap();
     let c = Conn::v4(40200);
     let a = from_offset(&c, 3000);
 
@@ -1725,7 +1728,10 @@ fn a_hello_seen_mid_stream_gets_the_evasion_checks_of_one_after_a_syn() {
     // Once the server acknowledged the hello, the connection is an ordinary one.
     h.send(&a.server_data(0, hello.len() as u32, b""));
     let app = [0x17, 3, 3, 0, 1, 9];
-    assert_eq!(h.send(&a.data(hello.len() as u32, &app)), Disposition::Forward);
+    assert_eq!(
+        h.send(&a.data(hello.len() as u32, &app)),
+        Disposition::Forward
+    );
 
     // ... and while the hello is held.
     let mut h = Harness::new(POLICY_OPENAI);
@@ -1912,4 +1918,219 @@ log = true
     assert_eq!(r.reason, Reason::SniNotHostname);
     assert_eq!(r.http.as_ref().unwrap().host, "192.0.2.10");
     assert_eq!(r.disposition, RecDisposition::Blocked);
+}
+
+/// Permits mail to `mail.example.com` on the mail ports; everything else is denied.
+const POLICY_MAIL: &str = r#"
+[policy]
+default_action = "deny"
+
+[webgroups.mail]
+domains = ["mail.example.com"]
+
+[[rules]]
+name = "allow-mail"
+priority = 1
+src = ["any"]
+dst = ["mail"]
+protocol = "tcp"
+ports = ["25", "587", "143", "110"]
+action = "permit"
+log = true
+"#;
+
+/// Plays a STARTTLS dialogue: the server greets, each client line gets an answer, then the
+/// client's hello naming `name` in two segments. Returns the dispositions of the client's lines
+/// and of the hello's segments.
+fn starttls_dialogue(
+    h: &mut Harness,
+    c: &Conn,
+    lines: &[&[u8]],
+    hello: &[u8],
+) -> (Vec<Disposition>, Vec<Disposition>) {
+    handshake(h, c);
+    let mut soff = 0u32;
+    let mut coff = 0u32;
+    let greet = b"220 mx.example.net ESMTP\r\n";
+    assert_eq!(
+        h.send(&c.server_data(soff, coff, greet)),
+        Disposition::Forward
+    );
+    soff += greet.len() as u32;
+    let mut ds = Vec::new();
+    for line in lines {
+        ds.push(h.send(&c.data(coff, line)));
+        coff += line.len() as u32;
+        let answer = b"250 OK\r\n";
+        h.send(&c.server_data(soff, coff, answer));
+        soff += answer.len() as u32;
+    }
+    let half = hello.len() / 2;
+    let hs = vec![
+        h.send(&c.data(coff, &hello[..half])),
+        h.send(&c.data(coff + half as u32, &hello[half..])),
+    ];
+    (ds, hs)
+}
+
+#[test]
+fn starttls_dialogues_are_followed_to_the_client_hello() {
+    let hello = client_hello(Some("mail.example.com"), 200);
+    for (port, lines) in [
+        (
+            25u16,
+            vec![&b"EHLO client.example.org\r\n"[..], b"STARTTLS\r\n"],
+        ),
+        (587, vec![&b"EHLO [10.1.2.3]\r\n"[..], b"STARTTLS\r\n"]),
+        (143, vec![&b"a1 CAPABILITY\r\n"[..], b"a2 STARTTLS\r\n"]),
+        (110, vec![&b"CAPA\r\n"[..], b"STLS\r\n"]),
+    ] {
+        let mut h = Harness::new(POLICY_MAIL);
+        let c = Conn::v4(41000).to_port(port);
+        let (ds, hs) = starttls_dialogue(&mut h, &c, &lines, &hello);
+        assert!(ds.iter().all(|d| *d == Disposition::Held), "{port}: {ds:?}");
+        assert_eq!(hs, vec![Disposition::Held; 2], "{port}");
+        assert_eq!(
+            h.names(),
+            vec![Some("mail.example.com".to_owned())],
+            "{port}"
+        );
+        let r = h.decisions()[0];
+        assert_eq!(r.disposition, RecDisposition::Allowed, "{port}");
+        assert_eq!(r.tls.as_ref().unwrap().sni, "mail.example.com");
+        // The server got the dialogue and the hello, in order.
+        let mut want: Vec<u8> = lines.concat();
+        want.extend_from_slice(&hello);
+        assert_eq!(client_stream(&c, &h.wire), want, "{port}");
+        assert!(rsts(&h.wire).is_empty());
+        assert_eq!(
+            h.pipe.stats().held_bytes_now,
+            h.pipe.stats().held_bytes_now.min(hello.len() + 64)
+        );
+    }
+
+    // A name the policy does not permit: the negotiation went through, the hello does not.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41001).to_port(25);
+    let evil = client_hello(Some("exfil.attacker.test"), 0);
+    let lines: [&[u8]; 2] = [b"EHLO x\r\n", b"STARTTLS\r\n"];
+    starttls_dialogue(&mut h, &c, &lines, &evil);
+    let r = h.decisions()[0];
+    assert_eq!(r.disposition, RecDisposition::Blocked);
+    assert_eq!(r.tls.as_ref().unwrap().sni, "exfil.attacker.test");
+    assert_eq!(client_stream(&c, &h.wire), lines.concat());
+}
+
+#[test]
+fn a_mail_flow_that_does_not_upgrade_gets_nothing_past_the_negotiation() {
+    let hello = client_hello(Some("mail.example.com"), 0);
+    for (port, lines, passed) in [
+        // Mail, credentials, an argument that could carry data, a bare LF, a line too long.
+        (
+            25u16,
+            vec![&b"EHLO x\r\n"[..], b"MAIL FROM:<a@b.example>\r\n"],
+            1,
+        ),
+        (25, vec![&b"EHLO x\r\n"[..], b"AUTH PLAIN AGFAYg==\r\n"], 1),
+        (25, vec![&b"EHLO some secret words\r\n"[..]], 0),
+        (25, vec![&b"EHLO x\n"[..]], 0),
+        (143, vec![&b"a1 LOGIN bob secret\r\n"[..]], 0),
+        (110, vec![&b"CAPA\r\n"[..], b"USER bob\r\n"], 1),
+    ] {
+        let mut h = Harness::new(POLICY_MAIL);
+        let c = Conn::v4(41100).to_port(port);
+        let (_, hs) = starttls_dialogue(&mut h, &c, &lines, &hello);
+        let r = h.decisions()[0];
+        assert_eq!(r.reason, Reason::NotTls, "{lines:?}");
+        assert_eq!(r.disposition, RecDisposition::Blocked, "{lines:?}");
+        assert!(r.tls.is_none());
+        assert_eq!(
+            client_stream(&c, &h.wire),
+            lines[..passed].concat(),
+            "{lines:?}"
+        );
+        assert!(hs.iter().all(|d| *d != Disposition::Forward));
+    }
+    let long = [b"EHLO ".to_vec(), vec![b'a'; 600], b"\r\n".to_vec()].concat();
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41101).to_port(25);
+    starttls_dialogue(&mut h, &c, &[&long], &hello);
+    assert_eq!(h.decisions()[0].reason, Reason::NotTls);
+    assert!(client_stream(&c, &h.wire).is_empty());
+}
+
+#[test]
+fn the_starttls_dialogue_is_bounded_and_checked() {
+    let hello = client_hello(Some("mail.example.com"), 0);
+    // Eight lines pass; the ninth decides without a name.
+    let noops: Vec<&[u8]> = vec![b"NOOP\r\n"; 9];
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41200).to_port(25);
+    let (ds, _) = starttls_dialogue(&mut h, &c, &noops, &hello);
+    assert_eq!(ds.len(), 9);
+    assert_eq!(h.decisions()[0].reason, Reason::NotTls);
+    assert_eq!(client_stream(&c, &h.wire), noops[..8].concat());
+
+    // Each line let through restarts the time bound; silence after one runs it out.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41201).to_port(25);
+    handshake(&mut h, &c);
+    for i in 0..3u32 {
+        h.advance(Duration::from_secs(4));
+        h.send(&c.data(i * 6, b"NOOP\r\n"));
+    }
+    assert!(h.decisions().is_empty());
+    h.send(&c.data(18, b"STARTTLS\r\n"));
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.decisions()[0].reason, Reason::InspectTimeout);
+    assert_eq!(client_stream(&c, &h.wire).len(), 28);
+
+    // A retransmission of a line let through passes when it repeats it, and cuts the flow when
+    // it does not.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41202).to_port(25);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, b"EHLO x\r\n"));
+    assert_eq!(h.send(&c.data(0, b"EHLO x\r\n")), Disposition::Forward);
+    assert_eq!(
+        h.send(&c.data(0, b"MAIL F\r\n")),
+        Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap))
+    );
+
+    // A line split across segments passes once complete, never before.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41203).to_port(25);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, b"EHLO cli")), Disposition::Held);
+    assert!(client_stream(&c, &h.wire).is_empty());
+    assert_eq!(h.send(&c.data(8, b"ent\r\nSTART")), Disposition::Held);
+    // The segment that carries the end of EHLO also carries part of STARTTLS: held until the
+    // whole of it is let through.
+    assert!(client_stream(&c, &h.wire).starts_with(b"EHLO cli"));
+    assert_eq!(h.send(&c.data(18, b"TLS\r\n")), Disposition::Held);
+    assert_eq!(
+        client_stream(&c, &h.wire),
+        b"EHLO client\r\nSTARTTLS\r\n".to_vec()
+    );
+    assert!(h.decisions().is_empty());
+}
+
+#[test]
+fn a_mail_flow_permitted_on_the_syn_records_the_name_after_starttls() {
+    let hello = client_hello(Some("mail.example.com"), 0);
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let c = Conn::v4(41300).to_port(587);
+    let lines: [&[u8]; 2] = [b"EHLO x\r\n", b"STARTTLS\r\n"];
+    let (ds, hs) = starttls_dialogue(&mut h, &c, &lines, &hello);
+    assert!(ds
+        .iter()
+        .chain(hs.iter())
+        .all(|d| *d == Disposition::Forward));
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![Some("mail.example.com".to_owned())]);
+    // And one that never upgrades has no name.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let (_, _) = starttls_dialogue(&mut h, &c, &[b"EHLO x\r\n", b"MAIL FROM:<a@b>\r\n"], &hello);
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![None]);
 }

@@ -144,7 +144,9 @@ fn layer(packet: &[u8]) -> Inner {
     let base = offset_in(packet, body);
     let shift = |r: Range<usize>| base + r.start..base + r.end;
     match kind {
-        Kind::Vxlan => vxlan(body).map_or(Inner::None, |r| Inner::Ethernet(shift(r), Tunnel::Vxlan)),
+        Kind::Vxlan => {
+            vxlan(body).map_or(Inner::None, |r| Inner::Ethernet(shift(r), Tunnel::Vxlan))
+        }
         Kind::Geneve => match geneve(body) {
             Some((r, true)) => Inner::Ethernet(shift(r), Tunnel::Geneve),
             Some((r, false)) => Inner::Ip(shift(r), Tunnel::Geneve),

@@ -574,9 +574,9 @@ pub fn unusable_server_name(stream: &[u8]) -> Option<UnusableName> {
             if hello[0] != HANDSHAKE_CLIENT_HELLO {
                 return None;
             }
-            let total = (usize::from(hello[1]) << 16 | usize::from(hello[2]) << 8
-                | usize::from(hello[3]))
-                + HANDSHAKE_HEADER_LEN;
+            let total =
+                (usize::from(hello[1]) << 16 | usize::from(hello[2]) << 8 | usize::from(hello[3]))
+                    + HANDSHAKE_HEADER_LEN;
             if total > MAX_HELLO_LEN {
                 return None;
             }

@@ -68,6 +68,12 @@ impl Shared {
         // Account for what the insert changed before any early return: whatever its outcome,
         // the buffer may have grown.
         self.account(insp.bytes() as isize - before as isize);
+        if let (Some(st), Insert::Stored { added: 0 }) = (insp.starttls, res) {
+            if !seg.flags.fin() && offset + seg.payload.len() as i64 <= i64::from(st.passed) {
+                // A retransmission of plaintext already let through, with the same bytes.
+                return Disposition::Forward;
+            }
+        }
         match res {
             Insert::Conflict => return self.fail_closed(now, flow, Reason::AmbiguousOverlap, out),
             Insert::Overflow => return self.fail_closed(now, flow, Reason::InspectOverflow, out),
@@ -92,7 +98,11 @@ impl Shared {
             insp.started = Some(now);
         }
         self.account(p.packet.len() as isize);
-        let found = name::classify(insp.buf.contiguous());
+        let found = if insp.starttls.is_some() {
+            self.follow_starttls(now, flow, out)
+        } else {
+            name::classify(insp.buf.contiguous())
+        };
         if matches!(found, Found::Incomplete) {
             if seg.flags.fin() || flow.tcp.fin_client {
                 // The client closed its side: no more bytes will come.
@@ -166,7 +176,10 @@ impl Shared {
     pub(super) fn start_watch(&mut self, insp: &mut Inspect, found: &Found) {
         insp.started = None;
         insp.guard_end = insp.buf.contiguous_end();
-        insp.watch = name::watch_from(found);
+        // The first bytes named the flow from offset 0, or, after a STARTTLS dialogue, from
+        // where the dialogue ended.
+        let from = insp.starttls.map_or(0, |s| s.passed as usize);
+        insp.watch = name::watch_from(found).map(|w| w.moved_to(w.at() + from));
     }
 
     /// Applies a name (or the proof there is none) to a flow: the verdict, the record, the state.

@@ -28,6 +28,7 @@
 //! | `watch.rs` | After the verdict: second ClientHellos, later HTTP requests, retransmissions |
 //! | `records.rs` | Decision and flow-end records |
 //! | `name.rs` | What the first client bytes say about the name (over [`crate::inspect`]) |
+//! | `starttls.rs` | Mail flows (SMTP, IMAP, POP3): the plaintext dialogue followed to the ClientHello |
 //! | [`flow`], [`reasm`], [`timer`] | The flow table, the reassembly buffer, the deadline queue |
 
 mod api;
@@ -40,6 +41,7 @@ mod quic;
 pub mod reasm;
 mod records;
 mod shared;
+mod starttls;
 mod state;
 mod tcp;
 pub mod timer;

@@ -252,9 +252,12 @@ fn name_fields(d: Option<&Decision>) -> (Option<Tls>, Option<Http>) {
             }),
             None,
         ),
-        Some((n, NameKind::Host | NameKind::HostNotHostname)) => {
-            (None, Some(Http { host: n.to_string() }))
-        }
+        Some((n, NameKind::Host | NameKind::HostNotHostname)) => (
+            None,
+            Some(Http {
+                host: n.to_string(),
+            }),
+        ),
         None => (None, None),
     }
 }

@@ -192,6 +192,19 @@ pub(super) struct Inspect {
     /// A UDP 443 flow: the reader of the client's QUIC Initials. It stays after a permit, so that
     /// a later Initial carrying another ClientHello is noticed (see `pipeline::quic`).
     pub(super) quic: Option<Box<InitialCollector>>,
+    /// A mail flow (SMTP, IMAP, POP3) whose plaintext dialogue is followed to its STARTTLS
+    /// (see `pipeline::starttls`).
+    pub(super) starttls: Option<StartTls>,
+}
+
+/// How far the plaintext dialogue of a STARTTLS flow has been followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StartTls {
+    pub(super) proto: crate::inspect::starttls::Protocol,
+    /// Stream offset after the last command line let through: the ClientHello starts here.
+    pub(super) passed: u32,
+    /// Command lines let through.
+    pub(super) commands: u8,
 }
 
 impl Inspect {
@@ -207,7 +220,20 @@ impl Inspect {
             inspected_end: 0,
             shift: 0,
             quic: None,
+            starttls: None,
         }
+    }
+
+    /// [`Inspect::new`] for a TCP flow to `server_port`: a mail port gets its STARTTLS follower.
+    pub(super) fn tcp(limit: usize, server_port: u16) -> Inspect {
+        let mut i = Inspect::new(limit);
+        i.starttls =
+            crate::inspect::starttls::Protocol::for_port(server_port).map(|proto| StartTls {
+                proto,
+                passed: 0,
+                commands: 0,
+            });
+        i
     }
 
     /// Bytes held: the reassembled stream, the copies of held packets and a QUIC reader's

@@ -44,11 +44,13 @@ use crate::inspect::http::framing::{chunk_step, ChunkPart, ChunkStep};
 
 use super::name::{self, Found, Watch};
 use super::reasm::Insert;
+use super::starttls::hello_start;
 use super::state::{
     data_offset, flow_query, seq_gt, usable_name, Decision, Flow, Inspect, NameKind, Phase, Record,
     RstSeen, REBASE_FROM,
 };
 use super::{Disposition, DropReason, Output, Shared};
+use crate::inspect::starttls::Protocol;
 
 impl Shared {
     /// A client segment of a permitted flow that still has reassembled bytes: check it agrees
@@ -187,11 +189,19 @@ impl Shared {
         let Some(insp) = flow.inspect.as_mut() else {
             return Scan::Stop;
         };
-        let found = match name::classify(insp.buf.contiguous()) {
-            Found::Incomplete => return Scan::Stop,
-            found => found,
+        let bytes = insp.buf.contiguous();
+        // A mail flow names itself after its STARTTLS dialogue, if at all.
+        let (from, found) = match Protocol::for_port(flow.server.port()) {
+            Some(proto) => match hello_start(proto, bytes) {
+                Ok(at) => (at, name::classify(&bytes[at..])),
+                Err(found) => (0, found),
+            },
+            None => (0, name::classify(bytes)),
         };
-        insp.watch = name::watch_from(&found);
+        if found == Found::Incomplete {
+            return Scan::Stop;
+        }
+        insp.watch = name::watch_from(&found).map(|w| w.moved_to(w.at() + from));
         self.first_name_observed(now, flow, &found, policy, out);
         Scan::Again
     }
@@ -387,7 +397,10 @@ impl Shared {
     ) {
         self.stats.second_hellos += 1;
         let Found::Tls {
-            name, ech, unusable, ..
+            name,
+            ech,
+            unusable,
+            ..
         } = found
         else {
             return;
@@ -396,15 +409,7 @@ impl Shared {
             (None, Some(u)) => (Some(u.clone()), NameKind::SniNotHostname { ech: *ech }),
             _ => (name.clone(), NameKind::Sni { ech: *ech }),
         };
-        self.later_name(
-            now,
-            flow,
-            name,
-            kind,
-            Reason::SecondHello,
-            policy,
-            out,
-        );
+        self.later_name(now, flow, name, kind, Reason::SecondHello, policy, out);
     }
 
     /// A later HTTP request on a permitted plain-HTTP flow (keep-alive, pipelining): a Host other

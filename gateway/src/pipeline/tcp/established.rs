@@ -66,7 +66,10 @@ impl Shared {
             }
             Phase::Inspecting => {
                 if flow.tcp.anchored
-                    && flow.tcp.server_ack.is_some_and(|a| seq_gt(a, flow.tcp.base))
+                    && flow
+                        .tcp
+                        .server_ack
+                        .is_some_and(|a| seq_gt(a, flow.tcp.base))
                 {
                     // Met mid-stream and anchored on a hello the gateway still holds, yet the
                     // server acknowledges client bytes past it: the server's stream is not the
@@ -147,7 +150,10 @@ impl Shared {
                 // The connection is gone: free what it held; anything the client sends on these
                 // ports again is inspected from scratch.
                 self.drop_inspect(flow);
-                flow.inspect = Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
+                flow.inspect = Some(Box::new(Inspect::tcp(
+                    self.config.max_held_bytes_per_flow,
+                    flow.server.port(),
+                )));
                 // Still seen, but no longer taken as the end of the connection.
                 flow.tcp.rst = RstSeen::Any;
             }

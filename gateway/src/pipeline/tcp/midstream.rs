@@ -68,7 +68,9 @@ impl Pipeline {
             }
             decision => (decision, false),
         };
-        if matches!(decision, SynDecision::NeedsName) && (seg.payload.is_empty() || side != flow.client_side) {
+        if matches!(decision, SynDecision::NeedsName)
+            && (seg.payload.is_empty() || side != flow.client_side)
+        {
             // A late ACK or FIN, or server data: nothing to decide or record yet; the client's
             // first data decides the flow.
             return Disposition::Drop(DropReason::FailClosed(Reason::Midstream));
@@ -176,8 +178,9 @@ impl Pipeline {
             ),
             SynDecision::NeedsName => {
                 flow.phase = Phase::Inspecting;
-                flow.inspect = Some(Box::new(Inspect::new(
+                flow.inspect = Some(Box::new(Inspect::tcp(
                     self.shared.config.max_held_bytes_per_flow,
+                    flow.server.port(),
                 )));
                 Disposition::Forward
             }
