@@ -166,7 +166,12 @@ log = true
     for row in &rows {
         let expected = row.expected_names();
         for (label, text) in [("watch", POLICY_PERMIT_ALL), ("by-name", by_name.as_str())] {
-            let r = replay(policy(text, 1), &[row.path.clone()], "coverage", false)?;
+            let r = replay(
+                policy(text, 1),
+                std::slice::from_ref(&row.path),
+                "coverage",
+                false,
+            )?;
             anyhow::ensure!(r.errors.is_empty(), "{}: {:?}", row.file, r.errors);
             let found = recorded_names(&r.records);
             anyhow::ensure!(
