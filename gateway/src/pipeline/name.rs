@@ -218,3 +218,94 @@ pub(crate) fn watch_from(found: &Found) -> Option<Watch> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_opens_a_flow_met_mid_stream() {
+        // A ClientHello record of TLS 1.0 to 1.3 (or too short to tell), an HTTP request line.
+        for yes in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"[..],
+            b"\x16\x03\x03\x00\x10\x01",
+            b"\x16\x03\x01",
+            b"\x16",
+            b"GET / HTTP/1.1\r\nHost: a.example\r\n",
+            b"CONNECT api.openai.com:443 HTTP/1.1\r\n",
+            b"POST /v1",
+        ] {
+            assert!(opens_hello_or_request(yes), "{yes:?}");
+        }
+        // Application data, another handshake message (a TLS 1.2 ClientKeyExchange), a record of
+        // an unknown version, the middle of a body, a response, another text protocol.
+        for no in [
+            &b"\x17\x03\x03\x00\x20abc"[..],
+            b"\x16\x03\x03\x00\x46\x10\x00\x00\x42",
+            b"\x16\x03\x07\x00\x10\x01",
+            b"\x16\x02",
+            b"{\"model\": \"gpt\"}",
+            b"HTTP/1.1 200 OK\r\n",
+            b"EHLO client.example\r\n",
+            b"",
+        ] {
+            assert!(!opens_hello_or_request(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn what_was_sent_is_escaped_and_bounded() {
+        assert_eq!(escape_sent(b"192.0.2.7", false), "192.0.2.7");
+        assert_eq!(
+            escape_sent(b"a\\b\x00\xff\n", false),
+            "a\\\\b\\x00\\xff\\x0a"
+        );
+        let long = [b'1'; 300];
+        let e = escape_sent(&long, false);
+        assert_eq!(e.len(), 255 + 3);
+        assert!(e.ends_with("..."));
+        assert_eq!(escape_sent(b"x", true), "x...");
+    }
+
+    #[test]
+    fn a_server_name_that_is_not_a_host_name_is_found_with_what_was_sent() {
+        // A ClientHello naming 10.0.0.1, built by hand: record, handshake header, body.
+        let name = b"10.0.0.1";
+        let mut ext = vec![0, 0];
+        ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+        ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        ext.extend_from_slice(name);
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        // In one record, and cut into records of 7 bytes.
+        for size in [hs.len(), 7] {
+            let mut stream = Vec::new();
+            for chunk in hs.chunks(size) {
+                stream.extend_from_slice(&[22, 3, 1]);
+                stream.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+                stream.extend_from_slice(chunk);
+            }
+            assert_eq!(
+                classify(&stream),
+                Found::Tls {
+                    name: None,
+                    ech: false,
+                    end: stream.len(),
+                    unusable: Some("10.0.0.1".to_owned()),
+                }
+            );
+            // Every prefix is incomplete, never a different answer.
+            for n in 0..stream.len() {
+                assert_eq!(classify(&stream[..n]), Found::Incomplete, "{size}/{n}");
+            }
+        }
+    }
+}

@@ -133,3 +133,37 @@ pub(super) fn hello_start(proto: Protocol, bytes: &[u8]) -> Result<usize, Found>
     }
     Err(Found::NotTls)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hello_is_found_after_the_negotiation() {
+        let hello = b"\x16\x03\x01\x00\x05\x01";
+        let mut s = b"EHLO x\r\nSTARTTLS\r\n".to_vec();
+        s.extend_from_slice(hello);
+        assert_eq!(hello_start(Protocol::Smtp, &s), Ok(18));
+        assert_eq!(hello_start(Protocol::Smtp, hello), Ok(0));
+        assert_eq!(
+            hello_start(Protocol::Smtp, b"EHLO x\r\nSTART"),
+            Err(Found::Incomplete)
+        );
+        assert_eq!(
+            hello_start(Protocol::Smtp, b"EHLO x\r\nMAIL FROM:<a@b>\r\n"),
+            Err(Found::NotTls)
+        );
+        assert_eq!(
+            hello_start(Protocol::Imap, b"a CAPABILITY\r\nb STARTTLS\r\n\x16"),
+            Ok(26)
+        );
+        // The bounds: nine lines, or more than 1 KiB, and the dialogue is over.
+        let noops = b"NOOP\r\n".repeat(9);
+        assert_eq!(hello_start(Protocol::Pop3, &noops), Err(Found::NotTls));
+        let ehlo = format!("EHLO {}\r\n", "a".repeat(250)).repeat(5);
+        assert_eq!(
+            hello_start(Protocol::Smtp, ehlo.as_bytes()),
+            Err(Found::NotTls)
+        );
+    }
+}
