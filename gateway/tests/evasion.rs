@@ -1743,16 +1743,22 @@ fn a_hello_seen_mid_stream_gets_the_evasion_checks_of_one_after_a_syn() {
     assert_eq!(h.send(&a.data(50, &hello[50..])), Disposition::Held);
     assert_eq!(client_stream(&a, &h.wire), hello);
 
-    // A server that acknowledges client bytes past the anchor while the hello is held had bytes
-    // the gateway never saw: its stream is not the one inspected.
+    // A server that acknowledges client bytes beyond any the gateway holds, while the hello is
+    // held: its stream is not the one inspected.
     let mut h = Harness::new(POLICY_OPENAI);
     assert_eq!(h.send(&a.data(0, &hello[..50])), Disposition::Held);
     assert_eq!(
-        h.send(&a.server_data(0, 20, b"")),
+        h.send(&a.server_data(0, 500, b"")),
         Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
     );
     assert_eq!(h.decisions()[0].reason, Reason::Midstream);
     assert!(client_stream(&a, &h.wire).is_empty());
+    // An acknowledgment of bytes it holds (a capture shows those: the server had them) is not.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(h.send(&a.data(0, &hello[..50])), Disposition::Held);
+    assert_eq!(h.send(&a.server_data(0, 50, b"")), Disposition::Forward);
+    assert_eq!(h.send(&a.data(50, &hello[50..])), Disposition::Held);
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
 
     // A second hello with a denied name cuts the flow.
     let mut h = Harness::new(POLICY_OPENAI);

@@ -238,3 +238,62 @@ fn replay_says_how_many_packets_came_out_of_tunnels() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `pcap` (classic, little-endian, as record.sh writes) without its first `n` packets: the
+/// capture as it would have been started `n` packets late.
+fn cut_pcap(pcap: &[u8], n: usize) -> Vec<u8> {
+    assert_eq!(
+        &pcap[..4],
+        b"\xd4\xc3\xb2\xa1",
+        "a little-endian classic pcap"
+    );
+    let mut out = pcap[..24].to_vec();
+    let mut off = 24;
+    let mut i = 0;
+    while off + 16 <= pcap.len() {
+        let caplen = u32::from_le_bytes(pcap[off + 8..off + 12].try_into().unwrap()) as usize;
+        if i >= n {
+            out.extend_from_slice(&pcap[off..off + 16 + caplen]);
+        }
+        off += 16 + caplen;
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn captures_started_late_still_name_hellos_spread_over_several_segments() -> anyhow::Result<()> {
+    use bulkhead_gateway::cli::replay::replay;
+    let dir = tempfile::tempdir()?;
+    for (file, names) in [
+        ("rustls_pq_v4.pcap", vec!["api.mistral.ai"]),
+        (
+            "chromium_mtu400_v4.pcap",
+            vec!["openrouter.ai", "openrouter.ai"],
+        ),
+        ("curl_http_v4.pcap", vec!["api.openai.com"]),
+    ] {
+        let whole = std::fs::read(testdata_capture(file))?;
+        // Started after the SYN, after the SYN-ACK, after the handshake's last ACK.
+        for n in 1..=3 {
+            let path = dir.path().join(format!("{n}-{file}"));
+            std::fs::write(&path, cut_pcap(&whole, n))?;
+            for text in [POLICY_PERMIT_ALL, POLICY_OPENAI] {
+                let r = replay(policy(text, 1), std::slice::from_ref(&path), "late", false)?;
+                let found = recorded_names(&r.records);
+                anyhow::ensure!(
+                    found == names,
+                    "{file} cut {n}: expected {names:?}, found {found:?}"
+                );
+                anyhow::ensure!(
+                    r.records
+                        .iter()
+                        .all(|x| x.reason != bulkhead_gateway::record::Reason::Midstream),
+                    "{file} cut {n}: {:?}",
+                    r.records
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -65,15 +65,12 @@ impl Shared {
                 self.inspecting_client_segment(now, flow, p, seg, meta, out)
             }
             Phase::Inspecting => {
-                if flow.tcp.anchored
-                    && flow
-                        .tcp
-                        .server_ack
-                        .is_some_and(|a| seq_gt(a, flow.tcp.base))
-                {
+                if flow.tcp.anchored && acks_unseen_bytes(flow) {
                     // Met mid-stream and anchored on a hello the gateway still holds, yet the
-                    // server acknowledges client bytes past it: the server's stream is not the
-                    // one inspected (it got bytes the gateway never saw).
+                    // server acknowledges client bytes past any the gateway has seen: the
+                    // server's stream is not the one inspected. (Acknowledgments of held bytes
+                    // are what a capture shows, the server having had them; the live gateway
+                    // never forwards them, so it never sees those.)
                     return self.fail_closed(now, flow, Reason::Midstream, out);
                 }
                 if !seg.payload.is_empty() && !flow.tcp.synack_seen {
@@ -172,6 +169,21 @@ impl Shared {
         }
         self.hold(now, flow, p, seg, meta, out)
     }
+}
+
+/// True when the server's last acknowledgment covers client bytes beyond the furthest the
+/// gateway holds of an anchored flow.
+fn acks_unseen_bytes(flow: &Flow) -> bool {
+    let (Some(ack), Some(insp)) = (flow.tcp.server_ack, flow.inspect.as_ref()) else {
+        return false;
+    };
+    let seen = insp
+        .held
+        .iter()
+        .map(|h| h.offset + h.len as i64)
+        .max()
+        .unwrap_or(0);
+    i64::from(ack.wrapping_sub(flow.tcp.base) as i32) > seen
 }
 
 /// True when the segment carries client bytes from before the flow's anchor.

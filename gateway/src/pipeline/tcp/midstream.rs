@@ -11,9 +11,9 @@
 //!   segment's first byte is stream offset 0, and the flow is inspected as after a SYN, with the
 //!   same holding, reassembly, bounds and evasion checks. Client bytes before the anchor were
 //!   never inspected: a segment that carries any of them is dropped until the server has
-//!   acknowledged past the anchor, and a server that acknowledges bytes past the anchor while
-//!   the hello is still held (it had bytes the gateway never saw) fails the flow closed
-//!   (`midstream`). A permitted flow whose verdict was final by address is watched from the
+//!   acknowledged past the anchor, and a server that acknowledges client bytes beyond any the
+//!   gateway holds while the hello is still held (its stream is not the one inspected) fails the
+//!   flow closed (`midstream`). A permitted flow whose verdict was final by address is watched from the
 //!   anchor, so that its record knows the name.
 //! - **Otherwise** the flow is decided by address only. If the verdict would need a name, the
 //!   flow fails closed (`midstream`): its client's first bytes are long gone. Data is dropped
