@@ -7,7 +7,7 @@ Each CORPUS_DIR has the layout of testdata/ (pcap/, payloads/): the project's ow
 and the extra conformance corpus when it is present.
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
-http_framing, capture_reader, pipeline and quic_initial. Classic pcap only (the corpus holds no pcapng); link types
+http_framing, capture_reader, pipeline, quic_initial, decap and starttls. Classic pcap only (the corpus holds no pcapng); link types
 Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
 """
 import hashlib
@@ -216,6 +216,7 @@ def seed_from(corpus, out):
             if u and len(quic) < 8:
                 quic.append(u)
             write(out, "wire_parse", ip)
+            write(out, "decap", ip)
             if len(seq) < 48 * 1024:
                 # pipeline input: (u8 step, u16 length, packet)*; step: 1 ms, checksum unverified
                 seq += struct.pack(">BH", 0x81, len(ip)) + ip
@@ -224,6 +225,8 @@ def seed_from(corpus, out):
                 write(out, "tls_client_hello", p)
             if p and p[:1].isupper():
                 write(out, "http_host", p)
+            if p and p[:1].isalnum():
+                write(out, "starttls", p)
         if seq:
             write(out, "pipeline", seq)
         if quic:
@@ -233,6 +236,8 @@ def seed_from(corpus, out):
             write(out, "capture_reader", pcapng_seed("<", ips))
             write(out, "capture_reader", pcapng_seed(">", ips))
     ydir = os.path.join(corpus, "payloads")
+    if not os.path.isdir(ydir):
+        return
     for name in sorted(os.listdir(ydir)):
         if name.endswith(".hex") and name.startswith("rfc9001"):
             text = open(os.path.join(ydir, name)).read()

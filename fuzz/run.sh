@@ -28,7 +28,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 mkdir -p "$here/corpus/$target"
-sources=("$root/testdata")
+sources=("$root/testdata" "$root/testdata/coverage")
 if [ -f "$corpus_src/manifest.tsv" ]; then
     sources+=("$corpus_src")
 else

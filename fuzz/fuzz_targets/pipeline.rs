@@ -46,6 +46,15 @@ action = "permit"
 log = true
 
 [[rules]]
+name = "mail"
+priority = 25
+src = ["any"]
+dst = ["ai"]
+protocol = "tcp"
+ports = ["25", "587", "143", "110"]
+action = "permit"
+
+[[rules]]
 name = "dns"
 priority = 30
 src = ["any"]

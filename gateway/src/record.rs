@@ -84,6 +84,10 @@ pub enum Reason {
     /// Nothing could be asked: `bulkhead replay` had no answer for the name in the capture or
     /// the answer file.
     SniDnsUnverified,
+    /// The flow needed a name and the ClientHello's server name (or the HTTP Host) is not a host
+    /// name: an IP literal, or bytes no name may hold. What was sent is recorded, escaped, in
+    /// `tls.sni` / `http.host`; it is never matched against WebGroups.
+    SniNotHostname,
     /// A reason this version does not know (forward compatibility when reading records).
     #[serde(other)]
     Unknown,
@@ -91,7 +95,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason this build emits (all but `Unknown`), e.g. for metric label vocabularies.
-    pub const KNOWN: [Reason; 21] = [
+    pub const KNOWN: [Reason; 22] = [
         Reason::Rule,
         Reason::Default,
         Reason::NoSni,
@@ -113,6 +117,7 @@ impl Reason {
         Reason::SniDnsFailure,
         Reason::SniDnsTimeout,
         Reason::SniDnsUnverified,
+        Reason::SniNotHostname,
     ];
 
     /// The `snake_case` name, as serialised and used as a metrics label.
@@ -139,6 +144,7 @@ impl Reason {
             Reason::SniDnsFailure => "sni_dns_failure",
             Reason::SniDnsTimeout => "sni_dns_timeout",
             Reason::SniDnsUnverified => "sni_dns_unverified",
+            Reason::SniNotHostname => "sni_not_hostname",
             Reason::Unknown => "unknown",
         }
     }
@@ -167,7 +173,12 @@ impl Reason {
     pub const fn is_fail_closed(self) -> bool {
         !matches!(
             self,
-            Reason::Rule | Reason::Default | Reason::NoSni | Reason::NotTls | Reason::QuicBlocked
+            Reason::Rule
+                | Reason::Default
+                | Reason::NoSni
+                | Reason::NotTls
+                | Reason::QuicBlocked
+                | Reason::SniNotHostname
         )
     }
 }

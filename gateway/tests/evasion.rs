@@ -426,13 +426,21 @@ fn flows_seen_mid_stream_are_decided_by_address_or_fail_closed() {
         Disposition::Drop(DropReason::Cut)
     );
 
-    // A server packet first: the gateway still knows who the client is.
+    // A server packet first creates nothing (the client's first data decides), and then the
+    // gateway still knows who the client is.
     let mut h = Harness::new(POLICY_OPENAI);
     let c = Conn::v4(40008);
-    h.send(&c.server_data(0, 0, b"hello"));
+    assert_eq!(
+        h.send(&c.server_data(0, 0, b"hello")),
+        Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
+    );
+    assert_eq!(h.pipe.active_flows(), 0);
+    assert!(h.decisions().is_empty());
+    h.send(&c.data(1000, b"\x17\x03\x03\x00\x02ab"));
     let r = h.decisions()[0];
     assert_eq!(r.src_endpoint.ip, c.client.ip());
     assert_eq!(r.dst_endpoint.port, 443);
+    assert_eq!(r.reason, Reason::Midstream);
 
     // By address only, a permitted destination goes on.
     let mut h = Harness::new(POLICY_PERMIT_ALL);
@@ -1633,4 +1641,502 @@ fn the_watch_outlasts_the_range_of_sequence_offsets() {
         d,
         Disposition::Drop(DropReason::FailClosed(Reason::HostChanged))
     );
+}
+
+/// The connection `c` with its client ISN moved `off` bytes on: its stream offset 0 is `c`'s
+/// offset `off`, where a flow met mid-stream is anchored.
+fn from_offset(c: &Conn, off: u32) -> Conn {
+    Conn {
+        cisn: c.cisn.wrapping_add(off),
+        ..*c
+    }
+}
+
+#[test]
+fn a_hello_seen_mid_stream_is_inspected_as_after_a_syn() {
+    for (case, hello, name) in real_hellos("mid_stream_hello") {
+        for size in [hello.len(), 100, 1] {
+            let mut h = Harness::new(POLICY_OPENAI);
+            let c = Conn::v4(40100);
+            let a = from_offset(&c, 5000);
+            // No SYN: the first client data is the hello, cut into segments.
+            let ds: Vec<Disposition> = chunks(&hello, size)
+                .into_iter()
+                .map(|(off, b)| h.send(&a.data(off, &b)))
+                .collect();
+            assert!(ds.iter().all(|d| *d == Disposition::Held), "{case}/{size}");
+            assert_true_name(&h, &a, &hello, &name, &format!("{case}/{size}"));
+        }
+    }
+    // The same hello naming a denied server: blocked, nothing reaches it.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let a = from_offset(&Conn::v4(40101), 777);
+    let evil = client_hello(Some("exfil.attacker.test"), 0);
+    assert_eq!(h.send(&a.data(0, &evil)), Disposition::Held);
+    let r = h.decisions()[0];
+    assert_eq!(r.disposition, RecDisposition::Blocked);
+    assert_eq!(r.tls.as_ref().unwrap().sni, "exfil.attacker.test");
+    assert!(client_stream(&a, &h.wire).is_empty());
+    // An HTTP request seen mid-stream is named by its Host.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let a = from_offset(&Conn::v4(40102).to_port(80), 99);
+    let req = b"GET / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n";
+    assert_eq!(h.send(&a.data(0, req)), Disposition::Held);
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+    assert_eq!(client_stream(&a, &h.wire), req.to_vec());
+}
+
+#[test]
+fn a_hello_seen_mid_stream_gets_the_evasion_checks_of_one_after_a_syn() {
+    let hello = client_hello(Some("api.openai.com"), 300);
+    let at = hello
+        .windows(14)
+        .position(|w| w == b"api.openai.com")
+        .unwrap();
+    let c = Conn::v4(40200);
+    let a = from_offset(&c, 3000);
+
+    // Overlapping segments that disagree on the name.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let mut forged = hello[at..at + 14].to_vec();
+    forged[0] = b'x';
+    assert_eq!(h.send(&a.data(0, &hello[..at + 14])), Disposition::Held);
+    assert_eq!(
+        h.send(&a.data(at as u32, &forged)),
+        Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap))
+    );
+    assert!(h.names().iter().all(Option::is_none));
+    assert!(client_stream(&a, &h.wire).is_empty());
+    assert_eq!(rsts(&h.wire).len(), 2);
+
+    // Bytes before the anchor (another hello the server would read first) never pass, before
+    // or after the verdict.
+    let mut h = Harness::new(POLICY_OPENAI);
+    let evil = client_hello(Some("exfil.attacker.test"), 0);
+    assert_eq!(h.send(&a.data(0, &hello)), Disposition::Held);
+    assert_eq!(h.decisions()[0].action, RecordAction::Allowed);
+    let before = (evil.len() as u32).wrapping_neg();
+    assert_eq!(
+        h.send(&a.data(before, &evil)),
+        Disposition::Drop(DropReason::OutOfState)
+    );
+    assert_eq!(
+        h.send(&a.data(before.wrapping_sub(7), &[0x16; 20])),
+        Disposition::Drop(DropReason::OutOfState)
+    );
+    assert_eq!(client_stream(&a, &h.wire), hello);
+    // Once the server acknowledged the hello, the connection is an ordinary one.
+    h.send(&a.server_data(0, hello.len() as u32, b""));
+    let app = [0x17, 3, 3, 0, 1, 9];
+    assert_eq!(
+        h.send(&a.data(hello.len() as u32, &app)),
+        Disposition::Forward
+    );
+
+    // ... and while the hello is held.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(h.send(&a.data(0, &hello[..50])), Disposition::Held);
+    assert_eq!(
+        h.send(&a.data(5u32.wrapping_neg(), &[1, 2, 3, 4, 5, 6, 7])),
+        Disposition::Drop(DropReason::OutOfState)
+    );
+    assert_eq!(h.send(&a.data(50, &hello[50..])), Disposition::Held);
+    assert_eq!(client_stream(&a, &h.wire), hello);
+
+    // A server that acknowledges client bytes beyond any the gateway holds, while the hello is
+    // held: its stream is not the one inspected.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(h.send(&a.data(0, &hello[..50])), Disposition::Held);
+    assert_eq!(
+        h.send(&a.server_data(0, 500, b"")),
+        Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
+    );
+    assert_eq!(h.decisions()[0].reason, Reason::Midstream);
+    assert!(client_stream(&a, &h.wire).is_empty());
+    // An acknowledgment of bytes it holds (a capture shows those: the server had them) is not.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(h.send(&a.data(0, &hello[..50])), Disposition::Held);
+    assert_eq!(h.send(&a.server_data(0, 50, b"")), Disposition::Forward);
+    assert_eq!(h.send(&a.data(50, &hello[50..])), Disposition::Held);
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+
+    // A second hello with a denied name cuts the flow.
+    let mut h = Harness::new(POLICY_OPENAI);
+    h.send(&a.data(0, &hello));
+    let second = client_hello(Some("exfil.attacker.test"), 0);
+    assert_eq!(
+        h.send(&a.data(hello.len() as u32, &second)),
+        Disposition::Drop(DropReason::FailClosed(Reason::SecondHello))
+    );
+
+    // The per-flow bound, and the time bound.
+    let config = PipelineConfig {
+        max_held_bytes_per_flow: 256,
+        ..PipelineConfig::default()
+    };
+    let mut h = Harness::with_config(POLICY_OPENAI, config);
+    assert_eq!(
+        h.send(&a.data(0, &hello)),
+        Disposition::Drop(DropReason::FailClosed(Reason::InspectOverflow))
+    );
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(h.send(&a.data(0, &hello[..40])), Disposition::Held);
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.decisions()[0].reason, Reason::InspectTimeout);
+    assert!(client_stream(&a, &h.wire).is_empty());
+
+    // The middle of a hello (its first segment lost) names nothing: decided as before.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(
+        h.send(&a.data(100, &hello[100..])),
+        Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
+    );
+    // A hello from the side the ports make the server does not anchor a flow.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(
+        h.send(&a.server_data(0, 0, &hello)),
+        Disposition::Drop(DropReason::FailClosed(Reason::Midstream))
+    );
+    assert_eq!(h.pipe.active_flows(), 0);
+    // A bad checksum never anchors.
+    let mut h = Harness::new(POLICY_OPENAI);
+    assert_eq!(
+        h.send(&corrupt_checksum(a.data(0, &hello))),
+        Disposition::Drop(DropReason::BadChecksum)
+    );
+    assert_eq!(h.pipe.active_flows(), 0);
+}
+
+#[test]
+fn a_flow_first_seen_at_its_syn_ack_is_inspected_as_after_a_syn() {
+    let hello = client_hello(Some("api.openai.com"), 0);
+    let mut h = Harness::new(POLICY_OPENAI);
+    let c = Conn::v4(40300);
+    assert_eq!(h.send(&c.synack()), Disposition::Forward);
+    assert_eq!(h.send(&c.ack()), Disposition::Forward);
+    assert_eq!(h.send(&c.data(0, &hello[..30])), Disposition::Held);
+    assert_eq!(h.send(&c.data(30, &hello[30..])), Disposition::Held);
+    assert_true_name(&h, &c, &hello, "api.openai.com", "syn-ack first");
+    let r = h.decisions()[0];
+    assert_eq!(r.src_endpoint.port, 40300);
+    assert_eq!(r.dst_endpoint.port, 443);
+
+    // Denied by name: both ends reset with the sequence numbers the SYN-ACK gave.
+    let mut h = Harness::new(POLICY_OPENAI);
+    h.send(&c.synack());
+    let evil = client_hello(Some("reject.example.net"), 0);
+    h.send(&c.data(0, &evil));
+    assert_eq!(h.decisions()[0].disposition, RecDisposition::Blocked);
+    check_resets_both_ways(&c, &h.wire, 0);
+
+    // Permitted by address: watched from the first client byte, so the record has the name.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    h.send(&c.synack());
+    assert_eq!(h.send(&c.data(0, &hello)), Disposition::Forward);
+    h.send(&c.fin(hello.len() as u32));
+    h.send(&c.server_data(0, hello.len() as u32 + 1, b""));
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+}
+
+#[test]
+fn a_flow_met_mid_stream_and_permitted_by_address_records_its_name() {
+    let hello = client_hello(Some("api.openai.com"), 0);
+    let a = from_offset(&Conn::v4(40400), 1234);
+    // The client's ACK first, then its hello.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    assert_eq!(h.send(&a.ack()), Disposition::Forward);
+    assert_eq!(h.send(&a.data(0, &hello)), Disposition::Forward);
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![Some("api.openai.com".to_owned())]);
+    // Application data first: no name, one record.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    assert_eq!(h.send(&a.ack()), Disposition::Forward);
+    assert_eq!(
+        h.send(&a.data(0, &[0x17, 3, 3, 0, 3, 1, 2, 3])),
+        Disposition::Forward
+    );
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![None]);
+}
+
+#[test]
+fn a_server_name_that_is_not_a_host_name_is_recorded_and_never_matched() {
+    // A webgroup that lists the literal: it must still not match.
+    let policy = r#"
+[policy]
+default_action = "deny"
+
+[webgroups.lit]
+domains = ["api.openai.com", "192.0.2.10"]
+
+[[rules]]
+name = "allow-lit"
+priority = 1
+src = ["any"]
+dst = ["lit"]
+protocol = "tcp"
+action = "permit"
+log = true
+"#;
+    let c = Conn::v4(40500);
+    for (sent, recorded) in [
+        ("192.0.2.10", "192.0.2.10"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("api.openai.com\u{1}x", "api.openai.com\\x01x"),
+    ] {
+        let mut h = Harness::new(policy);
+        handshake(&mut h, &c);
+        let hello = client_hello(Some(sent), 0);
+        assert_eq!(h.send(&c.data(0, &hello)), Disposition::Held, "{sent}");
+        let r = h.decisions()[0];
+        assert_eq!(r.reason, Reason::SniNotHostname, "{sent}");
+        assert_eq!(r.disposition, RecDisposition::Blocked, "{sent}");
+        assert_eq!(r.tls.as_ref().unwrap().sni, recorded, "{sent}");
+        assert!(r.dst_endpoint.hostname.is_none(), "{sent}");
+        assert!(r.dst_groups.is_empty(), "{sent}: {:?}", r.dst_groups);
+        assert!(client_stream(&c, &h.wire).is_empty(), "{sent}");
+    }
+    // A long name is cut.
+    let long = "1.".repeat(200) + "1";
+    let mut h = Harness::new(policy);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, &client_hello(Some(&long), 0)));
+    let sni = &h.decisions()[0].tls.as_ref().unwrap().sni;
+    assert!(sni.ends_with("...") && sni.len() == 258, "{sni}");
+    // Permitted by address: the flow goes on, and the record says what was sent.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    handshake(&mut h, &c);
+    assert_eq!(
+        h.send(&c.data(0, &client_hello(Some("192.0.2.10"), 0))),
+        Disposition::Forward
+    );
+    h.advance(Duration::from_secs(4000));
+    let r = h.decisions()[0];
+    assert_eq!(r.reason, Reason::Rule);
+    assert_eq!(r.tls.as_ref().unwrap().sni, "192.0.2.10");
+    // An HTTP Host that is an IP literal.
+    let mut h = Harness::new(policy);
+    let c = c.to_port(80);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, b"GET / HTTP/1.1\r\nHost: 192.0.2.10:80\r\n\r\n"));
+    let r = h.decisions()[0];
+    assert_eq!(r.reason, Reason::SniNotHostname);
+    assert_eq!(r.http.as_ref().unwrap().host, "192.0.2.10");
+    assert_eq!(r.disposition, RecDisposition::Blocked);
+}
+
+/// Permits mail to `mail.example.com` on the mail ports; everything else is denied.
+const POLICY_MAIL: &str = r#"
+[policy]
+default_action = "deny"
+
+[webgroups.mail]
+domains = ["mail.example.com"]
+
+[[rules]]
+name = "allow-mail"
+priority = 1
+src = ["any"]
+dst = ["mail"]
+protocol = "tcp"
+ports = ["25", "587", "143", "110"]
+action = "permit"
+log = true
+"#;
+
+/// Plays a STARTTLS dialogue: the server greets, each client line gets an answer, then the
+/// client's hello naming `name` in two segments. Returns the dispositions of the client's lines
+/// and of the hello's segments.
+fn starttls_dialogue(
+    h: &mut Harness,
+    c: &Conn,
+    lines: &[&[u8]],
+    hello: &[u8],
+) -> (Vec<Disposition>, Vec<Disposition>) {
+    handshake(h, c);
+    let mut soff = 0u32;
+    let mut coff = 0u32;
+    let greet = b"220 mx.example.net ESMTP\r\n";
+    assert_eq!(
+        h.send(&c.server_data(soff, coff, greet)),
+        Disposition::Forward
+    );
+    soff += greet.len() as u32;
+    let mut ds = Vec::new();
+    for line in lines {
+        ds.push(h.send(&c.data(coff, line)));
+        coff += line.len() as u32;
+        let answer = b"250 OK\r\n";
+        h.send(&c.server_data(soff, coff, answer));
+        soff += answer.len() as u32;
+    }
+    let half = hello.len() / 2;
+    let hs = vec![
+        h.send(&c.data(coff, &hello[..half])),
+        h.send(&c.data(coff + half as u32, &hello[half..])),
+    ];
+    (ds, hs)
+}
+
+#[test]
+fn starttls_dialogues_are_followed_to_the_client_hello() {
+    let hello = client_hello(Some("mail.example.com"), 200);
+    for (port, lines) in [
+        (
+            25u16,
+            vec![&b"EHLO client.example.org\r\n"[..], b"STARTTLS\r\n"],
+        ),
+        (587, vec![&b"EHLO [10.1.2.3]\r\n"[..], b"STARTTLS\r\n"]),
+        (143, vec![&b"a1 CAPABILITY\r\n"[..], b"a2 STARTTLS\r\n"]),
+        (110, vec![&b"CAPA\r\n"[..], b"STLS\r\n"]),
+    ] {
+        let mut h = Harness::new(POLICY_MAIL);
+        let c = Conn::v4(41000).to_port(port);
+        let (ds, hs) = starttls_dialogue(&mut h, &c, &lines, &hello);
+        assert!(ds.iter().all(|d| *d == Disposition::Held), "{port}: {ds:?}");
+        assert_eq!(hs, vec![Disposition::Held; 2], "{port}");
+        assert_eq!(
+            h.names(),
+            vec![Some("mail.example.com".to_owned())],
+            "{port}"
+        );
+        let r = h.decisions()[0];
+        assert_eq!(r.disposition, RecDisposition::Allowed, "{port}");
+        assert_eq!(r.tls.as_ref().unwrap().sni, "mail.example.com");
+        // The server got the dialogue and the hello, in order.
+        let mut want: Vec<u8> = lines.concat();
+        want.extend_from_slice(&hello);
+        assert_eq!(client_stream(&c, &h.wire), want, "{port}");
+        assert!(rsts(&h.wire).is_empty());
+        assert_eq!(
+            h.pipe.stats().held_bytes_now,
+            h.pipe.stats().held_bytes_now.min(hello.len() + 64)
+        );
+    }
+
+    // A name the policy does not permit: the negotiation went through, the hello does not.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41001).to_port(25);
+    let evil = client_hello(Some("exfil.attacker.test"), 0);
+    let lines: [&[u8]; 2] = [b"EHLO x\r\n", b"STARTTLS\r\n"];
+    starttls_dialogue(&mut h, &c, &lines, &evil);
+    let r = h.decisions()[0];
+    assert_eq!(r.disposition, RecDisposition::Blocked);
+    assert_eq!(r.tls.as_ref().unwrap().sni, "exfil.attacker.test");
+    assert_eq!(client_stream(&c, &h.wire), lines.concat());
+}
+
+#[test]
+fn a_mail_flow_that_does_not_upgrade_gets_nothing_past_the_negotiation() {
+    let hello = client_hello(Some("mail.example.com"), 0);
+    for (port, lines, passed) in [
+        // Mail, credentials, an argument that could carry data, a bare LF, a line too long.
+        (
+            25u16,
+            vec![&b"EHLO x\r\n"[..], b"MAIL FROM:<a@b.example>\r\n"],
+            1,
+        ),
+        (25, vec![&b"EHLO x\r\n"[..], b"AUTH PLAIN AGFAYg==\r\n"], 1),
+        (25, vec![&b"EHLO some secret words\r\n"[..]], 0),
+        (25, vec![&b"EHLO x\n"[..]], 0),
+        (143, vec![&b"a1 LOGIN bob secret\r\n"[..]], 0),
+        (110, vec![&b"CAPA\r\n"[..], b"USER bob\r\n"], 1),
+    ] {
+        let mut h = Harness::new(POLICY_MAIL);
+        let c = Conn::v4(41100).to_port(port);
+        let (_, hs) = starttls_dialogue(&mut h, &c, &lines, &hello);
+        let r = h.decisions()[0];
+        assert_eq!(r.reason, Reason::NotTls, "{lines:?}");
+        assert_eq!(r.disposition, RecDisposition::Blocked, "{lines:?}");
+        assert!(r.tls.is_none());
+        assert_eq!(
+            client_stream(&c, &h.wire),
+            lines[..passed].concat(),
+            "{lines:?}"
+        );
+        assert!(hs.iter().all(|d| *d != Disposition::Forward));
+    }
+    let long = [b"EHLO ".to_vec(), vec![b'a'; 600], b"\r\n".to_vec()].concat();
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41101).to_port(25);
+    starttls_dialogue(&mut h, &c, &[&long], &hello);
+    assert_eq!(h.decisions()[0].reason, Reason::NotTls);
+    assert!(client_stream(&c, &h.wire).is_empty());
+}
+
+#[test]
+fn the_starttls_dialogue_is_bounded_and_checked() {
+    let hello = client_hello(Some("mail.example.com"), 0);
+    // Eight lines pass; the ninth decides without a name.
+    let noops: Vec<&[u8]> = vec![b"NOOP\r\n"; 9];
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41200).to_port(25);
+    let (ds, _) = starttls_dialogue(&mut h, &c, &noops, &hello);
+    assert_eq!(ds.len(), 9);
+    assert_eq!(h.decisions()[0].reason, Reason::NotTls);
+    assert_eq!(client_stream(&c, &h.wire), noops[..8].concat());
+
+    // Each line let through restarts the time bound; silence after one runs it out.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41201).to_port(25);
+    handshake(&mut h, &c);
+    for i in 0..3u32 {
+        h.advance(Duration::from_secs(4));
+        h.send(&c.data(i * 6, b"NOOP\r\n"));
+    }
+    assert!(h.decisions().is_empty());
+    h.send(&c.data(18, b"STARTTLS\r\n"));
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.decisions()[0].reason, Reason::InspectTimeout);
+    assert_eq!(client_stream(&c, &h.wire).len(), 28);
+
+    // A retransmission of a line let through passes when it repeats it, and cuts the flow when
+    // it does not.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41202).to_port(25);
+    handshake(&mut h, &c);
+    h.send(&c.data(0, b"EHLO x\r\n"));
+    assert_eq!(h.send(&c.data(0, b"EHLO x\r\n")), Disposition::Forward);
+    assert_eq!(
+        h.send(&c.data(0, b"MAIL F\r\n")),
+        Disposition::Drop(DropReason::FailClosed(Reason::AmbiguousOverlap))
+    );
+
+    // A line split across segments passes once complete, never before.
+    let mut h = Harness::new(POLICY_MAIL);
+    let c = Conn::v4(41203).to_port(25);
+    handshake(&mut h, &c);
+    assert_eq!(h.send(&c.data(0, b"EHLO cli")), Disposition::Held);
+    assert!(client_stream(&c, &h.wire).is_empty());
+    assert_eq!(h.send(&c.data(8, b"ent\r\nSTART")), Disposition::Held);
+    // The segment that carries the end of EHLO also carries part of STARTTLS: held until the
+    // whole of it is let through.
+    assert!(client_stream(&c, &h.wire).starts_with(b"EHLO cli"));
+    assert_eq!(h.send(&c.data(18, b"TLS\r\n")), Disposition::Held);
+    assert_eq!(
+        client_stream(&c, &h.wire),
+        b"EHLO client\r\nSTARTTLS\r\n".to_vec()
+    );
+    assert!(h.decisions().is_empty());
+}
+
+#[test]
+fn a_mail_flow_permitted_on_the_syn_records_the_name_after_starttls() {
+    let hello = client_hello(Some("mail.example.com"), 0);
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let c = Conn::v4(41300).to_port(587);
+    let lines: [&[u8]; 2] = [b"EHLO x\r\n", b"STARTTLS\r\n"];
+    let (ds, hs) = starttls_dialogue(&mut h, &c, &lines, &hello);
+    assert!(ds
+        .iter()
+        .chain(hs.iter())
+        .all(|d| *d == Disposition::Forward));
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![Some("mail.example.com".to_owned())]);
+    // And one that never upgrades has no name.
+    let mut h = Harness::new(POLICY_PERMIT_ALL);
+    let (_, _) = starttls_dialogue(&mut h, &c, &[b"EHLO x\r\n", b"MAIL FROM:<a@b>\r\n"], &hello);
+    h.advance(Duration::from_secs(4000));
+    assert_eq!(h.names(), vec![None]);
 }

@@ -20,7 +20,13 @@
 //!
 //! A frame captured shorter than it was on the wire (snap length) is still yielded, with
 //! [`CapturedPacket::truncated`] set, so the caller can count and drop it.
+//!
+//! Tunnels and traffic mirrors (VXLAN, GENEVE, GRE and ERSPAN, IP in IP) are opened
+//! ([`decap`]): the packet yielded is the innermost IP packet, at most
+//! [`decap::MAX_TUNNEL_DEPTH`] tunnels deep; deeper ones are skipped and counted
+//! ([`CaptureStats::tunnel_too_deep`]). [`CaptureReader::set_decapsulate`] turns this off.
 
+pub mod decap;
 mod link;
 mod pcap;
 mod pcapng;
@@ -56,6 +62,8 @@ pub struct CapturedPacket<'a> {
     pub packet: &'a [u8],
     /// The frame was captured shorter than its original length.
     pub truncated: bool,
+    /// Tunnel layers taken off the packet (0 when it was not encapsulated).
+    pub tunnel_layers: u8,
     /// Length of the frame on the wire.
     pub original_len: u32,
 }
@@ -69,9 +77,13 @@ pub struct CaptureStats {
     pub ip_packets: u64,
     /// IP packets yielded with `truncated` set.
     pub truncated: u64,
-    /// Frames skipped: not IP (ARP, LLDP, other ethertypes or families), or a link-layer header
-    /// cut short by the snap length.
+    /// Frames skipped: not IP (ARP, LLDP, other ethertypes or families, also inside a tunnel),
+    /// or a link-layer header cut short by the snap length.
     pub skipped_non_ip: u64,
+    /// IP packets taken out of a tunnel (VXLAN, GENEVE, GRE, ERSPAN, IP in IP).
+    pub decapsulated: u64,
+    /// Packets skipped because they are nested in more than [`decap::MAX_TUNNEL_DEPTH`] tunnels.
+    pub tunnel_too_deep: u64,
 }
 
 /// The container format.
@@ -133,6 +145,7 @@ pub struct CaptureReader<R> {
     inner: Inner,
     buf: Vec<u8>,
     stats: CaptureStats,
+    decapsulate: bool,
 }
 
 impl<R> std::fmt::Debug for CaptureReader<R> {
@@ -245,7 +258,13 @@ impl<R: Read> CaptureReader<R> {
             inner,
             buf: Vec::new(),
             stats: CaptureStats::default(),
+            decapsulate: true,
         })
+    }
+
+    /// Whether tunnels are opened (the default) or their packets yielded as they are.
+    pub fn set_decapsulate(&mut self, on: bool) {
+        self.decapsulate = on;
     }
 
     /// The next IP packet, or `None` at the end of the capture. Frames that carry no IP packet
@@ -266,15 +285,36 @@ impl<R: Read> CaptureReader<R> {
                 continue;
             };
             let truncated = (frame.data.len() as u64) < u64::from(frame.original_len);
+            let start = frame.data.start + ip.start;
+            let mut ip = start..frame.data.start + ip.end;
+            let mut tunnel_layers = 0u8;
+            if self.decapsulate {
+                match decap::decapsulate(&self.buf[ip.clone()]) {
+                    decap::Decap::Packet { range, layers, .. } => {
+                        ip = start + range.start..start + range.end;
+                        tunnel_layers = u8::try_from(layers).unwrap_or(u8::MAX);
+                        self.stats.decapsulated += u64::from(layers > 0);
+                    }
+                    decap::Decap::NotIp => {
+                        self.stats.skipped_non_ip += 1;
+                        continue;
+                    }
+                    decap::Decap::TooDeep => {
+                        self.stats.tunnel_too_deep += 1;
+                        continue;
+                    }
+                }
+            }
             self.stats.ip_packets += 1;
             self.stats.truncated += u64::from(truncated);
-            let packet = &self.buf[frame.data.start + ip.start..frame.data.start + ip.end];
+            let packet = &self.buf[ip];
             return Ok(Some(CapturedPacket {
                 timestamp: frame.timestamp,
                 interface: frame.interface,
                 link_type: frame.link_type,
                 packet,
                 truncated,
+                tunnel_layers,
                 original_len: frame.original_len,
             }));
         }

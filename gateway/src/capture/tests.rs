@@ -107,7 +107,8 @@ fn pcap_all_byte_orders_and_resolutions() {
                     frames: 4,
                     ip_packets: 3,
                     truncated: 1,
-                    skipped_non_ip: 1
+                    skipped_non_ip: 1,
+                    ..CaptureStats::default()
                 }
             );
             let r = CaptureReader::new(Cursor::new(&f.out)).unwrap();

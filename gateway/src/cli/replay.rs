@@ -8,6 +8,9 @@
 //! `start_time`, `end_time`, `end_reason`), so there is one line per flow (plus one per second
 //! ClientHello). Without `--json` the records are shown as a table with a summary.
 //!
+//! Packets inside tunnels and traffic mirrors (VXLAN, GENEVE, GRE, ERSPAN, IP in IP) are taken
+//! out by the capture reader ([`crate::capture::decap`]) and replayed as the workloads sent them.
+//!
 //! Records are written as their flows end, not gathered until the end: memory is bounded by the
 //! flows open at one time (the flow table), whatever the length of the captures. A capture that
 //! cannot be opened, or that is corrupt part way, is named on standard error, the records of
@@ -78,6 +81,11 @@ pub struct ReplaySummary {
     /// Packets captured shorter than they were (fed anyway: the pipeline drops what it cannot
     /// parse).
     pub truncated: u64,
+    /// Packets taken out of a tunnel or traffic mirror (VXLAN, GENEVE, GRE, ERSPAN, IP in IP)
+    /// before they were replayed.
+    pub decapsulated: u64,
+    /// Packets nested in more tunnels than are opened: not replayed.
+    pub tunnel_too_deep: u64,
     /// The pipeline's counters at the end.
     pub stats: PipelineStats,
     /// Captures that could not be opened or ended with a read error (everything before the
@@ -96,6 +104,10 @@ pub struct Replay {
     pub skipped_non_ip: u64,
     /// Packets captured shorter than they were.
     pub truncated: u64,
+    /// Packets taken out of a tunnel before they were replayed.
+    pub decapsulated: u64,
+    /// Packets nested in more tunnels than are opened: not replayed.
+    pub tunnel_too_deep: u64,
     /// The pipeline's counters at the end.
     pub stats: PipelineStats,
     /// Captures that could not be read, or not to their end.
@@ -229,6 +241,8 @@ pub fn replay_with(
         packets: s.packets,
         skipped_non_ip: s.skipped_non_ip,
         truncated: s.truncated,
+        decapsulated: s.decapsulated,
+        tunnel_too_deep: s.tunnel_too_deep,
         stats: s.stats,
         errors: s.errors,
     })
@@ -405,6 +419,8 @@ fn replay_sequenced(
         let s = reader.stats();
         summary.skipped_non_ip += s.skipped_non_ip;
         summary.truncated += s.truncated;
+        summary.decapsulated += s.decapsulated;
+        summary.tunnel_too_deep += s.tunnel_too_deep;
         clock += Duration::from_secs(1);
     }
     summary.stats = pipe.stats().clone();
@@ -567,12 +583,26 @@ impl Table {
         writeln!(w)?;
         writeln!(
             w,
-            "{} decisions: {} allowed, {} blocked, {} detected (log-only or watch); {} packets{}{}",
+            "{} decisions: {} allowed, {} blocked, {} detected (log-only or watch); {} packets{}{}{}{}",
             self.decisions,
             self.allowed,
             self.blocked,
             self.detected,
             r.packets,
+            if r.decapsulated > 0 {
+                format!(" ({} taken out of tunnels)", r.decapsulated)
+            } else {
+                String::new()
+            },
+            if r.tunnel_too_deep > 0 {
+                format!(
+                    ", {} nested in more than {} tunnels skipped",
+                    r.tunnel_too_deep,
+                    crate::capture::decap::MAX_TUNNEL_DEPTH
+                )
+            } else {
+                String::new()
+            },
             if r.skipped_non_ip > 0 {
                 format!(", {} non-IP frames skipped", r.skipped_non_ip)
             } else {

@@ -6,6 +6,8 @@
 //! - [`quic`]: the server name of a QUIC (v1, v2) connection, from the ClientHello carried in
 //!   the client's Initial packets, which are decrypted with their public keys and handed to
 //!   [`tls`]. It takes datagrams rather than a stream, and allocates one buffer per flow.
+//! - [`starttls`]: the client's plaintext dialogue of SMTP, IMAP and POP3 up to the command
+//!   that upgrades the connection to TLS, one command line at a time.
 //!
 //! The first two take the client's byte stream from its first byte (the pipeline reassembles TCP segments
 //! into it) and answer `Complete`, `Incomplete` (feed more bytes), `Not...` (another protocol:
@@ -19,6 +21,7 @@
 
 pub mod http;
 pub mod quic;
+pub mod starttls;
 pub mod tls;
 
 use std::fmt;

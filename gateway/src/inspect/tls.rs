@@ -257,7 +257,7 @@ pub fn parse_client_hello(stream: &[u8]) -> TlsParse<'_> {
                     records: 1,
                     consumed: RECORD_HEADER_LEN + rec_len,
                 };
-                return match parse_body(body) {
+                return match parse_body::<false>(body) {
                     Ok(b) => complete(b, meta),
                     Err(e) => TlsParse::Malformed(e),
                 };
@@ -274,6 +274,8 @@ enum Name<'a> {
     Borrowed(&'a str),
     /// Valid, but it must be copied (upper case to fold, or the bytes are in a scratch buffer).
     Fold(&'a [u8]),
+    /// Not a host name (only from the lenient parse of [`unusable_server_name`]).
+    Invalid(&'a [u8], HostNameError),
 }
 
 /// What [`parse_body`] finds; small, so that it is cheap to return.
@@ -294,6 +296,7 @@ fn complete(b: Body<'_>, meta: Meta) -> TlsParse<'_> {
         None => None,
         Some(Name::Borrowed(s)) => Some(HostName::Borrowed(s)),
         Some(Name::Fold(raw)) => return complete_folded(raw, b, meta),
+        Some(Name::Invalid(_, e)) => return TlsParse::Malformed(TlsError::InvalidHostName(e)),
     };
     TlsParse::Complete(ClientHelloInfo {
         sni,
@@ -436,7 +439,7 @@ fn parse_fragmented(stream: &[u8]) -> TlsParse<'_> {
         records,
         consumed: pos,
     };
-    match parse_body(&scratch[HANDSHAKE_HEADER_LEN..total]) {
+    match parse_body::<false>(&scratch[HANDSHAKE_HEADER_LEN..total]) {
         // The name is in the scratch buffer: always copied.
         Ok(b) => match b.sni {
             None => TlsParse::Complete(ClientHelloInfo {
@@ -451,13 +454,14 @@ fn parse_fragmented(stream: &[u8]) -> TlsParse<'_> {
             }),
             Some(Name::Borrowed(s)) => complete_folded(s.as_bytes(), b, meta),
             Some(Name::Fold(raw)) => complete_folded(raw, b, meta),
+            Some(Name::Invalid(_, e)) => TlsParse::Malformed(TlsError::InvalidHostName(e)),
         },
         Err(e) => TlsParse::Malformed(e),
     }
 }
 
 /// Parses the ClientHello body (after the 4-byte handshake header), which is exactly `body`.
-fn parse_body(body: &[u8]) -> Result<Body<'_>, TlsError> {
+fn parse_body<const LENIENT: bool>(body: &[u8]) -> Result<Body<'_>, TlsError> {
     let mut r = Reader(body);
     let legacy_version = r.u16(Field::Version)?;
     r.take(32, Field::Random)?;
@@ -508,11 +512,12 @@ fn parse_body(body: &[u8]) -> Result<Body<'_>, TlsError> {
                 let raw = server_name(data)?;
                 info.sni = Some(match borrowable_host_name(raw) {
                     Some(s) => Name::Borrowed(s),
-                    None => {
-                        // Upper case to fold, or invalid: the full validator says which.
-                        validate_host_name(raw).map_err(TlsError::InvalidHostName)?;
-                        Name::Fold(raw)
-                    }
+                    // Upper case to fold, or invalid: the full validator says which.
+                    None => match validate_host_name(raw) {
+                        Ok(_) => Name::Fold(raw),
+                        Err(e) if LENIENT => Name::Invalid(raw, e),
+                        Err(e) => return Err(TlsError::InvalidHostName(e)),
+                    },
                 });
             }
             EXT_ECH => info.ech = true,
@@ -525,6 +530,70 @@ fn parse_body(body: &[u8]) -> Result<Body<'_>, TlsError> {
         return Err(TlsError::Truncated(Field::Extension));
     }
     Ok(info)
+}
+
+/// The longest server name kept of one that is not a host name: RFC 6066 allows 2^16 - 1 bytes,
+/// a DNS name has at most 253; what is kept goes into a log record.
+pub const MAX_UNUSABLE_NAME_LEN: usize = 255;
+
+/// What a ClientHello sent as its server name when that is not a host name (an IP literal, which
+/// RFC 6066 forbids but clients send, or bytes no name may hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableName {
+    /// The `host_name` bytes as sent, cut to [`MAX_UNUSABLE_NAME_LEN`].
+    pub raw: Vec<u8>,
+    /// `raw` was cut.
+    pub cut: bool,
+    /// An `encrypted_client_hello` extension is present.
+    pub ech: bool,
+    /// Stream bytes up to the end of the record that completed the hello.
+    pub consumed: usize,
+}
+
+/// For a stream on which [`parse_client_hello`] answered
+/// `Malformed(TlsError::InvalidHostName(_))`: the server name the hello carries, which is not a
+/// host name, so that it can be recorded as sent. `None` when the hello is malformed otherwise.
+///
+/// Off the hot path: it gathers the hello into a bounded buffer of its own and parses it again
+/// with the same rules, except that the name is not required to be a host name.
+pub fn unusable_server_name(stream: &[u8]) -> Option<UnusableName> {
+    let mut hello: Vec<u8> = Vec::new();
+    let mut need: Option<usize> = None;
+    let mut pos = 0usize;
+    while need.is_none_or(|n| hello.len() < n) {
+        let hdr = stream.get(pos..pos + RECORD_HEADER_LEN)?;
+        let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
+        if hdr[0] != CONTENT_HANDSHAKE || check_record_header(hdr[1], hdr[2], len).is_err() {
+            return None;
+        }
+        let fragment = stream.get(pos + RECORD_HEADER_LEN..pos + RECORD_HEADER_LEN + len)?;
+        let room = need.unwrap_or(MAX_HELLO_LEN).saturating_sub(hello.len());
+        hello.extend_from_slice(&fragment[..fragment.len().min(room)]);
+        pos += RECORD_HEADER_LEN + len;
+        if need.is_none() && hello.len() >= HANDSHAKE_HEADER_LEN {
+            if hello[0] != HANDSHAKE_CLIENT_HELLO {
+                return None;
+            }
+            let total =
+                (usize::from(hello[1]) << 16 | usize::from(hello[2]) << 8 | usize::from(hello[3]))
+                    + HANDSHAKE_HEADER_LEN;
+            if total > MAX_HELLO_LEN {
+                return None;
+            }
+            hello.truncate(total);
+            need = Some(total);
+        }
+    }
+    let body = parse_body::<true>(hello.get(HANDSHAKE_HEADER_LEN..)?).ok()?;
+    match body.sni {
+        Some(Name::Invalid(raw, _)) => Some(UnusableName {
+            raw: raw[..raw.len().min(MAX_UNUSABLE_NAME_LEN)].to_vec(),
+            cut: raw.len() > MAX_UNUSABLE_NAME_LEN,
+            ech: body.ech,
+            consumed: pos,
+        }),
+        _ => None,
+    }
 }
 
 /// The `host_name` of a `server_name` extension body (RFC 6066 3).

@@ -223,6 +223,7 @@ enum DropLabel {
     SniDnsFailure,
     SniDnsTimeout,
     SniDnsUnverified,
+    SniNotHostname,
     Other,
 }
 
@@ -256,6 +257,7 @@ const DROP_REASONS: [&str; DropLabel::Other as usize + 1] = [
     "sni_dns_failure",
     "sni_dns_timeout",
     "sni_dns_unverified",
+    "sni_not_hostname",
     OTHER,
 ];
 
@@ -300,6 +302,7 @@ impl DropLabel {
             Reason::SniDnsFailure => DropLabel::SniDnsFailure,
             Reason::SniDnsTimeout => DropLabel::SniDnsTimeout,
             Reason::SniDnsUnverified => DropLabel::SniDnsUnverified,
+            Reason::SniNotHostname => DropLabel::SniNotHostname,
             Reason::Unknown => DropLabel::Other,
         }
     }

@@ -40,7 +40,7 @@ use super::dnscheck::CheckOutcome;
 use super::name::{self, Found};
 use super::reasm::Insert;
 use super::state::{
-    data_offset, flow_query, seq_gt, Decision, Flow, Held, Inspect, NameKind, Phase,
+    data_offset, flow_query, seq_gt, usable_name, Decision, Flow, Held, Inspect, NameKind, Phase,
 };
 use super::{Disposition, DropReason, Output, PacketMeta, Shared, Transmit};
 
@@ -69,6 +69,12 @@ impl Shared {
         // Account for what the insert changed before any early return: whatever its outcome,
         // the buffer may have grown.
         self.account(insp.bytes() as isize - before as isize);
+        if let (Some(st), Insert::Stored { added: 0 }) = (insp.starttls, res) {
+            if !seg.flags.fin() && offset + seg.payload.len() as i64 <= i64::from(st.passed) {
+                // A retransmission of plaintext already let through, with the same bytes.
+                return Disposition::Forward;
+            }
+        }
         match res {
             Insert::Conflict => return self.fail_closed(now, flow, Reason::AmbiguousOverlap, out),
             Insert::Overflow => return self.fail_closed(now, flow, Reason::InspectOverflow, out),
@@ -98,7 +104,11 @@ impl Shared {
             // is held with the rest and checked with it then).
             return Disposition::Held;
         }
-        let found = name::classify(insp.buf.contiguous());
+        let found = if insp.starttls.is_some() {
+            self.follow_starttls(now, flow, out)
+        } else {
+            name::classify(insp.buf.contiguous())
+        };
         if matches!(found, Found::Incomplete) {
             if seg.flags.fin() || flow.tcp.fin_client {
                 // The client closed its side: no more bytes will come.
@@ -181,7 +191,10 @@ impl Shared {
     pub(super) fn start_watch(&mut self, insp: &mut Inspect, found: &Found) {
         insp.started = None;
         insp.guard_end = insp.buf.contiguous_end();
-        insp.watch = name::watch_from(found);
+        // The first bytes named the flow from offset 0, or, after a STARTTLS dialogue, from
+        // where the dialogue ended.
+        let from = insp.starttls.map_or(0, |s| s.passed as usize);
+        insp.watch = name::watch_from(found).map(|w| w.moved_to(w.at() + from));
     }
 
     /// Applies a name (or the proof there is none) to a flow: the verdict, the record, the state.
@@ -212,12 +225,12 @@ impl Shared {
         out: &mut Output,
     ) -> Option<Action> {
         let (name, reason_if_none) = found_name(found);
-        let q = flow_query(flow, name.as_ref().map(|(n, _)| n.as_str()));
+        let q = flow_query(flow, usable_name(&name));
         let v = policy.evaluate(&q);
         let mut reason = found_reason(policy, &v, reason_if_none);
         let mut enforced = v.effective_action;
         let mut checked = false;
-        if let (Action::Permit, Some((n, _))) = (v.effective_action, &name) {
+        if let (Action::Permit, Some(n)) = (v.effective_action, usable_name(&name)) {
             let mode = policy.name_check(&q, &v);
             if mode != SniDnsCheck::Off {
                 match self.dns_check(now, flow, n, mode, can_wait, out) {
@@ -309,14 +322,32 @@ impl Shared {
     }
 }
 
-/// The name a parse found, or the reason there is none.
+/// The name a parse found, or the reason there is none. What was sent in place of a host name
+/// comes back with a kind that is not [`NameKind::usable`], and its reason.
 pub(super) fn found_name(found: &Found) -> (Option<(String, NameKind)>, Option<Reason>) {
     match found {
         Found::Tls {
             name: Some(n), ech, ..
         } => (Some((n.clone(), NameKind::Sni { ech: *ech })), None),
+        Found::Tls {
+            name: None,
+            unusable: Some(u),
+            ech,
+            ..
+        } => (
+            Some((u.clone(), NameKind::SniNotHostname { ech: *ech })),
+            Some(Reason::SniNotHostname),
+        ),
         Found::Tls { name: None, .. } => (None, Some(Reason::NoSni)),
         Found::Http { host: Some(h), .. } => (Some((h.clone(), NameKind::Host)), None),
+        Found::Http {
+            host: None,
+            unusable: Some(u),
+            ..
+        } => (
+            Some((u.clone(), NameKind::HostNotHostname)),
+            Some(Reason::SniNotHostname),
+        ),
         Found::Http { host: None, .. } => (None, Some(Reason::NoSni)),
         Found::NotTls => (None, Some(Reason::NotTls)),
         Found::Malformed | Found::Incomplete => (None, Some(Reason::ParseError)),

@@ -28,6 +28,7 @@
 //! | `watch.rs` | After the verdict: second ClientHellos, later HTTP requests, retransmissions |
 //! | `records.rs` | Decision and flow-end records |
 //! | `name.rs` | What the first client bytes say about the name (over [`crate::inspect`]) |
+//! | `starttls.rs` | Mail flows (SMTP, IMAP, POP3): the plaintext dialogue followed to the ClientHello |
 //! | [`flow`], [`reasm`], [`timer`] | The flow table, the reassembly buffer, the deadline queue |
 
 mod api;
@@ -41,6 +42,7 @@ mod quic;
 pub mod reasm;
 mod records;
 mod shared;
+mod starttls;
 mod state;
 mod tcp;
 pub mod timer;
@@ -255,7 +257,7 @@ impl Pipeline {
             let Some(decision) = &flow.decision else {
                 continue;
             };
-            let name = decision.name.as_ref().map(|(n, _)| &**n);
+            let name = flow.name();
             let q = flow_query(flow, name);
             let v = if name.is_none() && flow.inspect.as_ref().is_some_and(|i| i.watch.is_some()) {
                 // Decided on the SYN and the name is not known yet: it will be checked when

@@ -224,6 +224,7 @@ fn read_initials(c: &mut InitialCollector, payload: &[u8]) -> Outcome {
             name: None,
             ech: false,
             end: 0,
+            unusable: None,
         }),
         QuicParse::Complete(info) => {
             let name = match info.sni {
@@ -238,6 +239,7 @@ fn read_initials(c: &mut InitialCollector, payload: &[u8]) -> Outcome {
                 name,
                 ech: info.ech,
                 end: 0,
+                unusable: None,
             })
         }
     }

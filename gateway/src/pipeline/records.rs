@@ -136,7 +136,7 @@ impl Shared {
         };
         let (rule, src_groups, dst_groups) = rule_and_groups(d, policy);
         let name = flow.name().map(str::to_owned);
-        let (tls, http) = name_fields(d, &name);
+        let (tls, http) = name_fields(d);
         let protocol_name = match flow.proto {
             IpProtocol::Tcp => "tcp".to_owned(),
             IpProtocol::Udp => "udp".to_owned(),
@@ -247,18 +247,23 @@ fn rule_and_groups(
     }
 }
 
-/// `tls{sni, ech}` or `http{host}`, from where the name came from.
-fn name_fields(d: Option<&Decision>, name: &Option<String>) -> (Option<Tls>, Option<Http>) {
-    let kind = d.and_then(|d| d.name.as_ref()).map(|(_, k)| *k);
-    match (kind, name) {
-        (Some(NameKind::Sni { ech }), Some(n)) => (
+/// `tls{sni, ech}` or `http{host}`, from where the name came from: the normalised name, or what
+/// was sent in place of one (escaped).
+fn name_fields(d: Option<&Decision>) -> (Option<Tls>, Option<Http>) {
+    match d.and_then(|d| d.name.as_ref()) {
+        Some((n, NameKind::Sni { ech } | NameKind::SniNotHostname { ech })) => (
             Some(Tls {
-                sni: n.clone(),
-                ech,
+                sni: n.to_string(),
+                ech: *ech,
             }),
             None,
         ),
-        (Some(NameKind::Host), Some(n)) => (None, Some(Http { host: n.clone() })),
-        _ => (None, None),
+        Some((n, NameKind::Host | NameKind::HostNotHostname)) => (
+            None,
+            Some(Http {
+                host: n.to_string(),
+            }),
+        ),
+        None => (None, None),
     }
 }

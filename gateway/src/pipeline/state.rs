@@ -113,8 +113,32 @@ pub(super) enum RstSeen {
 /// Where the name came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NameKind {
-    Sni { ech: bool },
+    Sni {
+        ech: bool,
+    },
     Host,
+    /// The server name sent is not a host name (an IP literal...): kept, escaped, for the
+    /// record only; never matched against the policy.
+    SniNotHostname {
+        ech: bool,
+    },
+    /// The HTTP Host sent is an IP literal: kept for the record only.
+    HostNotHostname,
+}
+
+impl NameKind {
+    /// True for a host name the policy can be asked about.
+    pub(super) fn usable(self) -> bool {
+        matches!(self, NameKind::Sni { .. } | NameKind::Host)
+    }
+}
+
+/// The name of a decision that the policy may be asked about (a host name, not what was sent
+/// in its place).
+pub(super) fn usable_name(name: &Option<(String, NameKind)>) -> Option<&str> {
+    name.as_ref()
+        .filter(|(_, k)| k.usable())
+        .map(|(n, _)| n.as_str())
 }
 
 #[derive(Debug)]
@@ -171,6 +195,19 @@ pub(super) struct Inspect {
     /// The name is known and permitted, and the flow waits for the DNS check's lookup
     /// (`pipeline::dnscheck`): what is held stays held.
     pub(super) dns_wait: bool,
+    /// A mail flow (SMTP, IMAP, POP3) whose plaintext dialogue is followed to its STARTTLS
+    /// (see `pipeline::starttls`).
+    pub(super) starttls: Option<StartTls>,
+}
+
+/// How far the plaintext dialogue of a STARTTLS flow has been followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StartTls {
+    pub(super) proto: crate::inspect::starttls::Protocol,
+    /// Stream offset after the last command line let through: the ClientHello starts here.
+    pub(super) passed: u32,
+    /// Command lines let through.
+    pub(super) commands: u8,
 }
 
 impl Inspect {
@@ -187,7 +224,20 @@ impl Inspect {
             shift: 0,
             quic: None,
             dns_wait: false,
+            starttls: None,
         }
+    }
+
+    /// [`Inspect::new`] for a TCP flow to `server_port`: a mail port gets its STARTTLS follower.
+    pub(super) fn tcp(limit: usize, server_port: u16) -> Inspect {
+        let mut i = Inspect::new(limit);
+        i.starttls =
+            crate::inspect::starttls::Protocol::for_port(server_port).map(|proto| StartTls {
+                proto,
+                passed: 0,
+                commands: 0,
+            });
+        i
     }
 
     /// Bytes held: the reassembled stream, the copies of held packets and a QUIC reader's
@@ -208,8 +258,14 @@ impl Inspect {
 pub(super) struct TcpTrack {
     /// Client ISN + 1: stream offset 0 of the client's data.
     pub(super) base: u32,
-    /// True once the SYN was seen (stream offsets are meaningful).
+    /// True once the SYN was seen (stream offsets are meaningful), or, on a flow met without
+    /// its SYN, once its first client data was taken as stream offset 0 (`anchored`).
     pub(super) synced: bool,
+    /// Met without its SYN: stream offset 0 (`base`) is the first client data seen, which began
+    /// a ClientHello or an HTTP request, not ISN + 1. Client bytes before it were never
+    /// inspected: until the server has acknowledged past `base`, a segment that carries any of
+    /// them is dropped, so the server cannot be given bytes ahead of what was inspected.
+    pub(super) anchored: bool,
     /// One past the highest client sequence number forwarded.
     pub(super) client_next: u32,
     /// One past the highest server sequence number seen.
@@ -358,11 +414,12 @@ impl Flow {
         }
     }
 
-    /// The name the flow was decided on.
+    /// The name the flow was decided on (a host name: not what was sent in place of one).
     pub(super) fn name(&self) -> Option<&str> {
         self.decision
             .as_ref()
             .and_then(|d| d.name.as_ref())
+            .filter(|(_, k)| k.usable())
             .map(|(n, _)| &**n)
     }
 }

@@ -44,11 +44,13 @@ use crate::inspect::http::framing::{chunk_step, ChunkPart, ChunkStep};
 
 use super::name::{self, Found, Watch};
 use super::reasm::Insert;
+use super::starttls::hello_start;
 use super::state::{
-    data_offset, flow_query, seq_gt, Decision, Flow, Inspect, NameKind, Phase, Record, RstSeen,
-    REBASE_FROM,
+    data_offset, flow_query, seq_gt, usable_name, Decision, Flow, Inspect, NameKind, Phase, Record,
+    RstSeen, REBASE_FROM,
 };
 use super::{Disposition, DropReason, Output, Shared};
+use crate::inspect::starttls::Protocol;
 
 impl Shared {
     /// A client segment of a permitted flow that still has reassembled bytes: check it agrees
@@ -187,11 +189,19 @@ impl Shared {
         let Some(insp) = flow.inspect.as_mut() else {
             return Scan::Stop;
         };
-        let found = match name::classify(insp.buf.contiguous()) {
-            Found::Incomplete => return Scan::Stop,
-            found => found,
+        let bytes = insp.buf.contiguous();
+        // A mail flow names itself after its STARTTLS dialogue, if at all.
+        let (from, found) = match Protocol::for_port(flow.server.port()) {
+            Some(proto) => match hello_start(proto, bytes) {
+                Ok(at) => (at, name::classify(&bytes[at..])),
+                Err(found) => (0, found),
+            },
+            None => (0, name::classify(bytes)),
         };
-        insp.watch = name::watch_from(&found);
+        if found == Found::Incomplete {
+            return Scan::Stop;
+        }
+        insp.watch = name::watch_from(&found).map(|w| w.moved_to(w.at() + from));
         self.first_name_observed(now, flow, &found, policy, out);
         Scan::Again
     }
@@ -343,7 +353,7 @@ impl Shared {
         // The verdict for the name: the same as the SYN's when it was final under this policy;
         // under log-only it is the verdict the record reports, with the reason enforcement
         // would have given.
-        let v = policy.evaluate(&flow_query(flow, name.as_ref().map(|(n, _)| n.as_str())));
+        let v = policy.evaluate(&flow_query(flow, usable_name(&name)));
         // The name decides the reason only while the record that reports it is owed: once a
         // record was written, the reason computed here is never reported (a cut replaces it).
         let name_decides = matches!(flow.record, Record::Owed { name_decides: true });
@@ -386,19 +396,20 @@ impl Shared {
         out: &mut Output,
     ) {
         self.stats.second_hellos += 1;
-        let Found::Tls { name, ech, .. } = found else {
+        let Found::Tls {
+            name,
+            ech,
+            unusable,
+            ..
+        } = found
+        else {
             return;
         };
-        let kind = NameKind::Sni { ech: *ech };
-        self.later_name(
-            now,
-            flow,
-            name.clone(),
-            kind,
-            Reason::SecondHello,
-            policy,
-            out,
-        );
+        let (name, kind) = match (name, unusable) {
+            (None, Some(u)) => (Some(u.clone()), NameKind::SniNotHostname { ech: *ech }),
+            _ => (name.clone(), NameKind::Sni { ech: *ech }),
+        };
+        self.later_name(now, flow, name, kind, Reason::SecondHello, policy, out);
     }
 
     /// A later HTTP request on a permitted plain-HTTP flow (keep-alive, pipelining): a Host other
@@ -443,7 +454,7 @@ impl Shared {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) {
-        let q = flow_query(flow, name.as_deref());
+        let q = flow_query(flow, name.as_deref().filter(|_| kind.usable()));
         let v = policy.evaluate(&q);
         let first = flow
             .decision

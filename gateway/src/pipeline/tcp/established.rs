@@ -19,7 +19,9 @@ use policy_engine::Action;
 use crate::record::Reason;
 use crate::wire::{ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment};
 
+use crate::pipeline::name;
 use crate::pipeline::state::{seq_gt, Flow, Inspect, Phase, RstSeen};
+use crate::pipeline::tcp::midstream::anchor;
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Shared};
 
 impl Shared {
@@ -63,6 +65,14 @@ impl Shared {
                 self.inspecting_client_segment(now, flow, p, seg, meta, out)
             }
             Phase::Inspecting => {
+                if flow.tcp.anchored && acks_unseen_bytes(flow) {
+                    // Met mid-stream and anchored on a hello the gateway still holds, yet the
+                    // server acknowledges client bytes past any the gateway has seen: the
+                    // server's stream is not the one inspected. (Acknowledgments of held bytes
+                    // are what a capture shows, the server having had them; the live gateway
+                    // never forwards them, so it never sees those.)
+                    return self.fail_closed(now, flow, Reason::Midstream, out);
+                }
                 if !seg.payload.is_empty() && !flow.tcp.synack_seen {
                     // Data from the server before it answered the SYN: the two ends do not agree
                     // on who opened the flow. Nothing passes until the name is known.
@@ -90,6 +100,25 @@ impl Shared {
                 return Disposition::Drop(DropReason::BadChecksum);
             }
             let policy = self.policy.load_full();
+            if !flow.tcp.synced {
+                // Met mid-stream and permitted by address: its first client data is seen only
+                // now. The name can be read if they open a hello or a request; otherwise it is
+                // never known, and the record owed is written without it.
+                if name::opens_hello_or_request(seg.payload) {
+                    anchor(flow, seg, false);
+                } else {
+                    if let Some(insp) = flow.inspect.as_mut() {
+                        insp.watch = None;
+                    }
+                    self.finish_watch_if_done(now, flow, &policy, out);
+                    self.drop_inspect(flow);
+                    return Disposition::Forward;
+                }
+            }
+            if flow.tcp.anchored && before_anchor(flow, seg) {
+                // Bytes ahead of what was inspected (see `TcpTrack::anchored`).
+                return Disposition::Drop(DropReason::OutOfState);
+            }
             let d = self.watch(now, flow, seg, &policy, out);
             if d != Disposition::Forward {
                 return d;
@@ -118,7 +147,10 @@ impl Shared {
                 // The connection is gone: free what it held; anything the client sends on these
                 // ports again is inspected from scratch.
                 self.drop_inspect(flow);
-                flow.inspect = Some(Box::new(Inspect::new(self.config.max_held_bytes_per_flow)));
+                flow.inspect = Some(Box::new(Inspect::tcp(
+                    self.config.max_held_bytes_per_flow,
+                    flow.server.port(),
+                )));
                 // Still seen, but no longer taken as the end of the connection.
                 flow.tcp.rst = RstSeen::Any;
             }
@@ -127,11 +159,36 @@ impl Shared {
         if !flow.tcp.synced {
             return Disposition::Drop(DropReason::FailClosed(Reason::Midstream));
         }
+        if flow.tcp.anchored && before_anchor(flow, seg) {
+            // Bytes ahead of the hello or request the flow is inspected on (see
+            // `TcpTrack::anchored`): the server must never get them before it.
+            return Disposition::Drop(DropReason::OutOfState);
+        }
         if !meta.partial_checksum() && p.verify_transport_checksum() == ChecksumStatus::Invalid {
             return Disposition::Drop(DropReason::BadChecksum);
         }
         self.hold(now, flow, p, seg, meta, out)
     }
+}
+
+/// True when the server's last acknowledgment covers client bytes beyond the furthest the
+/// gateway holds of an anchored flow.
+fn acks_unseen_bytes(flow: &Flow) -> bool {
+    let (Some(ack), Some(insp)) = (flow.tcp.server_ack, flow.inspect.as_ref()) else {
+        return false;
+    };
+    let seen = insp
+        .held
+        .iter()
+        .map(|h| h.offset + h.len as i64)
+        .max()
+        .unwrap_or(0);
+    i64::from(ack.wrapping_sub(flow.tcp.base) as i32) > seen
+}
+
+/// True when the segment carries client bytes from before the flow's anchor.
+fn before_anchor(flow: &Flow, seg: &TcpSegment<'_>) -> bool {
+    !seg.payload.is_empty() && seq_gt(flow.tcp.base, seg.seq)
 }
 
 /// What the segment says about the connection: RSTs, FINs, acknowledgments, the SYN and the
@@ -178,6 +235,14 @@ fn track(flow: &mut Flow, from_client: bool, seg: &TcpSegment<'_>) {
         }
         if flags.ack() {
             flow.tcp.server_ack = Some(seg.ack);
+            if flow.tcp.anchored
+                && flow.phase == Phase::Forwarding
+                && seq_gt(seg.ack, flow.tcp.base)
+            {
+                // The server took the inspected bytes from the anchor on: anything before it is
+                // old to the server now.
+                flow.tcp.anchored = false;
+            }
         }
     }
 }

@@ -146,7 +146,7 @@ impl Pipeline {
         if seg.flags.syn() && !seg.flags.ack() {
             self.tcp_syn(now, key, side, p, seg, meta, &policy, out)
         } else {
-            self.tcp_midstream(now, key, side, p, seg, &policy, out)
+            self.tcp_midstream(now, key, side, p, seg, meta, &policy, out)
         }
     }
 }

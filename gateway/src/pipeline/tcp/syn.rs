@@ -95,8 +95,9 @@ impl Pipeline {
                 .syn_data_decides(now, flow, &found, seg, policy, out),
             (SynDecision::NeedsName, None) => {
                 flow.phase = Phase::Inspecting;
-                flow.inspect = Some(Box::new(Inspect::new(
+                flow.inspect = Some(Box::new(Inspect::tcp(
                     self.shared.config.max_held_bytes_per_flow,
+                    flow.server.port(),
                 )));
                 Disposition::Forward
             }
