@@ -89,17 +89,25 @@ pub struct AnswerInbox {
     rx: std_mpsc::Receiver<(Box<str>, DnsAnswer)>,
     /// Signalled with every answer; the worker polls it with its TUN queue.
     pub wake: Arc<WakeFd>,
+    /// Answers sent since the worker last looked: checked without a system call, so a busy
+    /// worker pays nothing when no answer came.
+    sent: Arc<AtomicU64>,
 }
 
 impl AnswerInbox {
+    /// True when answers arrived since the last call (and re-arms the wake-up): take them with
+    /// [`AnswerInbox::try_recv`].
+    pub fn take_pending(&self) -> bool {
+        if self.sent.swap(0, Ordering::AcqRel) == 0 {
+            return false;
+        }
+        self.wake.clear();
+        true
+    }
+
     /// The next answer, if one is waiting.
     pub fn try_recv(&self) -> Option<(Box<str>, DnsAnswer)> {
         self.rx.try_recv().ok()
-    }
-
-    /// Re-arms the wake-up after the answers were taken.
-    pub fn clear_wake(&self) {
-        self.wake.clear();
     }
 }
 
@@ -107,6 +115,7 @@ impl AnswerInbox {
 struct Outbox {
     tx: std_mpsc::SyncSender<(Box<str>, DnsAnswer)>,
     wake: Arc<WakeFd>,
+    sent: Arc<AtomicU64>,
 }
 
 /// A worker's handle to submit names.
@@ -158,11 +167,17 @@ impl DnsService {
         for _ in 0..workers {
             let (atx, arx) = std_mpsc::sync_channel(INBOX);
             let wake = Arc::new(WakeFd::new()?);
+            let sent = Arc::new(AtomicU64::new(0));
             outboxes.push(Outbox {
                 tx: atx,
                 wake: wake.clone(),
+                sent: sent.clone(),
             });
-            inboxes.push(AnswerInbox { rx: arx, wake });
+            inboxes.push(AnswerInbox {
+                rx: arx,
+                wake,
+                sent,
+            });
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -258,7 +273,9 @@ async fn run(
         };
         if o.tx.try_send((name.into(), answer)).is_err() {
             stats.answers_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        o.sent.fetch_add(1, Ordering::AcqRel);
         let _ = o.wake.signal();
     };
     let deadline =

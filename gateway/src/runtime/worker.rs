@@ -292,7 +292,9 @@ impl Worker {
         let Some(dns) = &self.dns else {
             return;
         };
-        dns.inbox.clear_wake();
+        if !dns.inbox.take_pending() {
+            return;
+        }
         let mut answers = Vec::new();
         while let Some(a) = dns.inbox.try_recv() {
             answers.push(a);
