@@ -298,7 +298,10 @@ mod tests {
 
     #[test]
     fn the_stall_limit_is_half_the_interval_and_at_least_a_second() {
-        assert_eq!(stall_limit(Duration::from_secs(30)), Duration::from_secs(15));
+        assert_eq!(
+            stall_limit(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
         assert_eq!(
             stall_limit(Duration::from_millis(500)),
             Duration::from_secs(1)

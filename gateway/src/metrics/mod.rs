@@ -117,7 +117,10 @@ impl Metrics {
     /// Where the enforced policy came from, as its label value.
     pub fn policy_origin_label(&self) -> &'static str {
         let i = self.policy_origin.load(Ordering::Relaxed);
-        <PolicyOrigin as Label>::VALUES.get(i).copied().unwrap_or(OTHER)
+        <PolicyOrigin as Label>::VALUES
+            .get(i)
+            .copied()
+            .unwrap_or(OTHER)
     }
 
     /// Each worker's heartbeat: a count that moves every time the worker goes round its loop
