@@ -11,7 +11,7 @@
 # See image/README.md.
 #
 # Needs root on Debian (or a derivative) with: mmdebstrap, qemu-img (qemu-utils), sfdisk
-# (fdisk), mke2fs 1.43+ (e2fsprogs), grub-mkimage and grub-bios-setup (grub-pc-bin), and access
+# (fdisk), mke2fs 1.43+ (e2fsprogs), grub-mkimage and GRUB's BIOS modules (grub-pc-bin), and access
 # to a Debian mirror. Missing tools are listed together with the package to install.
 #
 # Environment:
@@ -44,9 +44,6 @@ need qemu-img qemu-utils
 need sfdisk fdisk
 need mke2fs e2fsprogs
 need grub-mkimage grub-pc-bin
-# Debian ships grub-bios-setup outside PATH, beside the BIOS modules.
-grub_bios_setup="$(command -v grub-bios-setup || echo /usr/lib/grub/i386-pc/grub-bios-setup)"
-[ -x "$grub_bios_setup" ] || missing+=("grub-bios-setup (apt-get install grub-pc-bin)")
 [ -f /usr/lib/grub/i386-pc/boot.img ] || missing+=("/usr/lib/grub/i386-pc (apt-get install grub-pc-bin)")
 if command -v mke2fs >/dev/null 2>&1; then
     usage="$(mke2fs -h 2>&1 || true)"
@@ -132,14 +129,21 @@ printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk --quiet "$raw"
 mke2fs -q -F -t ext4 -L bulkhead-root -U "$uuid" -d "$rootfs" -E offset=1048576 \
     "$raw" "$(( (bytes - 1048576) / 1024 ))k"
 
+# What grub-install does for a BIOS disk, done on the image file: the boot sector's code (the
+# partition table and disk signature stay), then core.img from sector 1, inside the 1 MiB gap.
+# boot.img reads core.img from sector 1 and core.img's first sector the rest from sector 2, as
+# grub-mkimage lays it out, so nothing else needs patching but the drive check (below).
 grubdir="$work/grub"
 mkdir -p "$grubdir"
 grub-mkimage -O i386-pc -o "$grubdir/core.img" -p '(hd0,msdos1)/boot/grub' \
     biosdisk part_msdos ext2 search_fs_uuid normal linux configfile serial terminal echo test
-cp /usr/lib/grub/i386-pc/boot.img "$grubdir/"
-echo "(hd0) $raw" > "$grubdir/device.map"
-"$grub_bios_setup" --skip-fs-probe --device-map="$grubdir/device.map" -d "$grubdir" \
-    -r 'hd0,msdos1' '(hd0)'
+core_sectors=$(( ($(stat -c %s "$grubdir/core.img") + 511) / 512 ))
+[ "$core_sectors" -lt 2047 ] || die "core.img ($core_sectors sectors) does not fit before the partition"
+dd if=/usr/lib/grub/i386-pc/boot.img of="$raw" bs=440 count=1 conv=notrunc status=none
+# On a hard disk, boot from the drive the BIOS says (grub-setup's "drive check" workaround:
+# two NOPs over the jump at 0x66).
+printf '\x90\x90' | dd of="$raw" bs=1 seek=$((0x66)) conv=notrunc status=none
+dd if="$grubdir/core.img" of="$raw" bs=512 seek=1 conv=notrunc status=none
 
 say "qcow2"
 qemu-img convert -f raw -O qcow2 -c "$raw" "$work/bulkhead.qcow2"

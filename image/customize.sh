@@ -10,15 +10,17 @@ install -D -m 0755 "$BH_BIN" "$root/usr/local/bin/bulkhead"
 # The unprivileged user the daemon runs as (the unit grants it CAP_NET_ADMIN only).
 chroot "$root" useradd --system --user-group --home-dir /nonexistent --no-create-home \
     --shell /usr/sbin/nologin bulkhead
+# The host's own user database does not know the group: give install(1) its number.
+gid="$(chroot "$root" getent group bulkhead | cut -d: -f3)"
 
 # Configuration: a log-only baseline that decides and logs everything and blocks nothing, so a
 # gateway that boots without user data is safe to put behind route tables. User data replaces
 # gateway.toml (and the policy's mode) on real deployments.
-install -d -m 0750 -g bulkhead "$root/etc/bulkhead" "$root/etc/bulkhead/policies" \
+install -d -m 0750 -g "$gid" "$root/etc/bulkhead" "$root/etc/bulkhead/policies" \
     "$root/etc/bulkhead/webgroups"
-install -m 0640 -g bulkhead "$BH_CONFIGS/policies/observe-first.toml" "$root/etc/bulkhead/policies/"
-install -m 0640 -g bulkhead "$BH_CONFIGS/webgroups/ai-providers.toml" "$root/etc/bulkhead/webgroups/"
-install -m 0640 -g bulkhead "$files/gateway.toml" "$root/etc/bulkhead/gateway.toml"
+install -m 0640 -g "$gid" "$BH_CONFIGS/policies/observe-first.toml" "$root/etc/bulkhead/policies/"
+install -m 0640 -g "$gid" "$BH_CONFIGS/webgroups/ai-providers.toml" "$root/etc/bulkhead/webgroups/"
+install -m 0640 -g "$gid" "$files/gateway.toml" "$root/etc/bulkhead/gateway.toml"
 
 # systemd units: the gateway and the privileged one-shot set-up it waits for.
 install -m 0644 "$BH_IMAGE/bulkhead.service" "$root/etc/systemd/system/bulkhead.service"

