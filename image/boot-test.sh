@@ -59,6 +59,7 @@ cleanup() {
     if [ -n "${KEEP_BOOT_TEST:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 result() {
     local outcome="$1" detail="$2"
@@ -148,7 +149,11 @@ EOF
 for ns in "$ns_q" "$ns_wl" "$ns_net"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 
 start_qemu() {
-    ip netns exec "$ns_q" qemu-system-x86_64 -accel "$1" -m 1024 -smp 2 \
+    # The host's CPU under KVM (qemu's default model asks for features a nested hypervisor
+    # may not offer), the most capable emulated one under TCG.
+    local cpu=max
+    [ "$1" = kvm ] && cpu=host
+    ip netns exec "$ns_q" qemu-system-x86_64 -accel "$1" -cpu "$cpu" -m 1024 -smp 2 \
         -display none -no-reboot -serial "file:$work/console.log" -monitor none \
         -drive "file=$work/disk.qcow2,if=virtio,format=qcow2" \
         -drive "file=$work/seed.iso,if=virtio,format=raw,media=cdrom,readonly=on" \
