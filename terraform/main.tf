@@ -216,6 +216,13 @@ resource "aws_launch_template" "this" {
   }
 
   tags = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.controller_endpoint == null || var.controller_tls_sources != null
+      error_message = "controller_endpoint needs controller_tls_sources (the gateways' CA, certificate and key)."
+    }
+  }
 }
 
 resource "aws_autoscaling_group" "this" {
@@ -228,15 +235,14 @@ resource "aws_autoscaling_group" "this" {
   vpc_zone_identifier       = [each.value.subnet_id]
   health_check_type         = "EC2"
   health_check_grace_period = 120
-  # A replacement starts only after the old instance is gone: the static interface can be
-  # attached to one instance at a time.
-  termination_policies = ["OldestInstance"]
 
   launch_template {
     id      = aws_launch_template.this[each.key].id
     version = aws_launch_template.this[each.key].latest_version
   }
 
+  # A new launch template version (AMI, settings) replaces the instance: the old one goes first,
+  # since the static interface can be attached to one instance at a time.
   instance_refresh {
     strategy = "Rolling"
     preferences {
