@@ -11,6 +11,7 @@
 //! - [`record`]: the decision-log records (OCSF Network Activity) and the sink interface.
 //! - [`runtime`], [`sys`], [`routing`], [`config`], [`logsink`], [`metrics`]: the daemon that drives
 //!   the pipeline from a real TUN device.
+//! - [`sdnotify`]: readiness and watchdog notifications to systemd (`Type=notify`).
 //! - [`cli`]: the `bulkhead` subcommands; `main.rs` only parses arguments and dispatches.
 //!
 //! The network-namespace laboratory behind `bulkhead demo` and the end-to-end tests is a crate of
@@ -30,5 +31,6 @@ pub mod pipeline;
 pub mod record;
 pub mod routing;
 pub mod runtime;
+pub mod sdnotify;
 pub mod sys;
 pub mod wire;

@@ -37,6 +37,14 @@ pub struct GatewaySpec {
     pub extra_toml: String,
     /// Extra lines of the `[policy]` table (e.g. `load_timeout_ms = 100`).
     pub policy_toml: String,
+    /// Whether `[policy] file` names the policy file (false: the gateway starts on deny-all, or
+    /// on what its controller serves).
+    pub policy_file: bool,
+    /// Wait for `/readyz` at start (false: only for `/healthz`, e.g. a gateway that denies
+    /// everything until its controller answers).
+    pub wait_ready: bool,
+    /// Extra environment of the process (e.g. systemd's `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewaySpec {
@@ -51,6 +59,9 @@ impl GatewaySpec {
             busy_poll_us: None,
             extra_toml: String::new(),
             policy_toml: String::new(),
+            policy_file: true,
+            wait_ready: true,
+            env: Vec::new(),
         }
     }
 }
@@ -83,7 +94,7 @@ pub fn gateway_toml(
         .join(", ");
     format!(
         "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n{busy}\n\
-         [policy]\nfile = {p:?}\nstate_dir = {s:?}\n{policy_extra}\n\
+         [policy]\n{file}state_dir = {s:?}\n{policy_extra}\n\
          [log]\ndecisions = {d:?}\n\n\
          [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{dns}{extra}",
         extra = spec.extra_toml,
@@ -104,7 +115,11 @@ pub fn gateway_toml(
             .map_or_else(String::new, |us| format!("busy_poll_us = {us}\n")),
         id = spec.id,
         q = spec.queues,
-        p = policy.display().to_string(),
+        file = if spec.policy_file {
+            format!("file = {:?}\n", policy.display().to_string())
+        } else {
+            String::new()
+        },
         s = state.display().to_string(),
         d = decisions.display().to_string(),
     )
@@ -144,6 +159,7 @@ impl GatewayProcess {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -161,11 +177,13 @@ impl GatewayProcess {
             decisions_path,
             output_path,
         };
-        gw.wait_ready(spec.ready_timeout)?;
+        gw.wait_ready(spec.ready_timeout, spec.wait_ready)?;
         Ok(gw)
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), LabError> {
+    /// Waits for `/readyz` (or, unless `ready`, `/healthz`) to answer 200 with the TUN up.
+    fn wait_ready(&mut self, timeout: Duration, ready: bool) -> Result<(), LabError> {
+        let path = if ready { "/readyz" } else { "/healthz" };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -178,8 +196,8 @@ impl GatewayProcess {
                     )));
                 }
             }
-            let ready = matches!(self.http_get("/readyz"), Ok((200, _)));
-            if ready && self.tun_is_up() {
+            let answered = matches!(self.http_get(path), Ok((200, _)));
+            if answered && self.tun_is_up() {
                 return Ok(());
             }
             if Instant::now() >= deadline {

@@ -74,6 +74,10 @@ pub struct FlowTableState {
 #[derive(Debug)]
 pub struct WorkerCounters {
     values: Box<[AtomicU64; SLOTS]>,
+    /// Publications so far: the worker publishes each time round its loop when it is about to
+    /// sleep, and at least every 100 ms while busy, so a count that stands still means a worker
+    /// that stopped making progress (read by the systemd watchdog, `crate::sdnotify`).
+    heartbeat: AtomicU64,
 }
 
 /// The worker's private tally, published with [`LocalCounters::publish`].
@@ -130,6 +134,7 @@ impl LocalCounters {
         for (a, v) in to.values.iter().zip(self.values.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
+        to.heartbeat.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -137,7 +142,13 @@ impl WorkerCounters {
     pub(super) fn new() -> WorkerCounters {
         WorkerCounters {
             values: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            heartbeat: AtomicU64::new(0),
         }
+    }
+
+    /// How many times the owner has published (see the field's note).
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Ordering::Relaxed)
     }
 
     pub(super) fn get(&self, i: usize) -> u64 {

@@ -119,6 +119,26 @@ impl Metrics {
     pub fn ready(&self) -> bool {
         self.tun_up.load(Ordering::Acquire) && self.policy_loaded.load(Ordering::Acquire)
     }
+
+    /// Version of the enforced policy.
+    pub fn policy_version(&self) -> u64 {
+        self.policy_version.load(Ordering::Relaxed)
+    }
+
+    /// Where the enforced policy came from, as its label value.
+    pub fn policy_origin_label(&self) -> &'static str {
+        let i = self.policy_origin.load(Ordering::Relaxed);
+        <PolicyOrigin as Label>::VALUES
+            .get(i)
+            .copied()
+            .unwrap_or(OTHER)
+    }
+
+    /// Each worker's heartbeat: a count that moves every time the worker goes round its loop
+    /// (see [`WorkerCounters::heartbeat`]); the systemd watchdog is fed only while all move.
+    pub fn worker_heartbeats(&self) -> impl Iterator<Item = u64> + '_ {
+        self.workers.iter().map(|w| w.heartbeat())
+    }
 }
 
 fn now_ms() -> u64 {

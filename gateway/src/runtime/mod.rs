@@ -11,7 +11,8 @@
 //!
 //! Start-up order: signals, policy (last-known-good controller snapshot, else file, else
 //! deny-all; see `control`), decision log, metrics listener, TUN, routing (`manage_routing`),
-//! workers, controller client (`[controller]`); then ready. Shutdown runs it backwards: stop the
+//! workers, controller client (`[controller]`); then ready (and, under systemd, `READY=1` once
+//! a policy is enforced: see [`crate::sdnotify`]). Shutdown runs it backwards: stop the
 //! workers (their flow-end records are logged), remove the routing (restoring the sysctls),
 //! let the TUN go, drain and flush the decision log. Any start-up failure is returned as a
 //! [`RuntimeError`] and what was already set up is undone.
@@ -145,6 +146,8 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     });
 
     let endpoint = MetricsEndpoint::start(listener, &metrics);
+    // READY=1 once a policy is enforced, watchdog pings while the workers make progress.
+    let notify = crate::sdnotify::Service::start(&metrics);
     tracing::info!(
         id = %config.gateway.id,
         tun = %config.gateway.tun,
@@ -159,6 +162,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     );
 
     let outcome = control_loop(&mut signals, &mut source, &store, &metrics).await;
+    notify.stopping().await;
     if let Some(c) = client {
         c.shutdown();
     }
