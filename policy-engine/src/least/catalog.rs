@@ -58,20 +58,27 @@ impl Catalog {
         Ok(Catalog { version, groups })
     }
 
-    /// Catalog patterns that share at least one name with `pattern`.
+    /// Catalog patterns that share at least one name with `pattern`, each named once, with
+    /// the smallest group that holds it (a union group such as `exfil-all` only when no other
+    /// group does).
     pub fn overlapping(&self, pattern: &NamePattern) -> Vec<CatalogHit> {
-        let mut hits = Vec::new();
+        let mut hits: Vec<(usize, CatalogHit)> = Vec::new();
         for (group, patterns) in &self.groups {
             for p in patterns {
                 if overlap(pattern, p) {
-                    hits.push(CatalogHit {
-                        group: group.clone(),
-                        pattern: p.as_str().to_owned(),
-                    });
+                    hits.push((
+                        patterns.len(),
+                        CatalogHit {
+                            group: group.clone(),
+                            pattern: p.as_str().to_owned(),
+                        },
+                    ));
                 }
             }
         }
-        hits
+        hits.sort_by(|a, b| a.1.pattern.cmp(&b.1.pattern).then(a.0.cmp(&b.0)));
+        hits.dedup_by(|a, b| a.1.pattern == b.1.pattern);
+        hits.into_iter().map(|(_, h)| h).collect()
     }
 
     /// The catalog groups matching a normalised name, smallest group first (the most specific
