@@ -227,7 +227,9 @@ pub fn read_records(
 /// Runs `bulkhead diff`.
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if args.records.is_empty() && args.captures.is_empty() {
-        eprintln!("bulkhead: error: give decision records (--records FILE.jsonl) or captures to diff on");
+        eprintln!(
+            "bulkhead: error: give decision records (--records FILE.jsonl) or captures to diff on"
+        );
         return Ok(ExitCode::from(EXIT_INPUT));
     }
     let mut loaded = Vec::new();
@@ -337,7 +339,14 @@ pub fn print_table(
             continue;
         }
         writeln!(w, "{title}")?;
-        let head = ["SOURCE", "DESTINATION", "FLOWS", "TODAY", "CANDIDATE", "EXAMPLE"];
+        let head = [
+            "SOURCE",
+            "DESTINATION",
+            "FLOWS",
+            "TODAY",
+            "CANDIDATE",
+            "EXAMPLE",
+        ];
         let mut widths = head.map(str::len);
         for row in &rows {
             for (i, c) in row.iter().enumerate() {

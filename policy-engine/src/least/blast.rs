@@ -254,14 +254,14 @@ fn group_radius(policy: &Policy, exfil: &Catalog, group: u32) -> GroupRadius {
     }
 
     let emit = |reach: &mut Vec<Reach>,
-                    flags: &mut Vec<Flag>,
-                    exposure: &mut u64,
-                    rule: Option<&Rule>,
-                    d: Dst,
-                    left: &Space,
-                    partial: bool,
-                    decided: &[Decided],
-                    watches: &[(usize, Vec<Dst>, Space)]| {
+                flags: &mut Vec<Flag>,
+                exposure: &mut u64,
+                rule: Option<&Rule>,
+                d: Dst,
+                left: &Space,
+                partial: bool,
+                decided: &[Decided],
+                watches: &[(usize, Vec<Dst>, Space)]| {
         let rule_name = rule.map_or("default", |r| r.name.as_str()).to_owned();
         let dname = dst_name(policy, d);
         let watched: Vec<&Rule> = watches
@@ -323,7 +323,8 @@ fn group_radius(policy: &Policy, exfil: &Catalog, group: u32) -> GroupRadius {
                 flag(
                     FlagKind::AnyDestination,
                     if rule.is_none() {
-                        "default_action = \"permit\": everything no rule denies is reachable".to_owned()
+                        "default_action = \"permit\": everything no rule denies is reachable"
+                            .to_owned()
                     } else {
                         format!("`{rule_name}` permits any destination")
                     },
@@ -353,7 +354,11 @@ fn group_radius(policy: &Policy, exfil: &Catalog, group: u32) -> GroupRadius {
                         hits.truncate(5);
                         flag(
                             FlagKind::Exfiltration,
-                            format!("`{}` reaches exfiltration-capable destinations: {}", g.name, hits.join(", ")),
+                            format!(
+                                "`{}` reaches exfiltration-capable destinations: {}",
+                                g.name,
+                                hits.join(", ")
+                            ),
                         );
                     }
                     let wild: Vec<&str> = g

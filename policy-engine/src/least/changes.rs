@@ -26,7 +26,11 @@ fn src_text(p: &Policy, r: &Rule) -> String {
         SrcSpec::Any => "any".to_owned(),
         SrcSpec::Groups(g) => g
             .iter()
-            .map(|&i| p.smartgroups.get(i as usize).map_or("?", |g| g.name.as_str()))
+            .map(|&i| {
+                p.smartgroups
+                    .get(i as usize)
+                    .map_or("?", |g| g.name.as_str())
+            })
             .collect::<Vec<_>>()
             .join(","),
     }
@@ -132,7 +136,10 @@ pub fn policy_changes(old: &Policy, new: &Policy) -> Vec<Change> {
     let mut out = Vec::new();
     let settings = |p: &Policy| {
         vec![
-            ("default_action", p.default_action.action().as_str().to_owned()),
+            (
+                "default_action",
+                p.default_action.action().as_str().to_owned(),
+            ),
             ("mode", p.mode.as_str().to_owned()),
             ("quic", p.quic.as_str().to_owned()),
         ]
@@ -197,19 +204,34 @@ pub fn policy_changes(old: &Policy, new: &Policy) -> Vec<Change> {
     let smart = |p: &Policy| {
         p.smartgroups
             .iter()
-            .map(|g| (g.name.clone(), g.cidrs.iter().map(ToString::to_string).collect()))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    g.cidrs.iter().map(ToString::to_string).collect(),
+                )
+            })
             .collect()
     };
     let web = |p: &Policy| {
         p.webgroups
             .iter()
-            .map(|g| (g.name.clone(), g.patterns.iter().map(ToString::to_string).collect()))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    g.patterns.iter().map(ToString::to_string).collect(),
+                )
+            })
             .collect()
     };
     let addr = |p: &Policy| {
         p.addressgroups
             .iter()
-            .map(|g| (g.name.clone(), g.cidrs.iter().map(ToString::to_string).collect()))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    g.cidrs.iter().map(ToString::to_string).collect(),
+                )
+            })
             .collect()
     };
     diff_sets(&mut out, "smartgroup", smart(old), smart(new));

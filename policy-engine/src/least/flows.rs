@@ -21,9 +21,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::compile::{CompiledPolicy, Query, SynDecision, Verdict};
-use crate::model::{
-    Action, DstGroup, DstSpec, Mode, Policy, Rule, SrcSpec, Transport,
-};
+use crate::model::{Action, DstGroup, DstSpec, Mode, Policy, Rule, SrcSpec, Transport};
 
 /// One observed connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -283,10 +281,12 @@ pub fn name_probe(a: &Policy, b: &Policy) -> Policy {
             g.name = rename(&g.name);
             g
         }));
-    probe.webgroups.extend(b.webgroups.iter().cloned().map(|mut g| {
-        g.name = rename(&g.name);
-        g
-    }));
+    probe
+        .webgroups
+        .extend(b.webgroups.iter().cloned().map(|mut g| {
+            g.name = rename(&g.name);
+            g
+        }));
     probe
         .addressgroups
         .extend(b.addressgroups.iter().cloned().map(|mut g| {

@@ -259,15 +259,14 @@ impl<'a> Recommender<'a> {
             let e = per
                 .entry(dst.clone())
                 .or_insert_with(|| (BTreeMap::new(), Seen::new(seen.first)));
-            e.0.entry(transport.protocol_number()).or_default().insert(*port);
+            e.0.entry(transport.protocol_number())
+                .or_default()
+                .insert(*port);
             e.1.add(seen);
         }
 
-        let mut used: BTreeSet<String> = current
-            .smartgroups
-            .iter()
-            .map(|g| g.name.clone())
-            .collect();
+        let mut used: BTreeSet<String> =
+            current.smartgroups.iter().map(|g| g.name.clone()).collect();
         used.extend(providers.groups.keys().cloned());
         let mut unique = |base: String| -> String {
             let mut base: String = base.chars().take(110).collect();
@@ -317,7 +316,8 @@ impl<'a> Recommender<'a> {
                     if let Some(d) = &g.description {
                         let _ = writeln!(out, "description = {}", quote(d));
                     }
-                    let cidrs: Vec<String> = g.cidrs.iter().map(|c| quote(&c.to_string())).collect();
+                    let cidrs: Vec<String> =
+                        g.cidrs.iter().map(|c| quote(&c.to_string())).collect();
                     let _ = writeln!(out, "cidrs = [{}]", cidrs.join(", "));
                     if !g.selectors.is_empty() {
                         let _ = writeln!(out, "selectors = [");
@@ -376,10 +376,8 @@ impl<'a> Recommender<'a> {
                         Dst::Name(n) => {
                             kept_names.insert(n.clone());
                             if let Some(g) = catalog_of.get(n.as_str()) {
-                                let ports: Vec<u16> = catalog_ports[&(g.clone(), *t)]
-                                    .iter()
-                                    .copied()
-                                    .collect();
+                                let ports: Vec<u16> =
+                                    catalog_ports[&(g.clone(), *t)].iter().copied().collect();
                                 rules
                                     .entry((*t, ports))
                                     .or_default()
@@ -458,7 +456,8 @@ impl<'a> Recommender<'a> {
                                 exfil_hits.join(", ")
                             )
                         };
-                        let _ = writeln!(groups_text, "  {},  # {}{note}", quote(n), seen.comment());
+                        let _ =
+                            writeln!(groups_text, "  {},  # {}{note}", quote(n), seen.comment());
                     }
                     let _ = writeln!(groups_text, "]");
                     dst_list.push(wg);
@@ -493,8 +492,10 @@ impl<'a> Recommender<'a> {
                 let dq: Vec<String> = dst_list.iter().map(|d| quote(d)).collect();
                 let _ = writeln!(rules_text, "dst = [{}]", dq.join(", "));
                 let _ = writeln!(rules_text, "protocol = \"{proto}\"");
-                let ranges: Vec<PortRange> =
-                    ports.iter().map(|&p| PortRange { start: p, end: p }).collect();
+                let ranges: Vec<PortRange> = ports
+                    .iter()
+                    .map(|&p| PortRange { start: p, end: p })
+                    .collect();
                 let ps: Vec<String> = PortSet::from_ranges(&ranges)
                     .to_strings()
                     .iter()
