@@ -307,25 +307,27 @@ impl<'a> Recommender<'a> {
             Src::Group(g) => current.smartgroups[*g as usize].name.clone(),
             Src::Host(ip) => format!("host-{}", ip.to_string().replace(':', "-")),
         };
+        // SmartGroups named as east-west destinations are copied too, or the rules naming
+        // them would not load.
+        let mut copied: BTreeSet<u32> = BTreeSet::new();
+        for src in by_src.keys() {
+            if let Src::Group(g) = src {
+                copied.insert(*g);
+            }
+        }
+        let destinations: BTreeSet<u32> = by_src
+            .values()
+            .flat_map(|per| per.keys())
+            .filter_map(|d| match d {
+                Dst::Smart(g) => Some(*g),
+                _ => None,
+            })
+            .filter(|g| !copied.contains(g))
+            .collect();
         for src in by_src.keys() {
             match src {
                 Src::Group(g) => {
-                    let g = &current.smartgroups[*g as usize];
-                    let _ = writeln!(out, "\n# Copied from the current policy.");
-                    let _ = writeln!(out, "[smartgroups.{}]", key(&g.name));
-                    if let Some(d) = &g.description {
-                        let _ = writeln!(out, "description = {}", quote(d));
-                    }
-                    let cidrs: Vec<String> =
-                        g.cidrs.iter().map(|c| quote(&c.to_string())).collect();
-                    let _ = writeln!(out, "cidrs = [{}]", cidrs.join(", "));
-                    if !g.selectors.is_empty() {
-                        let _ = writeln!(out, "selectors = [");
-                        for s in &g.selectors {
-                            let _ = writeln!(out, "  {},", selector(s));
-                        }
-                        let _ = writeln!(out, "]");
-                    }
+                    copy_group(&mut out, current, *g, "Copied from the current policy.")
                 }
                 Src::Host(ip) => {
                     let _ = writeln!(out, "\n# A source in no SmartGroup of the current policy.");
@@ -333,6 +335,14 @@ impl<'a> Recommender<'a> {
                     let _ = writeln!(out, "cidrs = [{}]", quote(&host_cidr(*ip)));
                 }
             }
+        }
+        for g in destinations {
+            copy_group(
+                &mut out,
+                current,
+                g,
+                "Copied from the current policy: a destination of east-west traffic.",
+            );
         }
 
         let mut catalog_used: BTreeMap<String, ()> = BTreeMap::new();
@@ -646,6 +656,25 @@ fn key(name: &str) -> String {
         name.to_owned()
     } else {
         quote(name)
+    }
+}
+
+/// Writes a SmartGroup of the current policy, as defined there.
+fn copy_group(out: &mut String, current: &Policy, g: u32, comment: &str) {
+    let g = &current.smartgroups[g as usize];
+    let _ = writeln!(out, "\n# {comment}");
+    let _ = writeln!(out, "[smartgroups.{}]", key(&g.name));
+    if let Some(d) = &g.description {
+        let _ = writeln!(out, "description = {}", quote(d));
+    }
+    let cidrs: Vec<String> = g.cidrs.iter().map(|c| quote(&c.to_string())).collect();
+    let _ = writeln!(out, "cidrs = [{}]", cidrs.join(", "));
+    if !g.selectors.is_empty() {
+        let _ = writeln!(out, "selectors = [");
+        for s in &g.selectors {
+            let _ = writeln!(out, "  {},", selector(s));
+        }
+        let _ = writeln!(out, "]");
     }
 }
 
