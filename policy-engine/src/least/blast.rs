@@ -470,7 +470,7 @@ fn group_radius(policy: &Policy, exfil: &Catalog, group: u32) -> GroupRadius {
             );
         }
     }
-    flags.sort_by(|a, b| a.kind.cmp(&b.kind));
+    flags.sort_by_key(|f| f.kind);
     flags.dedup();
     GroupRadius {
         name,
