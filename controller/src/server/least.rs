@@ -124,7 +124,7 @@ pub async fn recommend(
             let mut summary = out.summary;
             if unreadable > 0 {
                 summary.push(format!(
-                    "{unreadable} record(s) were flow ends or decisions made by a bound, not a rule, and were not counted"
+                    "{unreadable} record(s) were flow ends, decisions made by a bound rather than a rule, or not readable as flows, and were not counted"
                 ));
             }
             Ok(Ok(RecommendReply {

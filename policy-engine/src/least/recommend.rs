@@ -575,13 +575,12 @@ fn summarize(
                 continue;
             };
             for r in g.reach.iter().filter(|r| r.enforced) {
-                let what = format!(
-                    "{} ({} {}) through `{}`",
-                    r.dst,
-                    r.protocol,
-                    r.ports.join(","),
-                    r.rule
-                );
+                let traffic = if r.protocol == "any" && r.ports == ["any"] {
+                    "every protocol and port".to_owned()
+                } else {
+                    format!("{} {}", r.protocol, r.ports.join(","))
+                };
+                let what = format!("{} ({traffic}) through `{}`", r.dst, r.rule);
                 match r.dst_kind {
                     DstKind::Any => lines.push(format!(
                         "{}: {what} would be narrowed to the {} destination(s) seen",
