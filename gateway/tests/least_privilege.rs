@@ -382,6 +382,47 @@ fn diff_refuses_hostile_records_with_status_2() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn diff_memory_stays_bounded_on_many_destinations() -> Result<()> {
+    // 12,000 distinct names, each newly denied: the buckets stop at 10,000, the totals do not.
+    let dir = tempfile::tempdir()?;
+    let first = std::fs::read_to_string(fixture("records.jsonl"))?
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut text = String::new();
+    for i in 0..12_000 {
+        text.push_str(&first.replace("api.openai.com", &format!("h{i}.example.net")));
+        text.push('\n');
+    }
+    let path = dir.path().join("many.jsonl");
+    std::fs::write(&path, text)?;
+    let deny = dir.path().join("deny.toml");
+    std::fs::write(&deny, "[policy]\ndefault_action = \"deny\"\n")?;
+    let out = bulkhead(&[
+        "diff",
+        "--policy",
+        &fixture("observe.toml"),
+        "--candidate",
+        deny.to_str().unwrap(),
+        "--records",
+        path.to_str().unwrap(),
+        "--json",
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out)?;
+    assert_eq!(v["newly_denied"], 12_000);
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 10_001);
+    let other = changes
+        .iter()
+        .find(|c| c["dst"] == "(other destinations)")
+        .unwrap();
+    assert_eq!(other["flows"], 2_000);
+    Ok(())
+}
+
 /// The catalog loads through a policy anchored in `configs/`, like the sample policies.
 fn load_with_catalog(text: &str) -> Result<policy_engine::LoadedPolicy> {
     policy_engine::load_policy_str(text, &root().join("configs/catalog-test.toml"))

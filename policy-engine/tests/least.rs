@@ -287,6 +287,8 @@ fn a_recommendation_permits_exactly_the_traffic_it_was_built_from() {
     );
     let loaded = load_policy_str(&out.toml, Path::new("recommended.toml"))
         .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+    // It checks as `check-policy` does: no errors, and no warnings either.
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let recommended = loaded.policy;
     assert_eq!(out.flows, flows.len() as u64);
 
