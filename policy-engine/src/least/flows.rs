@@ -265,15 +265,13 @@ pub fn name_probe(a: &Policy, b: &Policy) -> Policy {
         a.webgroups.len() as u32,
         a.addressgroups.len() as u32,
     );
-    let mut probe = Policy {
-        default_action: b.default_action,
-        mode: Mode::LogOnly,
-        quic: b.quic,
-        smartgroups: a.smartgroups.clone(),
-        webgroups: a.webgroups.clone(),
-        addressgroups: a.addressgroups.clone(),
-        rules: Vec::with_capacity(a.rules.len() + b.rules.len()),
-    };
+    // Built from `b` so that settings this function does not know of are the candidate's.
+    let mut probe = b.clone();
+    probe.mode = Mode::LogOnly;
+    probe.smartgroups = a.smartgroups.clone();
+    probe.webgroups = a.webgroups.clone();
+    probe.addressgroups = a.addressgroups.clone();
+    probe.rules = Vec::with_capacity(a.rules.len() + b.rules.len());
     let rename = |n: &str| format!("candidate.{n}");
     probe
         .smartgroups
