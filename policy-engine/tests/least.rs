@@ -464,3 +464,138 @@ fn rule_and_group_changes_are_listed() {
     assert_eq!(changes.len(), 4, "{changes:#?}");
     assert!(policy_changes(&a, &a).is_empty());
 }
+
+/// Random policies against the reference evaluator: every connection the naive evaluator
+/// permits (enforced) must appear in the blast radius of its source group, through the rule
+/// that permits it, with its destination group (or `any`), protocol and port. Reach may be
+/// larger than the truth; it must never be smaller.
+#[test]
+fn blast_radius_covers_every_permitted_connection_of_random_policies() {
+    use policy_engine::least::blast::Reach;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    let names = ["a.example.com", "b.example.com", "c.example.org"];
+    let ports = [22u16, 53, 443, 8443];
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut checked = 0;
+    for _ in 0..300 {
+        let mut text = String::new();
+        text.push_str(if rng.gen_bool(0.3) {
+            "[policy]\ndefault_action = \"permit\"\n"
+        } else {
+            "[policy]\ndefault_action = \"deny\"\n"
+        });
+        for s in 0..3 {
+            text.push_str(&format!(
+                "[smartgroups.s{s}]\ncidrs = [\"10.{s}.0.0/16\"]\n"
+            ));
+        }
+        for (w, n) in names.iter().enumerate() {
+            text.push_str(&format!("[webgroups.w{w}]\ndomains = [\"{n}\"]\n"));
+        }
+        text.push_str("[addressgroups.a0]\ncidrs = [\"192.0.2.0/24\"]\n");
+        let dsts = ["w0", "w1", "w2", "a0", "s0", "s1", "s2"];
+        for r in 0..rng.gen_range(1..8) {
+            let src = if rng.gen_bool(0.3) {
+                "\"any\"".to_owned()
+            } else {
+                format!("[\"s{}\"]", rng.gen_range(0..3))
+            };
+            let dst = if rng.gen_bool(0.25) {
+                "\"any\"".to_owned()
+            } else {
+                let a = dsts[rng.gen_range(0..dsts.len())];
+                let b = dsts[rng.gen_range(0..dsts.len())];
+                if a == b {
+                    format!("[\"{a}\"]")
+                } else {
+                    format!("[\"{a}\", \"{b}\"]")
+                }
+            };
+            let protocol = ["any", "tcp", "udp"][rng.gen_range(0..3)];
+            let port_line = match rng.gen_range(0..3) {
+                0 => String::new(),
+                1 => format!("ports = [\"{}\"]\n", ports[rng.gen_range(0..ports.len())]),
+                _ => "ports = [\"400-9000\"]\n".to_owned(),
+            };
+            let action = ["permit", "deny", "reject"][rng.gen_range(0..3)];
+            let watch = rng.gen_bool(0.2);
+            text.push_str(&format!(
+                "[[rules]]\nname = \"r{r}\"\npriority = {r}\nsrc = {src}\ndst = {dst}\nprotocol = \"{protocol}\"\n{port_line}action = \"{action}\"\nwatch = {watch}\n"
+            ));
+        }
+        // Shadowed rules are warnings, not errors: load without the no-warning check.
+        let policy = load_policy_str(&text, Path::new("random.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .policy;
+        let radius = blast_radius(&policy, &exfil(), None).unwrap();
+        for _ in 0..200 {
+            let s = rng.gen_range(0..3);
+            let src: IpAddr = format!("10.{s}.1.1").parse().unwrap();
+            let dst: IpAddr = match rng.gen_range(0..3) {
+                0 => "192.0.2.9".parse().unwrap(),
+                1 => format!("10.{}.2.2", rng.gen_range(0..3)).parse().unwrap(),
+                _ => "198.51.100.1".parse().unwrap(),
+            };
+            let transport = [TCP, UDP, Transport::Other(1)][rng.gen_range(0..3)];
+            let port = if transport.has_ports() {
+                ports[rng.gen_range(0..ports.len())]
+            } else {
+                0
+            };
+            let name = rng.gen_bool(0.6).then(|| names[rng.gen_range(0..3)]);
+            let q = Query {
+                src,
+                dst,
+                transport,
+                dst_port: port,
+                name,
+            };
+            let v = policy_engine::naive::evaluate(&policy, &q);
+            if v.effective_action != policy_engine::Action::Permit {
+                continue;
+            }
+            checked += 1;
+            let rule = match v.effective_rule {
+                policy_engine::RuleRef::Rule(i) => policy.rules[i as usize].name.clone(),
+                policy_engine::RuleRef::Default => "default".to_owned(),
+            };
+            let group = radius
+                .groups
+                .iter()
+                .find(|g| g.name == format!("s{s}"))
+                .unwrap();
+            let dst_matches = |r: &Reach| r.dst == "any" || v.dst_groups.contains(&r.dst);
+            let port_matches = |r: &Reach| {
+                let proto_ok = match r.protocol {
+                    "any" => true,
+                    "tcp" => transport == TCP,
+                    "udp" => transport == UDP,
+                    "other" => !transport.has_ports(),
+                    _ => false,
+                };
+                let ports_ok = r.ports == ["any"]
+                    || (transport.has_ports()
+                        && r.ports.iter().any(|p| match p.split_once('-') {
+                            Some((a, b)) => {
+                                a.parse::<u16>().unwrap() <= port && port <= b.parse().unwrap()
+                            }
+                            None => p.parse::<u16>().unwrap() == port,
+                        }));
+                proto_ok && ports_ok
+            };
+            assert!(
+                group
+                    .reach
+                    .iter()
+                    .any(|r| r.rule == rule && dst_matches(r) && port_matches(r)),
+                "{q:?} permitted by {rule} is missing from the reach of s{s}: {:#?}\n{text}",
+                group.reach
+            );
+        }
+    }
+    assert!(
+        checked > 1000,
+        "only {checked} permitted connections were checked"
+    );
+}
