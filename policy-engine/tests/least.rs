@@ -669,3 +669,22 @@ fn recommendations_of_random_traffic_deny_none_of_it() {
         );
     }
 }
+
+#[test]
+fn a_watch_rule_on_a_smaller_webgroup_observes_part_of_a_larger_one() {
+    // The example policy trials a deny of OpenRouter for dev (a watch rule) above dev's permit
+    // of every AI provider (`ai-all`, which lists OpenRouter's names too).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/policy.example.toml");
+    let policy = policy_engine::load_policy_file(&path).unwrap().policy;
+    let r = blast_radius(&policy, &exfil(), Some("dev")).unwrap();
+    let reach = &r.groups[0].reach;
+    assert_eq!(reach[0].dst, "ai-all");
+    assert_eq!(reach[0].watched_by, vec!["trial-dev-no-openrouter"]);
+    assert!(r.groups[0]
+        .flags
+        .iter()
+        .any(|f| f.kind == FlagKind::WatchOnlyDeny && f.rule == "dev-to-ai-providers"));
+    // prod's Bedrock permit shares no name with the watched group.
+    let r = blast_radius(&policy, &exfil(), Some("prod-agents")).unwrap();
+    assert!(r.groups[0].reach.iter().all(|x| x.watched_by.is_empty()));
+}

@@ -6,7 +6,8 @@
 //! `any`) have not already decided. What a permit decides is reach; what a deny or reject
 //! decides is carved out of later rules, and, when it names a group, listed as an exception of
 //! a later `any`. Watch rules decide nothing (they enforce nothing): they are remembered, and
-//! every later reach they share traffic with is marked as observed by them.
+//! every later reach they share traffic with is marked as observed by them (by group name, or
+//! for WebGroups by a shared name pattern).
 //!
 //! A `default_action = "permit"` adds the reach `any` through `default` with every exception
 //! above it; `mode = "log-only"` enforces nothing, so every group reaches everything whatever
@@ -145,6 +146,23 @@ fn shares(by: Dst, to: Dst) -> bool {
     by == Dst::Any || to == Dst::Any || by == to
 }
 
+/// Whether two WebGroups share a name (a watch rule on `openrouter` observes part of a permit
+/// of `ai-all`). Watch rules are few and groups small, so the pairwise check is cheap here.
+fn names_overlap(policy: &Policy, a: Dst, b: Dst) -> bool {
+    let (Dst::Group(DstGroup::Web(a)), Dst::Group(DstGroup::Web(b))) = (a, b) else {
+        return false;
+    };
+    let (Some(a), Some(b)) = (
+        policy.webgroups.get(a as usize),
+        policy.webgroups.get(b as usize),
+    ) else {
+        return false;
+    };
+    a.patterns
+        .iter()
+        .any(|p| b.patterns.iter().any(|q| super::catalog::overlap(p, q)))
+}
+
 /// The blast radius of every SmartGroup of `policy` (or only `only`, when given and defined;
 /// `None` when it is not), with `exfil` as the catalog of exfiltration-capable destinations.
 pub fn blast_radius(policy: &Policy, exfil: &Catalog, only: Option<&str>) -> Option<BlastRadius> {
@@ -266,7 +284,11 @@ fn group_radius(policy: &Policy, exfil: &Catalog, group: u32) -> GroupRadius {
         let dname = dst_name(policy, d);
         let watched: Vec<&Rule> = watches
             .iter()
-            .filter(|(_, wd, ws)| wd.iter().any(|&w| shares(w, d)) && ws.intersects(left))
+            .filter(|(_, wd, ws)| {
+                wd.iter()
+                    .any(|&w| shares(w, d) || names_overlap(policy, w, d))
+                    && ws.intersects(left)
+            })
             .map(|(i, _, _)| &policy.rules[*i])
             .collect();
         let except: Vec<String> = if d == Dst::Any {
@@ -309,7 +331,7 @@ fn group_radius(policy: &Policy, exfil: &Catalog, group: u32) -> GroupRadius {
                 flag(
                     FlagKind::WatchOnlyDeny,
                     format!(
-                        "watch rule `{}` says {} for this traffic, but watch rules enforce nothing: `{}` permits it{}",
+                        "watch rule `{}` says {} for this traffic (or part of it), but watch rules enforce nothing: `{}` permits it{}",
                         w.name,
                         w.action,
                         rule_name,
