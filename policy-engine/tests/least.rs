@@ -688,3 +688,61 @@ fn a_watch_rule_on_a_smaller_webgroup_observes_part_of_a_larger_one() {
     let r = blast_radius(&policy, &exfil(), Some("prod-agents")).unwrap();
     assert!(r.groups[0].reach.iter().all(|x| x.watched_by.is_empty()));
 }
+
+#[test]
+fn the_summary_names_what_would_be_taken_away() {
+    let current = load(
+        r#"
+[smartgroups.prod]
+cidrs = ["10.1.0.0/16"]
+[webgroups.openai]
+domains = ["api.openai.com"]
+[webgroups.tools]
+domains = ["api.github.com", "*.atlassian.net"]
+[webgroups.unused]
+domains = ["api.linear.app"]
+[[rules]]
+name = "openai"
+priority = 1
+src = ["prod"]
+dst = ["openai"]
+protocol = "tcp"
+ports = ["443"]
+action = "permit"
+[[rules]]
+name = "tools"
+priority = 2
+src = ["prod"]
+dst = ["tools", "unused"]
+protocol = "tcp"
+ports = ["443"]
+action = "permit"
+"#,
+    );
+    let compiled = compile(&current, 1);
+    let mut rec = Recommender::new(&current, &compiled, None).unwrap();
+    rec.add(
+        &flow("10.1.0.1", "198.18.0.1", TCP, 443, Some("api.openai.com")),
+        1,
+        false,
+    );
+    rec.add(
+        &flow("10.1.0.1", "198.18.0.2", TCP, 443, Some("api.github.com")),
+        2,
+        false,
+    );
+    let out = rec.finish(&providers(), "ai", &exfil(), &[]);
+    let summary = out.summary.join("\n");
+    // Every name of `openai` was seen: nothing taken away, no line.
+    assert!(!summary.contains("openai"), "{summary}");
+    assert!(
+        summary.contains("prod: tools (tcp 443) through `tools` would be narrowed to the 1 name(s) seen (it has 2 pattern(s))"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(
+            "prod: unused (tcp 443) through `tools` would be denied: no traffic seen to it"
+        ),
+        "{summary}"
+    );
+}

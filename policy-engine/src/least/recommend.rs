@@ -598,7 +598,12 @@ fn summarize(
                             .iter()
                             .filter(|n| patterns.iter().any(|p| p.matches(n)))
                             .count();
-                        if hit == 0 {
+                        let every_name_seen = patterns
+                            .iter()
+                            .all(|p| p.is_exact() && names.contains(p.as_str()));
+                        if every_name_seen {
+                            // Nothing of it is taken away.
+                        } else if hit == 0 {
                             lines.push(format!(
                                 "{}: {what} would be denied: no traffic seen to it",
                                 g.name
