@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use policy_engine::{
     Action, AddressGroup, DefaultAction, DstGroup, DstSpec, Mode, NamePattern, Policy, PortRange,
-    Ports, Protocol, QuicMode, Rule, SmartGroup, SrcSpec, WebGroup,
+    Ports, Protocol, QuicMode, Rule, SmartGroup, SniDnsCheck, SrcSpec, WebGroup,
 };
 use sha2::{Digest, Sha256};
 
@@ -61,6 +61,11 @@ pub fn policy_to_proto(policy: &Policy) -> v1::Policy {
         quic: match policy.quic {
             QuicMode::Inspect => v1::Quic::Inspect as i32,
             QuicMode::Block => v1::Quic::Block as i32,
+        },
+        sni_dns_check: match policy.sni_dns_check {
+            SniDnsCheck::Enforce => v1::SniDnsCheck::Enforce as i32,
+            SniDnsCheck::Log => v1::SniDnsCheck::Log as i32,
+            SniDnsCheck::Off => v1::SniDnsCheck::Off as i32,
         },
         smartgroups: policy
             .smartgroups
@@ -178,6 +183,18 @@ pub fn policy_from_proto(wire: &v1::Policy) -> Result<Policy, ConvertError> {
             QuicMode::Inspect
         }
     };
+    let sni_dns_check = match v1::SniDnsCheck::try_from(wire.sni_dns_check) {
+        Ok(v1::SniDnsCheck::Unspecified | v1::SniDnsCheck::Log) => SniDnsCheck::Log,
+        Ok(v1::SniDnsCheck::Enforce) => SniDnsCheck::Enforce,
+        Ok(v1::SniDnsCheck::Off) => SniDnsCheck::Off,
+        Err(_) => {
+            errors.push(format!(
+                "sni_dns_check: {} is not enforce, log or off",
+                wire.sni_dns_check
+            ));
+            SniDnsCheck::Log
+        }
+    };
     let smartgroups = wire
         .smartgroups
         .iter()
@@ -210,6 +227,7 @@ pub fn policy_from_proto(wire: &v1::Policy) -> Result<Policy, ConvertError> {
         default_action,
         mode,
         quic,
+        sni_dns_check,
         smartgroups,
         webgroups,
         addressgroups,

@@ -48,6 +48,7 @@ mod tests {
 [policy]
 default_action = "deny"
 mode = "log-only"
+sni_dns_check = "enforce"
 
 [smartgroups.prod]
 cidrs = ["10.1.0.0/16", "fd00:1::/64"]

@@ -73,6 +73,17 @@ pub enum Reason {
     HostChanged,
     /// The policy blocks QUIC (`quic = "block"`): refused so that the client falls back to TCP.
     QuicBlocked,
+    /// The flow was permitted by its name, and the name does not resolve to the destination
+    /// address (`sni_dns_check`): the client claimed a name it is not talking to.
+    SniAddressMismatch,
+    /// The name could not be resolved to check the destination address: the resolver failed,
+    /// or the gateway refused to send one more query (its bounds).
+    SniDnsFailure,
+    /// No answer to the lookup of the name before the flow's inspection time ran out.
+    SniDnsTimeout,
+    /// Nothing could be asked: `bulkhead replay` had no answer for the name in the capture or
+    /// the answer file.
+    SniDnsUnverified,
     /// A reason this version does not know (forward compatibility when reading records).
     #[serde(other)]
     Unknown,
@@ -80,7 +91,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason this build emits (all but `Unknown`), e.g. for metric label vocabularies.
-    pub const KNOWN: [Reason; 17] = [
+    pub const KNOWN: [Reason; 21] = [
         Reason::Rule,
         Reason::Default,
         Reason::NoSni,
@@ -98,6 +109,10 @@ impl Reason {
         Reason::SecondHello,
         Reason::HostChanged,
         Reason::QuicBlocked,
+        Reason::SniAddressMismatch,
+        Reason::SniDnsFailure,
+        Reason::SniDnsTimeout,
+        Reason::SniDnsUnverified,
     ];
 
     /// The `snake_case` name, as serialised and used as a metrics label.
@@ -120,6 +135,10 @@ impl Reason {
             Reason::SecondHello => "second_hello",
             Reason::HostChanged => "host_changed",
             Reason::QuicBlocked => "quic_blocked",
+            Reason::SniAddressMismatch => "sni_address_mismatch",
+            Reason::SniDnsFailure => "sni_dns_failure",
+            Reason::SniDnsTimeout => "sni_dns_timeout",
+            Reason::SniDnsUnverified => "sni_dns_unverified",
             Reason::Unknown => "unknown",
         }
     }
@@ -130,6 +149,17 @@ impl Reason {
         // The variants are declared in `KNOWN` order with `Unknown` last; the assertion below
         // the impl holds the build to that.
         self as usize
+    }
+
+    /// True for the outcomes of the DNS check of a name (`sni_dns_check`).
+    pub const fn is_dns_check(self) -> bool {
+        matches!(
+            self,
+            Reason::SniAddressMismatch
+                | Reason::SniDnsFailure
+                | Reason::SniDnsTimeout
+                | Reason::SniDnsUnverified
+        )
     }
 
     /// True for reasons that mean a bound or a hostile pattern made the gateway fail closed,
@@ -319,6 +349,22 @@ pub struct Http {
     pub host: String,
 }
 
+/// What the DNS check of the name found (`sni_dns_check`), on records whose `reason` is one of
+/// its outcomes, and on replayed records the check could not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsCheck {
+    /// The name the client sent (normalised), as checked.
+    pub name: String,
+    /// The destination address it was checked against.
+    pub address: IpAddr,
+    /// What the name resolves to (empty when it has no address or the lookup failed).
+    pub resolved: Vec<IpAddr>,
+    /// `mismatch`, `timeout`, `error`, `refused` or `unverified`.
+    pub outcome: String,
+    /// `enforce` (the flow was refused) or `log` (it was let through and recorded).
+    pub mode: String,
+}
+
 /// The rule that decided and the policy version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
@@ -388,6 +434,9 @@ pub struct DecisionRecord {
     pub reason: Reason,
     /// The gateway that decided.
     pub gateway_id: String,
+    /// The DNS check of the name, when it did not confirm the destination address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_check: Option<DnsCheck>,
     /// Flow end: counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Traffic>,
@@ -484,6 +533,7 @@ mod tests {
             dst_groups: vec!["openai".into()],
             reason: Reason::Rule,
             gateway_id: "gw-1".into(),
+            dns_check: None,
             traffic: None,
             duration: None,
             start_time: None,

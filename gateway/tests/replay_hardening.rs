@@ -206,6 +206,7 @@ fn records_are_streamed_as_flows_end() -> Result<()> {
     let opts = ReplayOptions {
         gateway_id: "t".into(),
         verify_checksums: false,
+        ..ReplayOptions::default()
     };
     let mut seen: Vec<u16> = Vec::new();
     let summary = replay_to(policy, &[fifo], &opts, &mut |r| {

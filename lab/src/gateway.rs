@@ -85,8 +85,19 @@ pub fn gateway_toml(
         "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n{busy}\n\
          [policy]\nfile = {p:?}\nstate_dir = {s:?}\n{policy_extra}\n\
          [log]\ndecisions = {d:?}\n\n\
-         [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{extra}",
+         [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{dns}{extra}",
         extra = spec.extra_toml,
+        // The DNS check's resolver is the lab's own (`crate::dns`), so that a lab never asks
+        // the host's resolvers; a test that runs the lab's DNS server sets its own `[dns]`.
+        dns = if spec.extra_toml.contains("[dns]") {
+            String::new()
+        } else {
+            format!(
+                "[dns]\nservers = [\"{}:{}\"]\n\n",
+                crate::addr::SERVER_V4,
+                crate::dns::DNS_PORT
+            )
+        },
         policy_extra = spec.policy_toml,
         busy = spec
             .busy_poll_us

@@ -37,6 +37,7 @@
 //! - [`netns`]: entering a namespace (`setns(2)`), signals to child processes, the root check.
 //! - [`pki`]: a throw-away CA and one certificate per server name (rcgen).
 //! - [`servers`]: the TLS, plain HTTP and UDP echo servers of the internet namespace.
+//! - [`dns`]: a small DNS server for the internet namespace (the gateway's DNS check).
 //! - [`clients`]: the in-process rustls client (X25519MLKEM768 key share), curl,
 //!   `openssl s_client`, UDP.
 //! - [`gateway`]: `bulkhead run` as a child process in the gateway namespace, its decision log
@@ -48,6 +49,7 @@
 pub mod bins;
 pub mod clients;
 pub mod demo;
+pub mod dns;
 pub mod gateway;
 pub mod netns;
 pub mod pki;

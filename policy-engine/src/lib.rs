@@ -41,7 +41,8 @@ pub use load::{
 };
 pub use model::{
     Action, AddressGroup, DefaultAction, DstGroup, DstSpec, K8sSelector, Mode, Policy, PolicyError,
-    PortRange, Ports, Protocol, QuicMode, Rule, Selector, SmartGroup, SrcSpec, Transport, WebGroup,
+    PortRange, Ports, Protocol, QuicMode, Rule, Selector, SmartGroup, SniDnsCheck, SrcSpec,
+    Transport, WebGroup,
 };
 pub use name::{normalize_name, NameError, NamePattern, PatternError};
 pub use store::PolicyStore;

@@ -95,6 +95,50 @@ impl QuicMode {
     }
 }
 
+/// Whether the destination address of a flow permitted by name must be one the name resolves
+/// to: the `sni_dns_check` key of `[policy]`. The client writes the TLS SNI and the HTTP Host
+/// itself, so without this check a workload allowed to reach one name can reach any address by
+/// claiming that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum SniDnsCheck {
+    /// No check.
+    Off,
+    /// Check, let a mismatch through and record it (disposition `Detected`). The default: it
+    /// shows the mismatches CDNs and geo-DNS can cause before anything is enforced.
+    #[default]
+    Log,
+    /// Check, and refuse a flow whose address the name does not resolve to, or whose name cannot
+    /// be resolved in time.
+    Enforce,
+}
+
+impl SniDnsCheck {
+    /// The policy-language keyword: `enforce`, `log` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SniDnsCheck::Off => "off",
+            SniDnsCheck::Log => "log",
+            SniDnsCheck::Enforce => "enforce",
+        }
+    }
+
+    /// The keyword's value, if it is one.
+    pub fn parse(s: &str) -> Option<SniDnsCheck> {
+        match s {
+            "off" => Some(SniDnsCheck::Off),
+            "log" => Some(SniDnsCheck::Log),
+            "enforce" => Some(SniDnsCheck::Enforce),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SniDnsCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The transport of a packet, from its IP protocol number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -346,6 +390,8 @@ pub struct Policy {
     pub mode: Mode,
     /// Inspect or block QUIC.
     pub quic: QuicMode,
+    /// Whether a name's permit needs the destination address to belong to the name.
+    pub sni_dns_check: SniDnsCheck,
     /// Source identities (and east-west destinations).
     pub smartgroups: Vec<SmartGroup>,
     /// Destinations by name.

@@ -264,6 +264,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 },
                 // The verdicts compared here do not read it: only the gateway's UDP 443 path does.
                 quic: QuicMode::Inspect,
+                sni_dns_check: Default::default(),
                 smartgroups,
                 webgroups,
                 addressgroups,

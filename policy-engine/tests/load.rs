@@ -186,7 +186,7 @@ x = 1
     assert_eq!(
         errors(text),
         vec![
-            "2:1: unknown key `colour` in [policy]; expected default_action, mode, quic, include or description",
+            "2:1: unknown key `colour` in [policy]; expected default_action, mode, quic, sni_dns_check, include or description",
             "4:1: unknown key `cidr` in smartgroup `a`; expected cidrs, selectors or description",
             "6:1: unknown key `domain` in webgroup `w`; expected domains or description",
             "9:1: unknown key `nets` in addressgroup `g`; expected cidrs or description",

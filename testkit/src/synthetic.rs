@@ -147,6 +147,8 @@ pub fn synthetic_policy(shape: Shape, seed: u64) -> Synthetic {
             default_action: DefaultAction::Deny,
             mode: Mode::Enforce,
             quic: QuicMode::Inspect,
+            // Synthetic names resolve nowhere: the DNS check has its own benches and tests.
+            sni_dns_check: policy_engine::SniDnsCheck::Off,
             smartgroups,
             webgroups,
             addressgroups,

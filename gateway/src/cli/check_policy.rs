@@ -55,6 +55,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             "files": loaded.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "valid": true,
             "mode": policy.mode.as_str(),
+            "sni_dns_check": policy.sni_dns_check.as_str(),
             "default_action": policy.default_action.action().as_str(),
             "smartgroups": stats.smartgroups,
             "webgroups": stats.webgroups,
@@ -85,6 +86,17 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             " (verdicts are logged, everything is forwarded)"
         } else {
             ""
+        }
+    );
+    println!(
+        "  sni_dns_check: {}{}",
+        policy.sni_dns_check,
+        match policy.sni_dns_check {
+            policy_engine::SniDnsCheck::Enforce =>
+                " (a flow permitted by name must go to an address the name resolves to)",
+            policy_engine::SniDnsCheck::Log =>
+                " (addresses a permitted name does not resolve to are logged as Detected)",
+            policy_engine::SniDnsCheck::Off => " (names are not checked against DNS)",
         }
     );
     println!("  default:       {}", policy.default_action.action());

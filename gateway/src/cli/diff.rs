@@ -258,6 +258,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         let opts = ReplayOptions {
             gateway_id: "diff".to_owned(),
             verify_checksums: false,
+            ..ReplayOptions::default()
         };
         let summary = replay_to(probe, &args.captures, &opts, &mut |rec| {
             match flow_of_record(&rec) {

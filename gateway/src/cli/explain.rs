@@ -142,6 +142,10 @@ struct Explanation {
     summary: String,
     /// `final` when the verdict can be given on the SYN, `needs_name` when the name decides.
     on_syn: &'static str,
+    /// How the gateway corroborates the name with DNS before it lets this connection through:
+    /// `enforce`, `log`, or `off` (the setting is off, or the verdict does not permit because
+    /// of the name).
+    sni_dns_check: &'static str,
     considered: Vec<Considered>,
 }
 
@@ -202,6 +206,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         SynDecision::Final(_) => "final",
         SynDecision::NeedsName => "needs_name",
     };
+    let sni_dns_check = compiled.name_check(&q, &verdict);
     let explanation = Explanation {
         action: verdict.action.as_str(),
         enforced: verdict.enforced,
@@ -220,6 +225,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         },
         summary: summary(&compiled, policy, &verdict),
         on_syn,
+        sni_dns_check: sni_dns_check.as_str(),
         considered,
     };
     if args.json {
@@ -436,6 +442,17 @@ fn render(e: &Explanation, args: &Args, port: u16) -> String {
             "decided without waiting for a name"
         } else {
             "the name decides: data is held until the SNI / Host is seen"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "dns check:    {}",
+        match e.sni_dns_check {
+            "enforce" =>
+                "enforce: held until DNS says the name resolves to this address; refused if not",
+            "log" =>
+                "log: forwarded; logged as Detected if the name does not resolve to this address",
+            _ => "none (the check is off, or the name did not decide the permit)",
         }
     );
     let _ = writeln!(out, "log:          {}", if e.log { "yes" } else { "no" });

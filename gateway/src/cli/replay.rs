@@ -44,6 +44,16 @@ pub struct Args {
     /// `gateway.id`).
     #[arg(long, default_value = "replay", value_parser = parse_gateway_id)]
     pub gateway_id: String,
+    /// The DNS check (`sni_dns_check`): a file of answers, one name per line followed by its
+    /// addresses (`api.openai.com 162.159.140.245 2606:4700::6812:1`). Replay asks no resolver:
+    /// names are confirmed by these and by the DNS answers in the captures; others are
+    /// `sni_dns_unverified`.
+    #[arg(long, value_name = "FILE")]
+    pub dns_answers: Option<PathBuf>,
+    /// Learn DNS answers in the captures only from this resolver (repeatable); by default from
+    /// any resolver whose answer matches a query in the capture.
+    #[arg(long = "dns-learn-from", value_name = "IP")]
+    pub dns_learn_from: Vec<IpAddr>,
     /// pcap or pcapng files, replayed one after the other.
     #[arg(required = true, value_name = "CAPTURE")]
     pub captures: Vec<PathBuf>,
@@ -171,12 +181,18 @@ impl Merger<'_> {
 }
 
 /// How to replay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     /// `gateway_id` written into the records.
     pub gateway_id: String,
     /// Verify the TCP checksum of inspected segments.
     pub verify_checksums: bool,
+    /// The DNS check (`sni_dns_check`): names and the addresses they resolve to, taken as
+    /// answers that never expire (`--dns-answers`).
+    pub dns_answers: Vec<(String, Vec<IpAddr>)>,
+    /// Resolvers whose answers in the captures are learned; empty: any resolver's (a capture
+    /// shows what its workloads were told).
+    pub dns_learn_from: Vec<IpAddr>,
 }
 
 /// Replays `captures` through a pipeline deciding with `policy`, collecting every record, in
@@ -188,12 +204,22 @@ pub fn replay(
     gateway_id: &str,
     verify_checksums: bool,
 ) -> anyhow::Result<Replay> {
-    let mut records = Vec::new();
     let opts = ReplayOptions {
         gateway_id: gateway_id.to_owned(),
         verify_checksums,
+        ..ReplayOptions::default()
     };
-    let s = replay_sequenced(policy, captures, &opts, &mut |seq, r| {
+    replay_with(policy, captures, &opts)
+}
+
+/// [`replay`] with every option.
+pub fn replay_with(
+    policy: policy_engine::CompiledPolicy,
+    captures: &[PathBuf],
+    opts: &ReplayOptions,
+) -> anyhow::Result<Replay> {
+    let mut records = Vec::new();
+    let s = replay_sequenced(policy, captures, opts, &mut |seq, r| {
         records.push((seq, r));
         Ok(())
     })?;
@@ -221,6 +247,87 @@ pub fn replay_to(
     replay_sequenced(policy, captures, opts, &mut |_, r| sink(r))
 }
 
+/// How replay treats the DNS check: nothing is asked of any resolver (a capture replays the
+/// past, and today's answers would not be the ones the gateway had then). A name is confirmed
+/// by the answers the capture holds (DNS responses to queries in the capture, learned as the
+/// live gateway learns them) or by the answer file; a name neither knows is
+/// `sni_dns_unverified`: refused under `enforce`, noted on the record under `log`.
+fn replay_dns(opts: &ReplayOptions, start: Instant) -> crate::pipeline::DnsCheckConfig {
+    // Answers from the file hold for the whole replay; learned ones keep their TTLs.
+    const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+    let cache = crate::dns::DnsCache::new(crate::dns::CacheConfig {
+        max_ttl: FOREVER,
+        ..Default::default()
+    });
+    for (name, addrs) in &opts.dns_answers {
+        let with_ttl: Vec<(IpAddr, u32)> = addrs.iter().map(|&a| (a, u32::MAX)).collect();
+        cache.insert(name, &with_ttl, start);
+    }
+    crate::pipeline::DnsCheckConfig {
+        cache: Some(Arc::new(cache)),
+        learn_from: opts.dns_learn_from.clone(),
+        learn_from_any: opts.dns_learn_from.is_empty(),
+        offline: true,
+        ..Default::default()
+    }
+}
+
+/// Reads an answer file for `--dns-answers`: one name per line followed by its addresses,
+/// separated by spaces or tabs; `#` starts a comment. Every error is reported with its line.
+pub fn read_dns_answers(text: &str) -> Result<Vec<(String, Vec<IpAddr>)>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let Some(raw) = words.next() else {
+            continue;
+        };
+        let name = match policy_engine::normalize_name(raw) {
+            Ok(n) => n.into_owned(),
+            Err(e) => {
+                errors.push(format!(
+                    "line {}: invalid name `{}`: {e}",
+                    i + 1,
+                    echo_bounded(raw, 80)
+                ));
+                continue;
+            }
+        };
+        let mut addrs = Vec::new();
+        for w in words {
+            match w.parse::<IpAddr>() {
+                Ok(a) => addrs.push(a),
+                Err(_) => errors.push(format!(
+                    "line {}: `{}` is not an IP address",
+                    i + 1,
+                    echo_bounded(w, 80)
+                )),
+            }
+        }
+        if addrs.len() > crate::dns::MAX_ADDRS_PER_NAME {
+            errors.push(format!(
+                "line {}: at most {} addresses per name",
+                i + 1,
+                crate::dns::MAX_ADDRS_PER_NAME
+            ));
+        }
+        out.push((name, addrs));
+        if out.len() > 1_000_000 {
+            errors.push("more than 1000000 names".to_owned());
+            break;
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 /// [`replay_to`], each record handed on with its place in decision order.
 fn replay_sequenced(
     policy: policy_engine::CompiledPolicy,
@@ -229,9 +336,12 @@ fn replay_sequenced(
     sink: &mut dyn FnMut(u64, DecisionRecord) -> std::io::Result<()>,
 ) -> std::io::Result<ReplaySummary> {
     let store = Arc::new(policy_engine::PolicyStore::new(policy));
+    // The pipeline's clock: monotonic across captures, anchored to each capture's timestamps.
+    let mut clock = Instant::now();
     let config = PipelineConfig {
         gateway_id: opts.gateway_id.clone(),
         log_all: true,
+        dns: replay_dns(opts, clock),
         ..PipelineConfig::default()
     };
     let mut pipe = Pipeline::new(config, store);
@@ -247,8 +357,6 @@ fn replay_sequenced(
     } else {
         PacketMeta::unverified()
     };
-    // The pipeline's clock: monotonic across captures, anchored to each capture's timestamps.
-    let mut clock = Instant::now();
     for path in captures {
         let mut reader = match CaptureReader::open(path) {
             Ok(r) => r,
@@ -320,9 +428,27 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     let policy = policy_engine::compile(&loaded.policy, 1);
+    let dns_answers = match &args.dns_answers {
+        None => Vec::new(),
+        Some(path) => {
+            let text = crate::input::read_regular_text(path, 256 * 1024 * 1024)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", echo_path(path)))?;
+            match read_dns_answers(&text) {
+                Ok(a) => a,
+                Err(errors) => {
+                    for e in errors.iter().take(100) {
+                        eprintln!("{}: {e}", echo_path(path));
+                    }
+                    anyhow::bail!("the DNS answer file {} is invalid", echo_path(path));
+                }
+            }
+        }
+    };
     let opts = ReplayOptions {
         gateway_id: args.gateway_id.clone(),
         verify_checksums: args.verify_checksums,
+        dns_answers,
+        dns_learn_from: args.dns_learn_from.clone(),
     };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());

@@ -67,6 +67,8 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub dns: DnsSection,
 }
 
 /// `[gateway]`
@@ -272,6 +274,125 @@ pub struct MetricsSection {
     pub listen: SocketAddr,
 }
 
+/// `[dns]`: the resolvers and bounds of the DNS check of names (policy `sni_dns_check`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Resolvers the gateway asks, `"IP"` or `"IP:PORT"` (`"[IPv6]:PORT"`); empty: the
+    /// system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Resolvers whose answers to workloads' queries crossing the gateway may be learned,
+    /// `"IP"`; unset: the addresses of `servers`. `[]` learns nothing.
+    #[serde(default)]
+    pub learn_from: Option<Vec<String>>,
+    /// Most names in the cache the workers share.
+    #[serde(default = "default_dns_cache_size")]
+    pub cache_size: usize,
+    /// An answer is kept at least this long (seconds), whatever its TTL.
+    #[serde(default = "default_dns_min_ttl")]
+    pub min_ttl_s: u32,
+    /// And at most this long.
+    #[serde(default = "default_dns_max_ttl")]
+    pub max_ttl_s: u32,
+    /// Time for one attempt of a lookup (milliseconds).
+    #[serde(default = "default_dns_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts per resolver.
+    #[serde(default = "default_dns_attempts")]
+    pub attempts: u32,
+    /// Most lookups under way at once; past it a name is refused (its flow fails closed
+    /// under `enforce`).
+    #[serde(default = "default_dns_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            servers: Vec::new(),
+            learn_from: None,
+            cache_size: default_dns_cache_size(),
+            min_ttl_s: default_dns_min_ttl(),
+            max_ttl_s: default_dns_max_ttl(),
+            timeout_ms: default_dns_timeout_ms(),
+            attempts: default_dns_attempts(),
+            max_in_flight: default_dns_max_in_flight(),
+        }
+    }
+}
+
+fn default_dns_cache_size() -> usize {
+    16_384
+}
+fn default_dns_min_ttl() -> u32 {
+    5
+}
+fn default_dns_max_ttl() -> u32 {
+    300
+}
+fn default_dns_timeout_ms() -> u64 {
+    1500
+}
+fn default_dns_attempts() -> u32 {
+    2
+}
+fn default_dns_max_in_flight() -> usize {
+    256
+}
+
+impl DnsSection {
+    /// The resolvers as socket addresses (port 53 when none is given); `Err` with the
+    /// entry that is not one.
+    pub fn server_addrs(&self) -> Result<Vec<std::net::SocketAddr>, String> {
+        self.servers
+            .iter()
+            .map(|s| {
+                s.parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| s.clone())
+            })
+            .collect()
+    }
+
+    /// The resolvers answers may be learned from.
+    pub fn learn_addrs(&self) -> Result<Vec<std::net::IpAddr>, String> {
+        match &self.learn_from {
+            Some(list) => list
+                .iter()
+                .map(|s| s.parse::<std::net::IpAddr>().map_err(|_| s.clone()))
+                .collect(),
+            None => Ok(self.server_addrs()?.iter().map(|a| a.ip()).collect()),
+        }
+    }
+
+    /// The cache's bounds.
+    pub fn cache_config(&self) -> crate::dns::CacheConfig {
+        let min = Duration::from_secs(u64::from(self.min_ttl_s));
+        let max = Duration::from_secs(u64::from(self.max_ttl_s));
+        crate::dns::CacheConfig {
+            capacity: self.cache_size,
+            min_ttl: min,
+            max_ttl: max,
+            negative_ttl: Duration::from_secs(30).clamp(min, max.max(min)),
+        }
+    }
+
+    /// The resolver thread's settings (the servers must have validated).
+    pub fn resolver_settings(&self) -> crate::dns::resolver::ResolverSettings {
+        crate::dns::resolver::ResolverSettings {
+            servers: self.server_addrs().unwrap_or_default(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            attempts: self.attempts as usize,
+            max_in_flight: self.max_in_flight,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
@@ -415,6 +536,7 @@ impl Config {
         self.limits.validate(&mut errors);
         self.timeouts.validate(&mut errors);
         self.log.validate(&mut errors);
+        self.dns.validate(&mut errors);
         errors
     }
 

@@ -5,8 +5,8 @@
 use crate::input::echo;
 
 use super::{
-    ControllerSection, GatewaySection, LimitsSection, LogSection, PolicySection, TimeoutsSection,
-    MAX_BUSY_POLL_US,
+    ControllerSection, DnsSection, GatewaySection, LimitsSection, LogSection, PolicySection,
+    TimeoutsSection, MAX_BUSY_POLL_US,
 };
 
 impl GatewaySection {
@@ -219,4 +219,64 @@ fn check_ifname(name: &str) -> Result<(), &'static str> {
         return Err("an interface name has no '/', ':' or whitespace");
     }
     Ok(())
+}
+
+impl DnsSection {
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        if let Err(bad) = self.server_addrs() {
+            errors.push(format!(
+                "dns.servers: \"{}\" is not an address (IP or IP:PORT)",
+                echo(&bad)
+            ));
+        }
+        if self.servers.len() > 16 {
+            errors.push("dns.servers: at most 16 resolvers".to_owned());
+        }
+        if let Some(list) = &self.learn_from {
+            for s in list {
+                if s.parse::<std::net::IpAddr>().is_err() {
+                    errors.push(format!(
+                        "dns.learn_from: \"{}\" is not an IP address",
+                        echo(s)
+                    ));
+                }
+            }
+        }
+        if self.cache_size == 0 || self.cache_size > 16_777_216 {
+            errors.push(format!(
+                "dns.cache_size = {}: must be between 1 and 16777216",
+                self.cache_size
+            ));
+        }
+        if self.max_ttl_s == 0 || self.max_ttl_s > 86_400 {
+            errors.push(format!(
+                "dns.max_ttl_s = {}: must be between 1 and 86400",
+                self.max_ttl_s
+            ));
+        }
+        if self.min_ttl_s > self.max_ttl_s {
+            errors.push(format!(
+                "dns.min_ttl_s = {}: must not exceed dns.max_ttl_s ({})",
+                self.min_ttl_s, self.max_ttl_s
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
+            errors.push(format!(
+                "dns.timeout_ms = {}: must be between 1 and 60000",
+                self.timeout_ms
+            ));
+        }
+        if self.attempts == 0 || self.attempts > 10 {
+            errors.push(format!(
+                "dns.attempts = {}: must be between 1 and 10",
+                self.attempts
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 65_536 {
+            errors.push(format!(
+                "dns.max_in_flight = {}: must be between 1 and 65536",
+                self.max_in_flight
+            ));
+        }
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::labels::Label;
+use super::labels::{DnsEvent, Label};
 use crate::pipeline::DropReason;
 use crate::record::{Disposition, Reason, RecordAction};
 
@@ -35,7 +35,14 @@ const DROPPED_PACKETS: usize = FIXED;
 const DROPPED_BYTES: usize = DROPPED_PACKETS + DROP_LABELS;
 const DECISIONS: usize = DROPPED_BYTES + DROP_LABELS;
 /// Number of slots in a block.
-const SLOTS: usize = DECISIONS + ACTION_LABELS * DISPOSITION_LABELS * REASON_LABELS;
+const DNS_EVENTS: usize = DECISIONS + ACTION_LABELS * DISPOSITION_LABELS * REASON_LABELS;
+const DNS_EVENT_LABELS: usize = <DnsEvent as Label>::VALUES.len();
+const SLOTS: usize = DNS_EVENTS + DNS_EVENT_LABELS;
+
+/// Slot of a DNS check event.
+pub(super) const fn dns_event(event: usize) -> usize {
+    DNS_EVENTS + event
+}
 
 /// Slot of the dropped-packets counter of drop label `reason` (an index into its values).
 pub(super) const fn dropped_packets(reason: usize) -> usize {
@@ -114,6 +121,11 @@ impl LocalCounters {
     }
 
     /// Copies the tally to the shared block (the owner is the only writer).
+    /// The pipeline's DNS check counters (monotonic totals, published as they are).
+    pub fn set_dns_event(&mut self, event: DnsEvent, total: u64) {
+        self.values[dns_event(event.index())] = total;
+    }
+
     pub fn publish(&self, to: &WorkerCounters) {
         for (a, v) in to.values.iter().zip(self.values.iter()) {
             a.store(*v, Ordering::Relaxed);
@@ -150,9 +162,10 @@ mod tests {
         assert_eq!(dropped_bytes(0), dropped_packets(DROP_LABELS - 1) + 1);
         assert_eq!(decision(0, 0, 0), dropped_bytes(DROP_LABELS - 1) + 1);
         assert_eq!(
-            decision(ACTION_LABELS - 1, DISPOSITION_LABELS - 1, REASON_LABELS - 1),
-            SLOTS - 1
+            decision(ACTION_LABELS - 1, DISPOSITION_LABELS - 1, REASON_LABELS - 1) + 1,
+            dns_event(0)
         );
+        assert_eq!(dns_event(DNS_EVENT_LABELS - 1), SLOTS - 1);
         assert_eq!(decision(0, 1, 0) - decision(0, 0, 0), REASON_LABELS);
     }
 
@@ -167,6 +180,6 @@ mod tests {
         assert_eq!(b.values, a.values);
         let other = DropReason::VALUES.len() - 1;
         assert_eq!(shared.get(dropped_bytes(other)), 9);
-        assert_eq!(shared.get(SLOTS - 1), 1);
+        assert_eq!(shared.get(dns_event(0) - 1), 1);
     }
 }

@@ -46,6 +46,97 @@ impl Label for Disposition {
     }
 }
 
+/// What the DNS check of names did, per worker (`event` label of
+/// `bulkhead_dns_check_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsEvent {
+    /// The name was in the shared cache at verdict time: no wait.
+    CacheHit,
+    /// It was not: a lookup was asked for (or was already under way).
+    CacheMiss,
+    /// Lookups asked of the resolver.
+    LookupAsked,
+    /// Lookups not asked because too many names were waiting.
+    LookupRefused,
+    /// Destination addresses the name does not resolve to.
+    Mismatch,
+    /// Lookups that failed or timed out.
+    Failure,
+    /// Answers learned from DNS responses crossing the gateway.
+    Learned,
+}
+
+impl DnsEvent {
+    /// Every value, in counter order.
+    pub const ALL: [DnsEvent; 7] = [
+        DnsEvent::CacheHit,
+        DnsEvent::CacheMiss,
+        DnsEvent::LookupAsked,
+        DnsEvent::LookupRefused,
+        DnsEvent::Mismatch,
+        DnsEvent::Failure,
+        DnsEvent::Learned,
+    ];
+}
+
+impl Label for DnsEvent {
+    const VALUES: &'static [&'static str] = &[
+        "cache_hit",
+        "cache_miss",
+        "lookup_asked",
+        "lookup_refused",
+        "mismatch",
+        "failure",
+        "learned",
+    ];
+    fn index(self) -> usize {
+        match self {
+            DnsEvent::CacheHit => 0,
+            DnsEvent::CacheMiss => 1,
+            DnsEvent::LookupAsked => 2,
+            DnsEvent::LookupRefused => 3,
+            DnsEvent::Mismatch => 4,
+            DnsEvent::Failure => 5,
+            DnsEvent::Learned => 6,
+        }
+    }
+}
+
+/// How the resolver thread's lookups ended (`outcome` label of `bulkhead_dns_queries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsQueryOutcome {
+    /// Answered with addresses, or with none (NXDOMAIN, no records).
+    Answered,
+    /// No answer in time.
+    Timeout,
+    /// SERVFAIL, REFUSED, or the resolver could not be reached.
+    Error,
+    /// Not sent: too many in flight, or the request queue was full.
+    Refused,
+}
+
+impl DnsQueryOutcome {
+    /// Every value, in rendering order.
+    pub const ALL: [DnsQueryOutcome; 4] = [
+        DnsQueryOutcome::Answered,
+        DnsQueryOutcome::Timeout,
+        DnsQueryOutcome::Error,
+        DnsQueryOutcome::Refused,
+    ];
+}
+
+impl Label for DnsQueryOutcome {
+    const VALUES: &'static [&'static str] = &["answered", "timeout", "error", "refused"];
+    fn index(self) -> usize {
+        match self {
+            DnsQueryOutcome::Answered => 0,
+            DnsQueryOutcome::Timeout => 1,
+            DnsQueryOutcome::Error => 2,
+            DnsQueryOutcome::Refused => 3,
+        }
+    }
+}
+
 /// Where the enforced policy came from (`source` label of `bulkhead_policy_source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyOrigin {
@@ -128,6 +219,10 @@ enum DropLabel {
     SecondHello,
     HostChanged,
     QuicBlocked,
+    SniAddressMismatch,
+    SniDnsFailure,
+    SniDnsTimeout,
+    SniDnsUnverified,
     Other,
 }
 
@@ -157,6 +252,10 @@ const DROP_REASONS: [&str; DropLabel::Other as usize + 1] = [
     "second_hello",
     "host_changed",
     "quic_blocked",
+    "sni_address_mismatch",
+    "sni_dns_failure",
+    "sni_dns_timeout",
+    "sni_dns_unverified",
     OTHER,
 ];
 
@@ -197,6 +296,10 @@ impl DropLabel {
             Reason::SecondHello => DropLabel::SecondHello,
             Reason::HostChanged => DropLabel::HostChanged,
             Reason::QuicBlocked => DropLabel::QuicBlocked,
+            Reason::SniAddressMismatch => DropLabel::SniAddressMismatch,
+            Reason::SniDnsFailure => DropLabel::SniDnsFailure,
+            Reason::SniDnsTimeout => DropLabel::SniDnsTimeout,
+            Reason::SniDnsUnverified => DropLabel::SniDnsUnverified,
             Reason::Unknown => DropLabel::Other,
         }
     }

@@ -15,6 +15,7 @@
 
 mod control;
 pub mod counters;
+mod dns;
 pub mod http;
 pub mod labels;
 mod render;
@@ -26,8 +27,11 @@ use crate::control::ControlStats;
 use crate::logsink::LogCounters;
 
 pub use self::counters::{FlowTableState, LocalCounters, WorkerCounters};
+pub use self::dns::DnsProcessStats;
 pub use self::http::serve;
-pub use self::labels::{Label, PolicyOrigin, ACTIONS, DISPOSITIONS, OTHER};
+pub use self::labels::{
+    DnsEvent, DnsQueryOutcome, Label, PolicyOrigin, ACTIONS, DISPOSITIONS, OTHER,
+};
 
 /// Everything `/metrics` reports and `/readyz` decides on.
 #[derive(Debug)]
@@ -43,6 +47,7 @@ pub struct Metrics {
     /// The controller client's counters, when `[controller]` is configured (set once at
     /// start-up, before the endpoint serves, so the series set does not change while running).
     control: OnceLock<Arc<ControlStats>>,
+    dns: OnceLock<DnsProcessStats>,
     tun_up: AtomicBool,
     policy_loaded: AtomicBool,
     started_ms: u64,
@@ -64,6 +69,7 @@ impl Metrics {
             policy_reload_failures: AtomicU64::new(0),
             policy_origin: AtomicUsize::new(PolicyOrigin::DenyAll.index()),
             control: OnceLock::new(),
+            dns: OnceLock::new(),
             tun_up: AtomicBool::new(false),
             policy_loaded: AtomicBool::new(false),
             started_ms: now_ms(),
@@ -96,6 +102,11 @@ impl Metrics {
     }
 
     /// A reload was refused (the old policy stays).
+    /// The DNS check's resolver and cache: their series are rendered from then on.
+    pub fn set_dns_stats(&self, stats: DnsProcessStats) {
+        let _ = self.dns.set(stats);
+    }
+
     pub fn policy_reload_failed(&self) {
         self.policy_reload_failures.fetch_add(1, Ordering::Relaxed);
     }

@@ -3,8 +3,11 @@
 //! [`Transmit`]s and records), and its counters ([`PipelineStats`], drops by [`DropReason`]).
 //! They are re-exported from [`crate::pipeline`].
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dns::DnsCache;
 use crate::record::{DecisionRecord, Reason, RecordSink};
 
 /// Opaque per-packet metadata the runtime passes in and gets back with released packets: the TUN
@@ -85,6 +88,42 @@ pub struct PipelineConfig {
     pub idle: IdleTimeouts,
     /// Record every decision, not only denies and rules with `log = true` (`replay` sets it).
     pub log_all: bool,
+    /// The DNS check of names (`sni_dns_check`).
+    pub dns: DnsCheckConfig,
+}
+
+/// How the pipeline checks that a name resolves to the destination address.
+#[derive(Debug, Clone)]
+pub struct DnsCheckConfig {
+    /// The cache the workers share; `None`: the pipeline makes its own, with default bounds.
+    pub cache: Option<Arc<DnsCache>>,
+    /// Resolvers whose answers to queries crossing the gateway may be learned (see
+    /// [`crate::dns::observe`]); empty: nothing is learned.
+    pub learn_from: Vec<IpAddr>,
+    /// Learn from any resolver (`bulkhead replay`: a capture shows what its workloads were
+    /// told); the live gateway never sets it.
+    pub learn_from_any: bool,
+    /// Most DNS queries tracked at once for learning.
+    pub max_pending_queries: usize,
+    /// Nobody answers [`Output::dns_queries`] (`bulkhead replay`): a name the cache does not
+    /// know is `unverified` at once instead of being looked up.
+    pub offline: bool,
+    /// Most distinct names waiting for a lookup at once; past it a flow that needs one more
+    /// fails closed (`sni_dns_failure`) under `enforce`.
+    pub max_waiting_names: usize,
+}
+
+impl Default for DnsCheckConfig {
+    fn default() -> Self {
+        DnsCheckConfig {
+            cache: None,
+            learn_from: Vec::new(),
+            learn_from_any: false,
+            max_pending_queries: crate::dns::observe::DEFAULT_PENDING,
+            offline: false,
+            max_waiting_names: 4096,
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -97,6 +136,7 @@ impl Default for PipelineConfig {
             inspect_timeout: Duration::from_secs(5),
             idle: IdleTimeouts::default(),
             log_all: false,
+            dns: DnsCheckConfig::default(),
         }
     }
 }
@@ -202,6 +242,10 @@ pub struct Output {
     pub transmit: Vec<Transmit>,
     /// Decision and flow-end records.
     pub records: Vec<DecisionRecord>,
+    /// Names to look up for the DNS check: the caller resolves each (off the packet path) and
+    /// hands the answer to [`Pipeline::dns_answer`](super::Pipeline::dns_answer). Flows wait
+    /// for it within their inspection bounds.
+    pub dns_queries: Vec<Box<str>>,
 }
 
 impl Output {
@@ -209,6 +253,7 @@ impl Output {
     pub fn clear(&mut self) {
         self.transmit.clear();
         self.records.clear();
+        self.dns_queries.clear();
     }
 
     /// Hands every record to `sink`, in order, leaving `records` empty.
@@ -256,6 +301,20 @@ pub struct PipelineStats {
     pub later_requests: u64,
     /// Packets the gateway built (RSTs, ICMP errors).
     pub generated: u64,
+    /// DNS check: names found in the shared cache at verdict time (no wait).
+    pub dns_cache_hits: u64,
+    /// DNS check: names not in the cache (a lookup was asked for, or was already under way).
+    pub dns_cache_misses: u64,
+    /// DNS check: lookups asked for in [`Output::dns_queries`].
+    pub dns_queries: u64,
+    /// DNS check: names whose lookup was not asked because too many names were waiting.
+    pub dns_queries_refused: u64,
+    /// DNS check: destination addresses the name does not resolve to.
+    pub dns_mismatches: u64,
+    /// DNS check: lookups that failed or timed out (and, offline, names with no answer).
+    pub dns_failures: u64,
+    /// DNS answers learned from responses crossing the gateway.
+    pub dns_learned: u64,
     /// Bytes held now (reassembly and held packets, all flows).
     pub held_bytes_now: usize,
     /// Highest `held_bytes_now` seen.

@@ -69,7 +69,11 @@ impl Pipeline {
     ) -> Disposition {
         let (sport, dport) = (u.src_port, u.dst_port);
         if sport != QUIC_PORT && dport != QUIC_PORT {
-            return self.datagram(now, p, sport, dport, out);
+            let d = self.datagram(now, p, sport, dport, out);
+            if d == Disposition::Forward && super::dnscheck::is_dns(IpProtocol::Udp, sport, dport) {
+                self.shared.dns_observe(now, p, u);
+            }
+            return d;
         }
         let (key, side) = FlowKey::new(IpProtocol::Udp.number(), p.src, sport, p.dst, dport);
         let Some(id) = self.flows.lookup(&key) else {

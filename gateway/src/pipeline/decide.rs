@@ -31,11 +31,12 @@
 
 use std::time::Instant;
 
-use policy_engine::{Action, CompiledPolicy, Mode, RuleRef, Verdict};
+use policy_engine::{Action, CompiledPolicy, Mode, RuleRef, SniDnsCheck, Verdict};
 
 use crate::record::Reason;
 use crate::wire::{ParsedPacket, TcpSegment};
 
+use super::dnscheck::CheckOutcome;
 use super::name::{self, Found};
 use super::reasm::Insert;
 use super::state::{
@@ -92,6 +93,11 @@ impl Shared {
             insp.started = Some(now);
         }
         self.account(p.packet.len() as isize);
+        if insp.dns_wait {
+            // The name is known and permitted; the DNS check's answer decides (what came since
+            // is held with the rest and checked with it then).
+            return Disposition::Held;
+        }
         let found = name::classify(insp.buf.contiguous());
         if matches!(found, Found::Incomplete) {
             if seg.flags.fin() || flow.tcp.fin_client {
@@ -107,7 +113,8 @@ impl Shared {
         Disposition::Held
     }
 
-    /// The verdict for a flow whose held bytes named it (or proved nameless).
+    /// The verdict for a flow whose held bytes named it (or proved nameless). A flow that waits
+    /// for the DNS check's lookup keeps everything held (see `pipeline::dnscheck`).
     pub(super) fn decide_held(
         &mut self,
         now: Instant,
@@ -116,10 +123,18 @@ impl Shared {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) {
-        let Some(mut insp) = flow.inspect.take() else {
+        let Some(action) = self.decide_checked(now, flow, found, policy, true, out) else {
             return;
         };
-        let action = self.decide_found(now, flow, found, policy, out);
+        let Some(mut insp) = flow.inspect.take() else {
+            // A reject already freed what was held (`Shared::cut`): only the resets are left.
+            match action {
+                Action::Reject => self.reset(flow, true, true, out),
+                Action::Deny => self.reset(flow, false, true, out),
+                Action::Permit => {}
+            }
+            return;
+        };
         let held = std::mem::take(&mut insp.held);
         self.account(-(insp.held_packet_bytes as isize));
         insp.held_packet_bytes = 0;
@@ -170,7 +185,8 @@ impl Shared {
     }
 
     /// Applies a name (or the proof there is none) to a flow: the verdict, the record, the state.
-    /// Returns the enforced action.
+    /// Returns the enforced action. The caller cannot hold the flow for a DNS lookup: a name
+    /// the check needs and the cache does not know fails closed under `enforce`.
     pub(super) fn decide_found(
         &mut self,
         now: Instant,
@@ -179,28 +195,74 @@ impl Shared {
         policy: &CompiledPolicy,
         out: &mut Output,
     ) -> Action {
+        self.decide_checked(now, flow, found, policy, false, out)
+            .unwrap_or(Action::Reject)
+    }
+
+    /// [`Shared::decide_found`], with the DNS check of a name that permits (`sni_dns_check`):
+    /// `None` when the flow must wait for a lookup (only when `can_wait`): nothing is decided
+    /// or recorded yet.
+    pub(super) fn decide_checked(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        found: &Found,
+        policy: &CompiledPolicy,
+        can_wait: bool,
+        out: &mut Output,
+    ) -> Option<Action> {
         let (name, reason_if_none) = found_name(found);
         let q = flow_query(flow, name.as_ref().map(|(n, _)| n.as_str()));
         let v = policy.evaluate(&q);
-        let reason = found_reason(policy, &v, reason_if_none);
+        let mut reason = found_reason(policy, &v, reason_if_none);
+        let mut enforced = v.effective_action;
+        let mut checked = false;
+        if let (Action::Permit, Some((n, _))) = (v.effective_action, &name) {
+            let mode = policy.name_check(&q, &v);
+            if mode != SniDnsCheck::Off {
+                match self.dns_check(now, flow, n, mode, can_wait, out) {
+                    CheckOutcome::Confirmed => {}
+                    CheckOutcome::Pending => {
+                        if let Some(i) = flow.inspect.as_mut() {
+                            i.dns_wait = true;
+                        }
+                        return None;
+                    }
+                    CheckOutcome::Noted(record) => {
+                        self.dns.record = Some(record);
+                        checked = true;
+                    }
+                    CheckOutcome::Failed(r, record) => {
+                        reason = r;
+                        self.dns.record = Some(record);
+                        checked = true;
+                        if mode == SniDnsCheck::Enforce {
+                            enforced = Action::Reject;
+                            self.stats.fail_closed += 1;
+                        }
+                    }
+                }
+            }
+        }
         flow.decision = Some(Decision {
             verdict: Some(v),
-            enforced: v.effective_action,
+            enforced,
             reason,
             version: policy.version(),
             instance: policy.instance(),
             name: name.map(|(n, k)| (n.into_boxed_str(), k)),
         });
-        self.count_decision(v.effective_action);
-        if self.must_log(&v) {
+        self.count_decision(enforced);
+        if self.must_log(&v) || checked {
             self.emit_decision(now, flow, policy, out);
         }
-        match v.effective_action {
+        self.dns.record = None;
+        match enforced {
             Action::Permit => flow.phase = Phase::Forwarding,
             Action::Deny => flow.phase = Phase::Blocked,
             Action::Reject => self.cut(flow, reason),
         }
-        v.effective_action
+        Some(enforced)
     }
 
     /// A bound or an evasion attempt: discard what is held, reset both ends, record.

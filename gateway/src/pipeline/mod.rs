@@ -33,6 +33,7 @@
 mod api;
 mod datagram;
 mod decide;
+mod dnscheck;
 pub mod flow;
 mod housekeeping;
 mod name;
@@ -54,8 +55,8 @@ use crate::record::{EndReason, Metadata, Reason};
 use crate::wire::{self, L4};
 
 pub use api::{
-    Disposition, DropReason, IdleTimeouts, Output, PacketMeta, PipelineConfig, PipelineStats,
-    Transmit,
+    Disposition, DnsCheckConfig, DropReason, IdleTimeouts, Output, PacketMeta, PipelineConfig,
+    PipelineStats, Transmit,
 };
 pub use housekeeping::EARLY_DROP_MIN_AGE;
 
@@ -79,6 +80,7 @@ impl Pipeline {
     /// A pipeline deciding with the policies `policy` holds.
     pub fn new(config: PipelineConfig, policy: Arc<PolicyStore>) -> Pipeline {
         let evaluated_instance = policy.load().instance();
+        let dns = dnscheck::DnsState::new(&config.dns);
         Pipeline {
             early_drop_cursor: 0,
             flows: FlowTable::new(config.flow_capacity),
@@ -93,6 +95,7 @@ impl Pipeline {
                 },
                 evaluated_instance,
                 metadata: Metadata::default(),
+                dns,
             },
         }
     }
@@ -213,8 +216,12 @@ impl Pipeline {
             if flow.phase == Phase::Inspecting {
                 if let Some(dl) = self.shared.inspect_deadline(flow) {
                     if dl <= now {
-                        self.shared
-                            .fail_closed(now, flow, Reason::InspectTimeout, out);
+                        if flow.inspect.as_ref().is_some_and(|i| i.dns_wait) {
+                            self.shared.dns_timed_out(now, flow, out);
+                        } else {
+                            self.shared
+                                .fail_closed(now, flow, Reason::InspectTimeout, out);
+                        }
                         self.shared.end_if_closed(now, flow, out);
                         self.shared.arm(id, flow);
                         continue;

@@ -111,7 +111,8 @@ impl Shared {
             Some(d) if d.enforced == Action::Permit => Activity::Open,
             _ => Activity::Refuse,
         };
-        let r = self.base_record(now, flow, policy, activity);
+        let mut r = self.base_record(now, flow, policy, activity);
+        r.dns_check = self.dns.record.take();
         out.records.push(r);
         flow.record = flow.record.after_decision();
     }
@@ -184,6 +185,7 @@ impl Shared {
             dst_groups,
             reason,
             gateway_id: self.config.gateway_id.clone(),
+            dns_check: None,
             traffic: None,
             duration: None,
             start_time: None,
@@ -199,7 +201,11 @@ fn outcome(d: Option<&Decision>, policy: &CompiledPolicy) -> (RecordAction, reco
     let verdict = d.and_then(|d| d.verdict);
     let enforced = d.map_or(Action::Deny, |d| d.enforced);
     let log_only = policy.mode() == Mode::LogOnly;
+    // A name the DNS check did not confirm: the policy does not permit a flow to that address
+    // (reported as a denial, Detected when it was let through under `log`).
+    let dns_refuted = d.is_some_and(|d| d.reason.is_dns_check());
     let reported = match verdict {
+        Some(_) if dns_refuted => Action::Deny,
         Some(v) => v.action,
         None => Action::Deny,
     };

@@ -30,6 +30,8 @@ pub(super) struct Shared {
     /// flows were last (re-)evaluated under.
     pub(super) evaluated_instance: u64,
     pub(super) metadata: Metadata,
+    /// The DNS check of names and what is learned from DNS traffic.
+    pub(super) dns: super::dnscheck::DnsState,
 }
 
 impl Shared {

@@ -168,6 +168,9 @@ pub(super) struct Inspect {
     /// A UDP 443 flow: the reader of the client's QUIC Initials. It stays after a permit, so that
     /// a later Initial carrying another ClientHello is noticed (see `pipeline::quic`).
     pub(super) quic: Option<Box<InitialCollector>>,
+    /// The name is known and permitted, and the flow waits for the DNS check's lookup
+    /// (`pipeline::dnscheck`): what is held stays held.
+    pub(super) dns_wait: bool,
 }
 
 impl Inspect {
@@ -183,6 +186,7 @@ impl Inspect {
             inspected_end: 0,
             shift: 0,
             quic: None,
+            dns_wait: false,
         }
     }
 

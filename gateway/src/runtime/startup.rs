@@ -219,16 +219,25 @@ pub(super) fn spawn_workers(
 ) -> Result<WorkerThreads, RuntimeError> {
     let stop = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(WakeFd::new()?);
+    let queues = tun.into_queues();
+    let dns = start_dns(config, queues.len(), shared.metrics)?;
     let mut workers = Workers {
         stop: stop.clone(),
         wake: wake.clone(),
         handles: Vec::new(),
     };
-    for (index, queue) in tun.into_queues().into_iter().enumerate() {
+    let mut inboxes = dns.inboxes.into_iter();
+    for (index, queue) in queues.into_iter().enumerate() {
+        let mut pconfig = pipeline_config(config);
+        pconfig.dns.cache = Some(dns.cache.clone());
         let worker = Worker {
             index,
             queue,
-            pipeline: Pipeline::new(pipeline_config(config), shared.store.clone()),
+            pipeline: Pipeline::new(pconfig, shared.store.clone()),
+            dns: inboxes.next().map(|inbox| super::worker::WorkerDns {
+                client: dns.service.client(),
+                inbox,
+            }),
             store: shared.store.clone(),
             log: shared.log.clone(),
             counters: shared.metrics.worker(index),
@@ -267,6 +276,38 @@ fn pipeline_config(config: &Config) -> PipelineConfig {
         max_held_bytes_total: config.limits.max_held_bytes_total,
         inspect_timeout: config.limits.inspect_timeout(),
         idle: config.timeouts.apply(PipelineConfig::default().idle),
+        dns: crate::pipeline::DnsCheckConfig {
+            learn_from: config.dns.learn_addrs().unwrap_or_default(),
+            ..Default::default()
+        },
         ..PipelineConfig::default()
     }
+}
+
+/// The DNS check's parts: the cache every worker reads, the resolver thread, one answer inbox
+/// per worker. Started whatever the policy says: a reload may turn the check on.
+struct DnsParts {
+    cache: Arc<crate::dns::DnsCache>,
+    service: crate::dns::resolver::DnsService,
+    inboxes: Vec<crate::dns::resolver::AnswerInbox>,
+}
+
+fn start_dns(config: &Config, workers: usize, metrics: &Metrics) -> Result<DnsParts, RuntimeError> {
+    let cache = Arc::new(crate::dns::DnsCache::new(config.dns.cache_config()));
+    let stats = Arc::new(crate::dns::resolver::ResolverStats::default());
+    let (service, inboxes) = crate::dns::resolver::DnsService::start(
+        config.dns.resolver_settings(),
+        cache.clone(),
+        stats.clone(),
+        workers,
+    )?;
+    metrics.set_dns_stats(crate::metrics::DnsProcessStats {
+        resolver: stats,
+        cache: cache.clone(),
+    });
+    Ok(DnsParts {
+        cache,
+        service,
+        inboxes,
+    })
 }

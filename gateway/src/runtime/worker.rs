@@ -32,8 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy_engine::PolicyStore;
 
+use crate::dns::resolver::{AnswerInbox, DnsClient};
+use crate::dns::DnsAnswer;
+use crate::dns::DnsFailure;
 use crate::logsink::LogSender;
-use crate::metrics::{FlowTableState, LocalCounters, WorkerCounters};
+use crate::metrics::{DnsEvent, FlowTableState, LocalCounters, WorkerCounters};
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Pipeline};
 use crate::record::DecisionRecord;
 use crate::sys::tun::{TunQueue, WakeFd, MAX_READ, VNET_HDR_LEN};
@@ -61,6 +64,15 @@ pub struct Worker {
     /// How long a worker whose queue ran dry keeps reading before it sleeps (zero: sleep at
     /// once). See [`Worker::run`].
     pub busy_poll: Duration,
+    /// The DNS check's lookups: where names go and answers come back.
+    pub dns: Option<WorkerDns>,
+}
+
+/// A worker's link to the resolver thread.
+#[derive(Debug)]
+pub struct WorkerDns {
+    pub client: DnsClient,
+    pub inbox: AnswerInbox,
 }
 
 /// Why a worker stopped.
@@ -171,6 +183,7 @@ impl Worker {
         out: &mut Output,
         local: &mut LocalCounters,
     ) {
+        self.dns_answers(now, out, local);
         let generation = self.store.generation();
         if generation != marks.seen_generation {
             marks.seen_generation = generation;
@@ -190,6 +203,7 @@ impl Worker {
                 evictions: s.flows_evicted,
                 capacity: self.capacity(),
             });
+            publish_dns(s, local);
             local.publish(&self.counters);
             marks.last_publish = now;
         }
@@ -206,7 +220,14 @@ impl Worker {
             Some(t) => t.saturating_duration_since(now).min(IDLE_TICK),
             None => IDLE_TICK,
         };
-        match self.queue.wait(&self.wake, Some(timeout)) {
+        let waited = match &self.dns {
+            Some(d) => self
+                .queue
+                .wait_two(&self.wake, &d.inbox.wake, Some(timeout))
+                .map(|(r, _)| r),
+            None => self.queue.wait(&self.wake, Some(timeout)),
+        };
+        match waited {
             Ok(r) => Ok(r.woken && self.stop.load(Ordering::Acquire)),
             Err(e) => Err(WorkerError::Tun {
                 index: self.index,
@@ -266,8 +287,40 @@ impl Worker {
         }
     }
 
-    /// Writes what the pipeline transmits and queues its records.
+    /// Hands the resolver's answers to the pipeline (the flows waiting for them are decided).
+    fn dns_answers(&mut self, now: Instant, out: &mut Output, local: &mut LocalCounters) {
+        let Some(dns) = &self.dns else {
+            return;
+        };
+        dns.inbox.clear_wake();
+        let mut answers = Vec::new();
+        while let Some(a) = dns.inbox.try_recv() {
+            answers.push(a);
+        }
+        for (name, answer) in answers {
+            self.pipeline.dns_answer(now, &name, answer, out);
+            self.emit(out, local);
+        }
+    }
+
+    /// Writes what the pipeline transmits and queues its records, and sends the names it
+    /// wants looked up to the resolver thread (a refusal is answered at once: the flows
+    /// waiting for the name fail closed rather than wait for nothing).
     fn emit(&mut self, out: &mut Output, local: &mut LocalCounters) {
+        while !out.dns_queries.is_empty() {
+            let names = std::mem::take(&mut out.dns_queries);
+            for name in names {
+                let sent = self
+                    .dns
+                    .as_ref()
+                    .is_some_and(|d| d.client.submit(&name, self.index));
+                if !sent {
+                    let failure = DnsAnswer::Failed(DnsFailure::Refused);
+                    self.pipeline
+                        .dns_answer(Instant::now(), &name, failure, out);
+                }
+            }
+        }
         for t in out.transmit.drain(..) {
             // Released packets keep the header they were read with; packets the gateway built
             // get a zeroed one: no segmentation, checksum complete.
@@ -307,6 +360,22 @@ struct Marks {
     last_anchor: Instant,
     last_publish: Instant,
     last_packet: Instant,
+}
+
+/// The pipeline's DNS check counters, for `bulkhead_dns_check_events_total`.
+fn publish_dns(s: &crate::pipeline::PipelineStats, local: &mut LocalCounters) {
+    let events = [
+        (DnsEvent::CacheHit, s.dns_cache_hits),
+        (DnsEvent::CacheMiss, s.dns_cache_misses),
+        (DnsEvent::LookupAsked, s.dns_queries),
+        (DnsEvent::LookupRefused, s.dns_queries_refused),
+        (DnsEvent::Mismatch, s.dns_mismatches),
+        (DnsEvent::Failure, s.dns_failures),
+        (DnsEvent::Learned, s.dns_learned),
+    ];
+    for (e, v) in events {
+        local.set_dns_event(e, v);
+    }
 }
 
 /// Counts a decision record (flow-end records are not decisions).

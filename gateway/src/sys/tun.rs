@@ -433,7 +433,7 @@ impl WakeFd {
         Ok(WakeFd { fd })
     }
 
-    /// Makes the fd readable (for good: nobody reads it back).
+    /// Makes the fd readable (for good, unless [`WakeFd::clear`] reads it back).
     pub fn signal(&self) -> io::Result<()> {
         let one: u64 = 1;
         // SAFETY: writes the 8 bytes of `one`, which outlives the call.
@@ -442,6 +442,72 @@ impl WakeFd {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+impl WakeFd {
+    /// Makes the fd unreadable again, for a wake-up that is re-armed after each use (a
+    /// worker's DNS answers).
+    pub fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `v`, which outlives the call; the fd is
+        // non-blocking, so an unsignalled fd returns EAGAIN at once.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl TunQueue {
+    /// [`TunQueue::wait`] with a second wake-up fd; `woken` says whether either was signalled,
+    /// `second` whether the second one was.
+    pub fn wait_two(
+        &self,
+        wake: &WakeFd,
+        second: &WakeFd,
+        timeout: Option<Duration>,
+    ) -> io::Result<(Readiness, bool)> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: second.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms: libc::c_int = match timeout {
+            None => -1,
+            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+        };
+        // SAFETY: `fds` is an array of three initialised pollfd that outlives the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                let none = Readiness {
+                    readable: false,
+                    woken: false,
+                };
+                return Ok((none, false));
+            }
+            return Err(e);
+        }
+        let bad = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+        if fds[0].revents & bad != 0 && fds[0].revents & libc::POLLIN == 0 {
+            return Err(io::Error::other("TUN queue reported an error or hang-up"));
+        }
+        let r = Readiness {
+            readable: fds[0].revents & libc::POLLIN != 0,
+            woken: fds[1].revents & libc::POLLIN != 0,
+        };
+        Ok((r, fds[2].revents & libc::POLLIN != 0))
     }
 }
 

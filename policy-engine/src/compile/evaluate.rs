@@ -9,7 +9,7 @@ use super::compile;
 use super::ports::PortFilter;
 use super::stats::CompileStats;
 use super::tables::{bit, CompiledPolicy, Entry, Span, NONE};
-use crate::model::{Action, Mode, Policy, QuicMode, Transport};
+use crate::model::{Action, Mode, Policy, QuicMode, SniDnsCheck, Transport};
 
 /// Which rule gave a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,6 +141,48 @@ impl CompiledPolicy {
     /// Inspect or block QUIC.
     pub fn quic(&self) -> QuicMode {
         self.quic
+    }
+
+    /// The `sni_dns_check` setting.
+    pub fn sni_dns_check(&self) -> SniDnsCheck {
+        self.sni_dns_check
+    }
+
+    /// How the destination address of a flow decided with `v` on `q` must be corroborated by
+    /// DNS: [`SniDnsCheck::Off`] unless the enforced verdict permits *because of the name*. A
+    /// permit by a rule that also matches the destination address (an AddressGroup, a
+    /// SmartGroup, `dst = "any"`), by the default, or without a name needs no check: the name
+    /// did not open the way. Under log-only mode nothing is enforced, so at most
+    /// [`SniDnsCheck::Log`].
+    ///
+    /// The cost is one more address lookup, paid only by permits that named a rule.
+    pub fn name_check(&self, q: &Query<'_>, v: &Verdict) -> SniDnsCheck {
+        if self.sni_dns_check == SniDnsCheck::Off || q.name.is_none() {
+            return SniDnsCheck::Off;
+        }
+        let RuleRef::Rule(r) = v.effective_rule else {
+            return SniDnsCheck::Off;
+        };
+        if self.rule_actions.get(r as usize) != Some(&Action::Permit) {
+            return SniDnsCheck::Off;
+        }
+        // Does rule `r` match without the name? A search bounded to the rules up to `r` finds
+        // `r` exactly when it matches by address: an earlier rule matching by address would
+        // have been the verdict's enforced rule instead.
+        let (s, d) = self.address_entries(q.src, q.dst);
+        let ports = self.port_filter(q.transport, q.dst_port);
+        let mut best = Best {
+            any: NONE,
+            eff: r.saturating_add(1),
+        };
+        self.scan_addresses(s, d, ports, &mut best);
+        if best.eff == r {
+            return SniDnsCheck::Off;
+        }
+        match self.mode {
+            Mode::LogOnly => self.sni_dns_check.min(SniDnsCheck::Log),
+            Mode::Enforce => self.sni_dns_check,
+        }
     }
 
     /// The default action.

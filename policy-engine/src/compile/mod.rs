@@ -88,6 +88,7 @@ pub fn compile(policy: &Policy, version: u64) -> CompiledPolicy {
         instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         mode: policy.mode,
         quic: policy.quic,
+        sni_dns_check: policy.sni_dns_check,
         default_action: policy.default_action.action(),
         rule_names: policy.rules.iter().map(|r| boxed(&r.name)).collect(),
         rule_actions: policy.rules.iter().map(|r| r.action).collect(),

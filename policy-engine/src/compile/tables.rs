@@ -4,7 +4,7 @@
 //! [`Entry`] that already holds the rule lists it leads to.
 
 use super::stats::CompileStats;
-use crate::model::{Action, Mode, QuicMode};
+use crate::model::{Action, Mode, QuicMode, SniDnsCheck};
 
 /// "No rule" / "no index" in the `u32` fields of the tables and of the first-match search.
 pub(super) const NONE: u32 = u32::MAX;
@@ -209,6 +209,7 @@ pub struct CompiledPolicy {
     pub(super) instance: u64,
     pub(super) mode: Mode,
     pub(super) quic: QuicMode,
+    pub(super) sni_dns_check: SniDnsCheck,
     pub(super) default_action: Action,
     pub(super) rule_names: Vec<Box<str>>,
     pub(super) rule_actions: Vec<Action>,

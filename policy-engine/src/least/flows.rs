@@ -21,7 +21,9 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::compile::{CompiledPolicy, Query, SynDecision, Verdict};
-use crate::model::{Action, DstGroup, DstSpec, Mode, Policy, Rule, SrcSpec, Transport};
+use crate::model::{
+    Action, DstGroup, DstSpec, Mode, Policy, Rule, SniDnsCheck, SrcSpec, Transport,
+};
 
 /// One observed connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -268,6 +270,9 @@ pub fn name_probe(a: &Policy, b: &Policy) -> Policy {
     // Built from `b` so that settings this function does not know of are the candidate's.
     let mut probe = b.clone();
     probe.mode = Mode::LogOnly;
+    // The probe only reads names: whether an address belongs to its name is a property of
+    // the DNS at run time, not of the two rule sets compared.
+    probe.sni_dns_check = SniDnsCheck::Off;
     probe.smartgroups = a.smartgroups.clone();
     probe.webgroups = a.webgroups.clone();
     probe.addressgroups = a.addressgroups.clone();

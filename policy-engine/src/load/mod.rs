@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeValue;
 use toml::Spanned;
 
-use crate::model::{DefaultAction, Mode, Policy, QuicMode};
+use crate::model::{DefaultAction, Mode, Policy, QuicMode, SniDnsCheck};
 
 use crate::echo::Echo;
 use diagnostics::{Source, Span};
@@ -205,6 +205,18 @@ impl Loader {
                         }
                     }
                 }
+                "sni_dns_check" => {
+                    if let Some(s) = self.expect_str(src, v, "sni_dns_check") {
+                        match SniDnsCheck::parse(s) {
+                            Some(c) => self.policy.sni_dns_check = c,
+                            None => self.error(
+                                src,
+                                v.span(),
+                                format!("invalid sni_dns_check `{other}`: expected \"enforce\", \"log\" or \"off\"", other = Echo(s)),
+                            ),
+                        }
+                    }
+                }
                 "include" => {
                     for (s, span) in self.string_list(src, v, "include") {
                         if s.is_empty() {
@@ -220,7 +232,7 @@ impl Loader {
                 other => self.error(
                     src,
                     key.span(),
-                    format!("unknown key `{other}` in [policy]; expected default_action, mode, quic, include or description", other = Echo(other)),
+                    format!("unknown key `{other}` in [policy]; expected default_action, mode, quic, sni_dns_check, include or description", other = Echo(other)),
                 ),
             }
         }
