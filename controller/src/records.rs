@@ -110,6 +110,87 @@ pub fn digest_record(json: &str) -> Result<RecordRow, String> {
     })
 }
 
+/// The fields of a stored record that describe its flow, for `recommend` and `diff`.
+#[derive(Debug, Deserialize)]
+struct FlowRecord {
+    activity_id: u8,
+    #[serde(default)]
+    disposition: String,
+    src_endpoint: FlowEndpoint,
+    dst_endpoint: FlowEndpoint,
+    connection_info: FlowConnection,
+    #[serde(default)]
+    tls: Option<Named>,
+    #[serde(default)]
+    http: Option<Named>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FlowEndpoint {
+    ip: std::net::IpAddr,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    hostname: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FlowConnection {
+    protocol_num: u8,
+}
+
+/// A stored record read as a flow: the flow, and whether the gateway enforced a denial on it
+/// (disposition `Blocked`). `None` for records that are no policy decision of their own (flow
+/// ends; decisions of a bound or an evasion defence, the same under any policy; cuts after a
+/// policy swap, whose flow has its own decision record) and for records that cannot be read.
+pub fn flow_of(json: &str) -> Option<(policy_engine::least::flows::Flow, bool)> {
+    let r: FlowRecord = serde_json::from_str(json).ok()?;
+    if !matches!(r.activity_id, 1 | 5) {
+        return None;
+    }
+    const NOT_POLICY: [&str; 9] = [
+        "inspect_timeout",
+        "inspect_overflow",
+        "memory_pressure",
+        "flow_limit",
+        "midstream",
+        "ambiguous_overlap",
+        "policy_update",
+        "fragmented_header",
+        "bad_checksum",
+    ];
+    if NOT_POLICY.contains(&r.reason.as_str()) {
+        return None;
+    }
+    let transport = policy_engine::Transport::from_protocol_number(r.connection_info.protocol_num);
+    let raw = r
+        .tls
+        .map(|t| t.sni)
+        .or(r.http.map(|h| h.sni))
+        .or(r.dst_endpoint.hostname);
+    let name = raw.and_then(|n| {
+        policy_engine::normalize_name(&n)
+            .ok()
+            .map(std::borrow::Cow::into_owned)
+    });
+    Some((
+        policy_engine::least::flows::Flow {
+            src: r.src_endpoint.ip,
+            dst: r.dst_endpoint.ip,
+            transport,
+            dst_port: if transport.has_ports() {
+                r.dst_endpoint.port
+            } else {
+                0
+            },
+            name,
+        },
+        r.disposition == "Blocked",
+    ))
+}
+
 /// The WebGroups of the curated AI-provider catalog (configs/webgroups/ai-providers.toml),
 /// compiled in so the report can put AI destinations first without reading files at run time.
 pub fn ai_groups() -> &'static BTreeSet<String> {

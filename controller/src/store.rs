@@ -182,6 +182,16 @@ pub trait Store: Send + Sync + 'static {
     fn prune_records(&self, before_ms: u64, max_rows: u64) -> Result<u64, StoreError>;
     /// Aggregates the records whose time is in `[since_ms, until_ms]`.
     fn report(&self, since_ms: u64, until_ms: u64) -> Result<Vec<ReportRow>, StoreError>;
+    /// Up to `limit` records whose time is in `[since_ms, until_ms]` and whose row id is above
+    /// `after_id`, in row order: `(id, time_ms, json)`. Callers page through with the last id,
+    /// so a scan of millions of records holds neither the whole result nor the database lock.
+    fn records_page(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, String)>, StoreError>;
     /// A stored fact.
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Stores a fact.
@@ -492,6 +502,32 @@ impl Store for SqliteStore {
                         detected: unsql(r.get(9)?),
                     })
                 },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn records_page(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, String)>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, time_ms, json FROM records
+                 WHERE id > ?1 AND time_ms >= ?2 AND time_ms <= ?3
+                 ORDER BY id LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    sql(after_id),
+                    sql(since_ms),
+                    sql(until_ms),
+                    sql(limit as u64)
+                ],
+                |r| Ok((unsql(r.get(0)?), unsql(r.get(1)?), r.get(2)?)),
             )?;
             rows.collect()
         })

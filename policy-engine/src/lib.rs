@@ -13,6 +13,7 @@
 //! - [`compile`](mod@compile): address interval tables, the name trie, port classes and first-match
 //!   resolution over sorted rule lists; see that module for the architecture.
 //! - [`naive`]: the rule-by-rule reference evaluator the compiled table is tested against.
+//! - [`least`]: blast radius, verdict changes over observed flows, recommended policies.
 //! - [`PolicyStore`]: lock-free publication of compiled policies (arc-swap).
 //!
 //! The data path only ever sees [`CompiledPolicy`] through a [`PolicyStore`]; it asks two
@@ -21,6 +22,7 @@
 
 pub mod compile;
 mod echo;
+pub mod least;
 pub mod load;
 pub mod model;
 pub mod naive;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use control_proto::v1::operator_client::OperatorClient;
 use control_proto::v1::{
-    HistoryRequest, PushRequest, ReportRequest, RollbackRequest, StatusRequest,
+    DiffRequest, HistoryRequest, PushRequest, RecommendRequest, ReportRequest, RollbackRequest,
+    StatusRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -152,6 +153,39 @@ async fn call(outer: &Connection, json: bool, command: Command) -> Result<u8, Fa
                 .map_err(|e| Failure::usage(format!("--since: {e}")))?;
             (connection, Request::Report(window.as_secs()))
         }
+        Command::Recommend {
+            connection,
+            since,
+            group,
+        } => {
+            let window = crate::config::parse_duration(&since)
+                .map_err(|e| Failure::usage(format!("--since: {e}")))?;
+            let request = RecommendRequest {
+                since_seconds: window.as_secs().max(1),
+                group: group.unwrap_or_default(),
+            };
+            (connection, Request::Recommend(request))
+        }
+        Command::Diff {
+            connection,
+            from,
+            to,
+            since,
+        } => {
+            let since_seconds = match since {
+                Some(s) => crate::config::parse_duration(&s)
+                    .map_err(|e| Failure::usage(format!("--since: {e}")))?
+                    .as_secs()
+                    .max(1),
+                None => 0,
+            };
+            let request = DiffRequest {
+                from_version: from,
+                to_version: to,
+                since_seconds,
+            };
+            (connection, Request::Diff(request))
+        }
         Command::Status { connection } => (connection, Request::Status),
         Command::History { connection } => (connection, Request::History),
         Command::Rollback {
@@ -191,6 +225,16 @@ async fn call(outer: &Connection, json: bool, command: Command) -> Result<u8, Fa
             output::history(&reply.into_inner(), json);
             Ok(0)
         }
+        Request::Recommend(request) => {
+            let reply = client.recommend(request).await.map_err(Failure::status)?;
+            output::recommend(&reply.into_inner(), json);
+            Ok(0)
+        }
+        Request::Diff(request) => {
+            let reply = client.diff(request).await.map_err(Failure::status)?;
+            output::diff(&reply.into_inner(), json);
+            Ok(0)
+        }
         Request::Report(since_seconds) => {
             let reply = client
                 .report(ReportRequest { since_seconds })
@@ -208,6 +252,8 @@ enum Request {
     Rollback(u64),
     History,
     Report(u64),
+    Recommend(RecommendRequest),
+    Diff(DiffRequest),
 }
 
 fn read_inventory(path: &std::path::Path) -> Result<String, Failure> {

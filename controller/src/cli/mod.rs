@@ -106,6 +106,32 @@ enum Command {
         #[arg(long, default_value = "24h")]
         since: String,
     },
+    /// A least-privilege policy (TOML on standard output) from the fleet's decision records:
+    /// per SmartGroup, the destinations seen and nothing else; what it would deny that is
+    /// permitted today on standard error.
+    Recommend {
+        #[command(flatten)]
+        connection: Connection,
+        /// The window of records, e.g. 24h or 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Only this SmartGroup.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Rule, group and verdict changes between two served versions, the verdicts over the
+    /// fleet's decision records.
+    Diff {
+        #[command(flatten)]
+        connection: Connection,
+        /// The earlier version.
+        from: u64,
+        /// The later version.
+        to: u64,
+        /// Only records of this window (default: every record kept).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// A lab CA and certificates.
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -1,7 +1,9 @@
 //! What the operator subcommands print: aligned tables for people, one JSON document (the shapes
 //! of the design's "Control plane" section) for scripts.
 
-use control_proto::v1::{HistoryReply, PushReply, ReportReply, StatusReply};
+use control_proto::v1::{
+    DiffReply, HistoryReply, PushReply, RecommendReply, ReportReply, StatusReply,
+};
 use serde_json::{json, Value};
 
 use crate::config::rfc3339;
@@ -255,5 +257,134 @@ pub(super) fn report(reply: &ReportReply, json: bool) {
             "DETECTED",
         ],
         &rows,
+    );
+}
+
+/// The recommended policy on standard output (ready to save as a file); the summary on
+/// standard error, so that `> policy.toml` keeps only the policy.
+pub(super) fn recommend(reply: &RecommendReply, json: bool) {
+    if json {
+        print_json(&json!({
+            "policy": reply.policy,
+            "summary": reply.summary,
+            "based_on_version": reply.based_on_version,
+            "since": rfc3339(reply.since_unix_ms),
+            "until": rfc3339(reply.until_unix_ms),
+            "records": reply.records,
+            "flows": reply.flows,
+        }));
+        return;
+    }
+    print!("{}", reply.policy);
+    eprintln!(
+        "recommended from {} records ({} flows), {} to {}, starting from version {}",
+        reply.records,
+        reply.flows,
+        rfc3339(reply.since_unix_ms),
+        rfc3339(reply.until_unix_ms),
+        reply.based_on_version
+    );
+    for line in &reply.summary {
+        eprintln!("  {line}");
+    }
+}
+
+pub(super) fn diff(reply: &DiffReply, json: bool) {
+    if json {
+        let changes: Vec<Value> = reply
+            .policy_changes
+            .iter()
+            .map(
+                |c| json!({"kind": c.kind, "name": c.name, "change": c.change, "detail": c.detail}),
+            )
+            .collect();
+        let verdicts: Vec<Value> = reply
+            .verdict_changes
+            .iter()
+            .map(|v| {
+                json!({
+                    "change": v.change,
+                    "src_group": v.src_group,
+                    "dst": v.dst,
+                    "flows": v.flows,
+                    "old": {"action": v.old_action, "rule": v.old_rule},
+                    "new": {"action": v.new_action, "rule": v.new_rule},
+                    "examples": v.examples,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "from": reply.from_version,
+            "to": reply.to_version,
+            "since": time_or_null(reply.since_unix_ms),
+            "until": rfc3339(reply.until_unix_ms),
+            "policy_changes": changes,
+            "verdict_changes": verdicts,
+            "flows": reply.flows,
+            "unchanged": reply.unchanged,
+            "newly_denied": reply.newly_denied,
+            "newly_permitted": reply.newly_permitted,
+            "rule_changed": reply.rule_changed,
+            "skipped": reply.skipped,
+        }));
+        return;
+    }
+    println!("version {} -> {}", reply.from_version, reply.to_version);
+    if reply.policy_changes.is_empty() {
+        println!("no rule or group changes");
+    } else {
+        let rows: Vec<Vec<String>> = reply
+            .policy_changes
+            .iter()
+            .map(|c| {
+                vec![
+                    c.kind.clone(),
+                    c.name.clone(),
+                    c.change.clone(),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        table(&["KIND", "NAME", "CHANGE", "DETAIL"], &rows);
+    }
+    println!();
+    if !reply.verdict_changes.is_empty() {
+        let rows: Vec<Vec<String>> = reply
+            .verdict_changes
+            .iter()
+            .map(|v| {
+                vec![
+                    v.change.clone(),
+                    v.src_group.clone(),
+                    v.dst.clone(),
+                    v.flows.to_string(),
+                    format!("{} ({})", v.old_action, v.old_rule),
+                    format!("{} ({})", v.new_action, v.new_rule),
+                    v.examples.first().cloned().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "CHANGE",
+                "SOURCE",
+                "DESTINATION",
+                "FLOWS",
+                "FROM",
+                "TO",
+                "EXAMPLE",
+            ],
+            &rows,
+        );
+        println!();
+    }
+    println!(
+        "{} flows from the fleet's records: {} newly denied, {} newly permitted, {} decided by another rule, {} unchanged ({} records skipped)",
+        reply.flows,
+        reply.newly_denied,
+        reply.newly_permitted,
+        reply.rule_changed,
+        reply.unchanged,
+        reply.skipped
     );
 }

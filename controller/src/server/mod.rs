@@ -9,6 +9,7 @@
 //! itself, and when it catches up it is sent the newest version only, never a backlog.
 
 pub mod fleet;
+pub mod least;
 pub mod operator;
 pub mod sources;
 

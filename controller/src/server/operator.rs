@@ -1,12 +1,13 @@
-//! The operator API: status, push, rollback, history, report. Every call needs an operator
+//! The operator API: status, push, rollback, history, report, recommend, diff. Every call needs an operator
 //! certificate; the operator's name from it is recorded with the versions it makes.
 
 use std::sync::{Arc, Weak};
 
 use control_proto::v1::operator_server::Operator;
 use control_proto::v1::{
-    GatewayStatus, HistoryReply, HistoryRequest, PushReply, PushRequest, ReportReply,
-    ReportRequest, ReportRow, RollbackRequest, StatusReply, StatusRequest, VersionInfo,
+    DiffReply, DiffRequest, GatewayStatus, HistoryReply, HistoryRequest, PushReply, PushRequest,
+    RecommendReply, RecommendRequest, ReportReply, ReportRequest, ReportRow, RollbackRequest,
+    StatusReply, StatusRequest, VersionInfo,
 };
 use tonic::{Request, Response, Status};
 
@@ -21,6 +22,7 @@ const DEFAULT_HISTORY: usize = 1000;
 const MAX_HISTORY: usize = 100_000;
 const DEFAULT_REPORT_SECONDS: u64 = 86_400;
 const MAX_REPORT_SECONDS: u64 = 100 * 365 * 86_400;
+const DEFAULT_RECOMMEND_SECONDS: u64 = 7 * 86_400;
 
 /// The `Operator` service.
 #[derive(Debug, Clone)]
@@ -207,5 +209,35 @@ impl Operator for OperatorService {
             until_unix_ms: until,
             rows,
         }))
+    }
+
+    async fn recommend(
+        &self,
+        request: Request<RecommendRequest>,
+    ) -> Result<Response<RecommendReply>, Status> {
+        require_operator(&request)?;
+        let controller = self.controller()?;
+        let request = request.into_inner();
+        let seconds = match request.since_seconds {
+            0 => DEFAULT_RECOMMEND_SECONDS,
+            n => n.min(MAX_REPORT_SECONDS),
+        };
+        super::least::recommend(&controller, seconds, request.group)
+            .await
+            .map(Response::new)
+    }
+
+    async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffReply>, Status> {
+        require_operator(&request)?;
+        let controller = self.controller()?;
+        let request = request.into_inner();
+        super::least::diff(
+            &controller,
+            request.from_version,
+            request.to_version,
+            request.since_seconds.min(MAX_REPORT_SECONDS),
+        )
+        .await
+        .map(Response::new)
     }
 }

@@ -168,6 +168,21 @@ fn build(
     Ok((wire, loaded.warnings))
 }
 
+/// The model of the policy served now as its operator wrote it (SmartGroup selectors and
+/// literal CIDRs, before resolution), for views that copy its definitions; `None` when the
+/// version served was not built from a source this controller kept.
+pub async fn current_definitions(controller: &Controller) -> Option<policy_engine::Policy> {
+    let source = controller.sources.lock().await.current.clone()?;
+    let scratch = controller
+        .scratch
+        .join(format!("{:016x}", rand::random::<u64>()));
+    tokio::task::spawn_blocking(move || load_bundle(&source.bundle(), &scratch).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(|loaded| loaded.policy)
+}
+
 /// Builds, stores and publishes a source. With `skip_unchanged`, a source whose content equals
 /// what is served now makes no new version (a touched file, an irrelevant inventory change).
 pub async fn publish(

@@ -3,8 +3,10 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod blast_radius;
 pub mod check_policy;
 pub mod demo;
+pub mod diff;
 pub mod explain;
 pub mod replay;
 pub mod run;
@@ -27,6 +29,12 @@ pub enum Command {
     Explain(explain::Args),
     /// Replay captured packets through the pipeline offline.
     Replay(replay::Args),
+    /// Per SmartGroup, what the policy lets it reach, through which rule, and what is wider
+    /// than it looks.
+    BlastRadius(blast_radius::Args),
+    /// Which observed flows (decision records, captures) would change verdict under a
+    /// candidate policy.
+    Diff(diff::Args),
     /// Build a small network of namespaces and show the gateway at work (root).
     Demo(demo::Args),
 }
@@ -96,6 +104,14 @@ pub fn dispatch(cli: Cli) -> std::process::ExitCode {
         Command::Replay(args) => {
             crate::sys::default_sigpipe();
             replay::main(args)
+        }
+        Command::BlastRadius(args) => {
+            crate::sys::default_sigpipe();
+            blast_radius::main(args)
+        }
+        Command::Diff(args) => {
+            crate::sys::default_sigpipe();
+            diff::main(args)
         }
         Command::Demo(args) => demo::main(args),
     };
