@@ -21,6 +21,7 @@
 
 pub mod compile;
 mod echo;
+pub mod file;
 pub mod load;
 pub mod model;
 pub mod naive;
