@@ -29,9 +29,9 @@ mod rules;
 mod shadow;
 mod toml_walk;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use foldhash::HashMap;
 use toml::de::DeValue;
 use toml::Spanned;
 
