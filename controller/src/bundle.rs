@@ -11,7 +11,6 @@
 //! language) and may only climb with leading `..` components; anything else could escape the
 //! scratch directory and is refused with an error.
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use control_proto::v1::{BundledFile, PolicyBundle};
@@ -80,20 +79,10 @@ fn include_list(text: &str) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// A policy or catalog file: regular, at most [`MAX_FILE_BYTES`], opened without blocking.
 fn read_bounded(path: &Path) -> Result<String, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
-            "{}: larger than {MAX_FILE_BYTES} bytes",
-            path.display()
-        ));
-    }
-    Ok(text)
+    policy_engine::file::read_regular_text(path, MAX_FILE_BYTES)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
 }
 
 /// Leading `..` components of a safe include path, or why it is refused.

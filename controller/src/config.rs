@@ -89,7 +89,7 @@ impl ControllerConfig {
             "{}: larger than {MAX_CONFIG_BYTES} bytes",
             path.display()
         );
-        let text = std::fs::read_to_string(path)
+        let text = policy_engine::file::read_regular_text(path, MAX_CONFIG_BYTES)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let mut config: ControllerConfig =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -109,10 +109,13 @@ impl Inventory {
         if metadata.len() > MAX_INVENTORY_BYTES {
             return Err(InventoryError::TooLarge { path: display });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-            path: display.clone(),
-            source,
-        })?;
+        // Not a blocking read: a FIFO or a device in place of the file is refused.
+        let text = policy_engine::file::read_regular_text(path, MAX_INVENTORY_BYTES).map_err(
+            |source| InventoryError::Read {
+                path: display.clone(),
+                source,
+            },
+        )?;
         Inventory::parse(&text, &display)
     }
 

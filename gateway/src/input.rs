@@ -8,9 +8,6 @@
 //!   a directory is refused instead of blocking the reader forever (a FIFO with no writer) or
 //!   reading without end (`/dev/zero`).
 
-use std::fs::File;
-use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 /// Characters of an operator-supplied value kept in an error message; the rest is summarised.
@@ -50,44 +47,10 @@ pub fn echo_path(path: &Path) -> String {
     echo_bounded(&path.to_string_lossy(), MAX_ECHO_PATH_CHARS)
 }
 
-/// Opens `path` for reading only if it is a regular file (symbolic links are followed).
-///
-/// The file is opened with `O_NONBLOCK` so that opening a FIFO without a writer returns at
-/// once; the type is then checked on the open descriptor (no race with a rename between a
-/// check and the open), and the flag is harmless for the regular file that remains.
-pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        let kind = if meta.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file (a FIFO, socket or device)"
-        };
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{kind}; refusing to read it"),
-        ));
-    }
-    Ok(file)
-}
-
-/// Reads a regular file of at most `max_bytes` bytes as UTF-8 text.
-pub fn read_regular_text(path: &Path, max_bytes: u64) -> std::io::Result<String> {
-    let file = open_regular(path)?;
-    let mut text = String::new();
-    file.take(max_bytes + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > max_bytes {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max_bytes} bytes; refusing to read it"),
-        ));
-    }
-    Ok(text)
-}
+/// Opens `path` for reading only if it is a regular file, without blocking on a FIFO. The one
+/// implementation lives in the policy engine, which reads policy files and their includes the
+/// same way.
+pub use policy_engine::file::{open_regular, read_regular_text};
 
 #[cfg(test)]
 mod tests {
@@ -108,6 +71,11 @@ mod tests {
         assert!(e.ends_with(&format!("({} more bytes)", 10_000 - MAX_ECHO_CHARS)));
         let short = "y".repeat(MAX_ECHO_CHARS);
         assert_eq!(echo(&short), short);
+    }
+
+    #[test]
+    fn the_open_flag_is_the_c_librarys() {
+        assert_eq!(policy_engine::file::O_NONBLOCK, libc::O_NONBLOCK);
     }
 
     #[test]

@@ -256,21 +256,40 @@ fn inspection_times_out() {
 }
 
 #[test]
-fn a_new_client_hello_on_a_permitted_flow_is_cut() {
+fn a_new_client_hello_on_a_permitted_flow_is_decided_again() {
     let mut h = Harness::new(POLICY_QUIC);
     let pkts = datagrams("api.openai.com", 1);
     assert_eq!(h.send(&pkts[0]), Disposition::Held);
     assert_eq!(h.take_wire(), pkts);
-    // Same ports, a new DCID and a hello for a name the policy denies.
+    // Same ports, a new DCID and a hello for a name the policy denies: it does not ride on the
+    // first verdict.
     let other = initials("other.example.org", &[9; 8], 1);
     let d = h.send(&udp_packet(client(), server(), &other[0]));
+    assert_eq!(d, Disposition::Drop(DropReason::Policy));
+    assert!(h.take_wire().is_empty(), "nothing of the new hello passes");
+    let last = (*h.decisions().last().unwrap()).clone();
+    assert_eq!(last.reason, Reason::Default);
     assert_eq!(
-        d,
-        Disposition::Drop(DropReason::FailClosed(Reason::SecondHello))
+        last.tls.as_ref().map(|t| t.sni.as_str()),
+        Some("other.example.org")
     );
-    assert_eq!(h.decisions().last().unwrap().reason, Reason::SecondHello);
     let short = udp_packet(client(), server(), &[0x40, 1, 2, 3]);
     assert_ne!(h.send(&short), Disposition::Forward);
+    assert_eq!(h.pipe.stats().held_bytes_now, 0);
+}
+
+#[test]
+fn a_rejected_new_client_hello_answers_port_unreachable() {
+    let mut h = Harness::new(POLICY_QUIC);
+    let pkts = datagrams("api.openai.com", 1);
+    assert_eq!(h.send(&pkts[0]), Disposition::Held);
+    h.take_wire();
+    let other = initials("reject.example.net", &[9; 8], 1);
+    let d = h.send(&udp_packet(client(), server(), &other[0]));
+    assert_eq!(d, Disposition::Drop(DropReason::Policy));
+    let wire = h.take_wire();
+    assert_eq!(wire.len(), 1);
+    assert_eq!(icmp_type_code(&wire[0]), (3, 3));
 }
 
 #[test]
@@ -282,8 +301,218 @@ fn log_only_never_holds() {
     let mut h = Harness::new(&policy);
     let pkts = datagrams("other.example.org", 2);
     assert_eq!(h.send(&pkts[0]), Disposition::Forward);
+    assert!(h.decisions().is_empty(), "the record waits for the name");
     assert_eq!(h.send(&pkts[1]), Disposition::Forward);
     assert_eq!(h.decisions().len(), 1);
+}
+
+/// Log-only: each flow's record carries its QUIC name, the verdict for it (`Denied` or
+/// `Allowed`, `Detected` since nothing is enforced) and its rule, and every flow passes whole.
+#[test]
+fn log_only_records_the_quic_name() {
+    use bulkhead_gateway::record::{Disposition as Rec, RecordAction};
+    let policy = POLICY_QUIC.replace(
+        "default_action = \"deny\"",
+        "default_action = \"deny\"\nmode = \"log-only\"",
+    );
+    let mut h = Harness::new(&policy);
+    let denied = datagrams("Other.Example.org", 2);
+    for d in &denied {
+        assert_eq!(h.send(d), Disposition::Forward);
+    }
+    let c2: SocketAddr = "10.0.0.2:51001".parse().unwrap();
+    let permitted: Vec<Vec<u8>> = initials("api.openai.com", &[7; 8], 1)
+        .iter()
+        .map(|d| udp_packet(c2, server(), d))
+        .collect();
+    assert_eq!(h.send(&permitted[0]), Disposition::Forward);
+    let c3: SocketAddr = "10.0.0.2:51002".parse().unwrap();
+    let rejected = udp_packet(c3, server(), &initials("reject.example.net", &[6; 8], 1)[0]);
+    assert_eq!(h.send(&rejected), Disposition::Forward);
+    // Short-header packets and the server's answers pass too.
+    assert_eq!(
+        h.send(&udp_packet(client(), server(), &[0x40, 1, 2, 3])),
+        Disposition::Forward
+    );
+    assert_eq!(
+        h.send(&udp_packet(server(), client(), &[0x40, 9, 9])),
+        Disposition::Forward
+    );
+    let d = h.decisions();
+    assert_eq!(d.len(), 3, "{d:#?}");
+    let by_name = |n: &str| {
+        d.iter()
+            .find(|r| r.tls.as_ref().is_some_and(|t| t.sni == n))
+            .unwrap_or_else(|| panic!("no record for {n}: {d:#?}"))
+    };
+    let r = by_name("other.example.org");
+    assert_eq!(
+        (r.action, r.disposition, r.reason),
+        (RecordAction::Denied, Rec::Detected, Reason::Default)
+    );
+    // Log-only enforces nothing: a permit is Detected too, with its rule.
+    let r = by_name("api.openai.com");
+    assert_eq!(
+        (r.action, r.disposition, r.reason),
+        (RecordAction::Allowed, Rec::Detected, Reason::Rule)
+    );
+    assert_eq!(r.policy.name, "allow-ai");
+    let r = by_name("reject.example.net");
+    assert_eq!(
+        (r.action, r.disposition),
+        (RecordAction::Denied, Rec::Detected)
+    );
+    assert_eq!(r.policy.name, "reject-some");
+    // Nothing was held, and the readers' buffers are settled (a hello each, at most).
+    assert!(h.pipe.stats().held_bytes_now < 3 * 4096);
+}
+
+/// Log-only: a flow whose first datagram is not QUIC is recorded without a name (`no_sni`), at
+/// once, and passes.
+#[test]
+fn log_only_records_a_nameless_flow() {
+    let policy = POLICY_QUIC.replace(
+        "default_action = \"deny\"",
+        "default_action = \"deny\"\nmode = \"log-only\"",
+    );
+    let mut h = Harness::new(&policy);
+    let p = udp_packet(client(), server(), &[0x40, 1, 2, 3, 4]);
+    assert_eq!(h.send(&p), Disposition::Forward);
+    let d = h.decisions();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].reason, Reason::NoSni);
+    assert!(d[0].tls.is_none());
+    assert_eq!(h.pipe.stats().held_bytes_now, 0);
+}
+
+const V2: u32 = 0x6b33_43cf;
+
+/// A server's Version Negotiation packet (RFC 9000 17.2.1) answering a client Initial with
+/// `dcid` / `scid`, listing `versions`.
+fn version_negotiation(client_dcid: &[u8], client_scid: &[u8], versions: &[u32]) -> Vec<u8> {
+    let mut p = vec![0x80 | 0x2a, 0, 0, 0, 0];
+    p.push(client_scid.len() as u8);
+    p.extend_from_slice(client_scid);
+    p.push(client_dcid.len() as u8);
+    p.extend_from_slice(client_dcid);
+    for v in versions {
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    p
+}
+
+/// A client's Initials in `version` for a ClientHello of `name` with a key share of `share`
+/// bytes, one CRYPTO frame per Initial, each padded to 1200 bytes.
+fn initials_in(version: u32, name: &str, dcid: &[u8], share: usize, parts: usize) -> Vec<Vec<u8>> {
+    let hs = handshake_bytes(&client_hello(Some(name), share));
+    let step = hs.len().div_ceil(parts);
+    hs.chunks(step)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let spec = InitialSpec {
+                version: Version::from_wire(version),
+                key_dcid: dcid,
+                dcid,
+                scid: &[1, 2, 3, 4],
+                token: &[],
+                pn: i as u64,
+            };
+            client_initial(&spec, &crypto_frame((i * step) as u64, chunk), 1200).expect("Initial")
+        })
+        .map(|d| udp_packet(client(), server(), &d))
+        .collect()
+}
+
+/// A client opens in v1 with a small hello; the server answers with Version Negotiation
+/// listing only v2; the client starts over in v2 with a new DCID and a post-quantum hello over
+/// two Initials. The new attempt is held until its hello is whole, read and decided on its name,
+/// and released in order; then the connection proper passes.
+#[test]
+fn version_negotiation_then_v2_is_read_and_decided() {
+    let mut h = Harness::new(POLICY_QUIC);
+    let first = initials_in(1, "api.openai.com", DCID, 100, 1);
+    assert_eq!(h.send(&first[0]), Disposition::Held);
+    assert_eq!(h.take_wire(), first);
+    let vn = udp_packet(
+        server(),
+        client(),
+        &version_negotiation(DCID, &[1, 2, 3, 4], &[V2]),
+    );
+    assert_eq!(h.send(&vn), Disposition::Forward);
+    assert_eq!(h.take_wire(), vec![vn]);
+    let retry = initials_in(V2, "api.openai.com", &[0x5a; 12], 1600, 2);
+    assert_eq!(h.send(&retry[0]), Disposition::Held);
+    assert!(h.take_wire().is_empty(), "half a hello does not pass");
+    assert_eq!(h.send(&retry[1]), Disposition::Held);
+    assert_eq!(h.take_wire(), retry, "released in arrival order");
+    let names = h.names();
+    assert_eq!(
+        names,
+        vec![
+            Some("api.openai.com".to_string()),
+            Some("api.openai.com".to_string())
+        ]
+    );
+    // A late retransmission of the abandoned v1 attempt, the v2 hello again, and the connection
+    // proper all pass.
+    assert_eq!(h.send(&first[0]), Disposition::Forward);
+    assert_eq!(h.send(&retry[1]), Disposition::Forward);
+    let short = udp_packet(client(), server(), &[0x40, 1, 2, 3]);
+    assert_eq!(h.send(&short), Disposition::Forward);
+    assert!(h.pipe.stats().held_bytes_now < 4096);
+}
+
+/// The same shapes, but the hello of the new attempt names what the policy denies (or
+/// rejects): nothing of it reaches the server.
+#[test]
+fn version_negotiation_then_a_denied_name_is_refused() {
+    for (name, reason) in [
+        ("other.example.org", Reason::Default),
+        ("reject.example.net", Reason::Rule),
+    ] {
+        let mut h = Harness::new(POLICY_QUIC);
+        let first = initials_in(V2, "api.openai.com", DCID, 100, 1);
+        assert_eq!(h.send(&first[0]), Disposition::Held);
+        h.take_wire();
+        let vn = udp_packet(
+            server(),
+            client(),
+            &version_negotiation(DCID, &[1, 2, 3, 4], &[1]),
+        );
+        assert_eq!(h.send(&vn), Disposition::Forward);
+        let retry = initials_in(1, name, &[0x5b; 8], 1600, 2);
+        assert_eq!(h.send(&retry[0]), Disposition::Held);
+        assert_eq!(h.send(&retry[1]), Disposition::Drop(DropReason::Policy));
+        let wire = h.take_wire();
+        assert!(
+            wire.iter().all(|p| !retry.contains(p)),
+            "{name}: nothing of the new attempt passes"
+        );
+        let last = (*h.decisions().last().unwrap()).clone();
+        assert_eq!(last.tls.as_ref().map(|t| t.sni.as_str()), Some(name));
+        assert_eq!(last.reason, reason);
+        assert_eq!(h.pipe.stats().held_bytes_now, 0, "{name}");
+        assert_ne!(
+            h.send(&udp_packet(client(), server(), &[0x40, 1, 2])),
+            Disposition::Forward
+        );
+    }
+}
+
+/// After a Version Negotiation the new attempt is bounded like the first: it times out when its
+/// hello never completes.
+#[test]
+fn version_negotiation_retry_that_never_completes_times_out() {
+    let mut h = Harness::new(POLICY_QUIC);
+    let first = initials_in(1, "api.openai.com", DCID, 100, 1);
+    assert_eq!(h.send(&first[0]), Disposition::Held);
+    h.take_wire();
+    let retry = initials_in(V2, "api.openai.com", &[0x5c; 8], 1600, 2);
+    assert_eq!(h.send(&retry[0]), Disposition::Held);
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.decisions().last().unwrap().reason, Reason::InspectTimeout);
+    assert_eq!(h.pipe.stats().held_bytes_now, 0);
+    assert!(h.take_wire().iter().all(|p| !retry.contains(p)));
 }
 
 // ---- bulkhead replay ----

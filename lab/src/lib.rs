@@ -40,6 +40,8 @@
 //! - [`dns`]: a small DNS server for the internet namespace (the gateway's DNS check).
 //! - [`clients`]: the in-process rustls client (X25519MLKEM768 key share), curl,
 //!   `openssl s_client`, UDP.
+//! - `quic` (feature `quic`): an HTTP/3 server and client on quinn and h3, and headless
+//!   Chromium with QUIC forced on.
 //! - [`gateway`]: `bulkhead run` as a child process in the gateway namespace, its decision log
 //!   and metrics.
 //! - [`bins`]: where the `bulkhead` binary under test is.
@@ -53,6 +55,8 @@ pub mod dns;
 pub mod gateway;
 pub mod netns;
 pub mod pki;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod servers;
 pub mod topology;
 

@@ -125,6 +125,53 @@ impl Pki {
         Ok(Arc::new(config))
     }
 
+    /// A server configuration for QUIC: TLS 1.3 only (QUIC has no other), the same certificates
+    /// chosen by SNI, and the given ALPN protocols.
+    pub fn quic_server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, LabError> {
+        let provider = Arc::new(post_quantum_provider());
+        let mut resolver = ResolvesServerCertUsingSni::new();
+        for leaf in &self.leaves {
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_pkcs8.clone()));
+            let signing = provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(tls_err)?;
+            let certified = CertifiedKey::new(vec![leaf.cert.clone()], signing);
+            resolver.add(&leaf.name, certified).map_err(tls_err)?;
+        }
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Ok(config)
+    }
+
+    /// A client configuration for QUIC: TLS 1.3 only, trusting only the lab CA, with the
+    /// post-quantum provider (so the ClientHello spans two Initial packets) and the given ALPN.
+    pub fn quic_client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, LabError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).map_err(tls_err)?;
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(post_quantum_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(tls_err)?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Ok(config)
+    }
+
+    /// The base64 SHA-256 hash of the certificate of `name`'s public key (SubjectPublicKeyInfo),
+    /// in the form Chromium's `--ignore-certificate-errors-spki-list` takes.
+    pub fn spki_sha256_base64(&self, name: &str) -> Option<String> {
+        let leaf = self.leaves.iter().find(|l| l.name == name)?;
+        let spki = spki_of(&leaf.cert)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki);
+        Some(base64(digest.as_ref()))
+    }
+
     /// A client configuration that trusts only the lab CA, with the post-quantum provider.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, LabError> {
         let mut roots = rustls::RootCertStore::empty();
@@ -138,6 +185,74 @@ impl Pki {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate: the seventh element of its TBSCertificate
+/// (after the optional version, serial, signature algorithm, issuer, validity and subject).
+fn spki_of(cert: &[u8]) -> Option<&[u8]> {
+    /// One DER element at the start of `b`: (tag, whole element, rest).
+    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&l0, rest) = rest.split_first()?;
+        let (len, hdr) = if l0 < 0x80 {
+            (usize::from(l0), 2)
+        } else {
+            let n = usize::from(l0 & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |a, &x| a << 8 | usize::from(x));
+            (len, 2 + n)
+        };
+        let end = hdr.checked_add(len)?;
+        if b.len() < end {
+            return None;
+        }
+        Some((tag, &b[..end], &b[end..]))
+    }
+    fn contents(e: &[u8]) -> &[u8] {
+        let hdr = if e[1] < 0x80 {
+            2
+        } else {
+            2 + usize::from(e[1] & 0x7f)
+        };
+        &e[hdr..]
+    }
+    let (_, cert_seq, _) = element(cert)?;
+    let (_, tbs, _) = element(contents(cert_seq))?;
+    let mut rest = contents(tbs);
+    let (tag, _, after) = element(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..5 {
+        rest = element(rest)?.2;
+    }
+    Some(element(rest)?.1)
+}
+
+/// Standard base64 with padding.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -159,5 +274,20 @@ mod tests {
         // The server side accepts the names it has certificates for.
         assert!(pki.server_config().is_ok());
         assert_eq!(pki.names().collect::<Vec<_>>(), ["api.example.com"]);
+    }
+
+    #[test]
+    fn base64_and_spki() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let pki = Pki::generate(&["api.example.com"]).unwrap();
+        let spki = spki_of(&pki.leaves[0].cert).unwrap();
+        // A P-256 key: SEQUENCE { SEQUENCE { ecPublicKey, prime256v1 }, BIT STRING (65 bytes) }.
+        assert_eq!(spki.len(), 91);
+        assert_eq!(&spki[..2], &[0x30, 0x59]);
+        assert_eq!(pki.spki_sha256_base64("api.example.com").unwrap().len(), 44);
+        assert!(pki.spki_sha256_base64("other").is_none());
     }
 }

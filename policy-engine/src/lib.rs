@@ -22,6 +22,7 @@
 
 pub mod compile;
 mod echo;
+pub mod file;
 pub mod least;
 pub mod load;
 pub mod model;

@@ -882,3 +882,74 @@ mod hostile {
         assert_eq!(loaded.policy.rules.len(), 3);
     }
 }
+
+/// Runs a load on its own thread; fails if it has not returned within 5 s (a blocking open of a
+/// FIFO without a writer never returns).
+fn load_within_5s(
+    path: std::path::PathBuf,
+) -> Result<policy_engine::LoadedPolicy, policy_engine::LoadError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(load_policy_file(&path));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the load blocked")
+}
+
+fn mkfifo(path: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn special_files_are_refused_as_policies_and_includes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The policy path itself: a FIFO, a directory.
+    let fifo = dir.path().join("policy-fifo.toml");
+    mkfifo(&fifo);
+    let err = load_within_5s(fifo.clone()).expect_err("a FIFO is refused");
+    assert_eq!(err.errors.len(), 1);
+    assert!(
+        err.errors[0]
+            .message
+            .starts_with("cannot read the file: not a regular file (a FIFO"),
+        "{}",
+        err.errors[0]
+    );
+    let err = load_within_5s(dir.path().to_path_buf()).expect_err("a directory is refused");
+    assert!(
+        err.errors[0].message.contains("a directory"),
+        "{}",
+        err.errors[0]
+    );
+    // Includes: a FIFO and a directory, each reported at its own entry, the rest still checked.
+    std::fs::create_dir(dir.path().join("catalogs")).expect("mkdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[policy]\ninclude = [\"policy-fifo.toml\", \"catalogs\"]\n",
+    )
+    .expect("write");
+    let err = load_within_5s(policy.clone()).expect_err("invalid");
+    let got: Vec<String> = err.errors.iter().map(|d| d.to_string()).collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(
+        got[0].starts_with(&format!(
+            "{}:2:12: error: cannot include `",
+            policy.display()
+        )) && got[0].contains("not a regular file (a FIFO"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].starts_with(&format!(
+            "{}:2:32: error: cannot include `",
+            policy.display()
+        )) && got[1].contains("a directory"),
+        "{}",
+        got[1]
+    );
+}

@@ -266,5 +266,6 @@ fn read_inventory(path: &std::path::Path) -> Result<String, Failure> {
             path.display()
         )));
     }
-    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+    policy_engine::file::read_regular_text(path, MAX_INVENTORY_BYTES)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
 }

@@ -1,8 +1,9 @@
 //! UDP, ICMP and other protocols: decided on the first packet, by address and port.
 //!
 //! UDP 443 is QUIC: a flow whose verdict needs a name is inspected ([`super::quic`]), or refused
-//! outright under `quic = "block"`. Elsewhere a verdict that needs a name is given without it,
-//! with reason `not_tls` (`no_sni` on UDP 443 under log-only, which never holds). A rejected flow
+//! outright under `quic = "block"` (under log-only, which never holds, it passes and its Initials
+//! are read as they pass, for the record). Elsewhere a verdict that needs a name is given without
+//! it, with reason `not_tls`. A rejected flow
 //! answers each client packet with an ICMP administratively-prohibited error (port unreachable on
 //! UDP 443, which makes QUIC clients fall back to TCP). These flows end on their idle timeout.
 //!
@@ -15,13 +16,14 @@ use std::time::Instant;
 
 use policy_engine::{Action, CompiledPolicy, Mode, QuicMode, SynDecision};
 
+use crate::inspect::quic::InitialCollector;
 use crate::record::Reason;
 use crate::wire::{IpProtocol, ParsedPacket, UdpDatagram, Unreachable};
 
 use super::decide::rule_reason;
 use super::flow::{FlowKey, Side};
 use super::quic::{is_long_header, QUIC_PORT};
-use super::state::{flow_query, Decision, Flow, Phase};
+use super::state::{flow_query, Decision, Flow, Inspect, Phase, Record};
 use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared};
 
 impl Pipeline {
@@ -98,7 +100,7 @@ impl Pipeline {
                 if from_client && flow.inspect.is_some() && is_long_header(u.payload) =>
             {
                 flow.count(side, len, now);
-                self.shared.quic_recheck(now, flow, u.payload, out)
+                self.shared.quic_recheck(now, flow, p, u.payload, meta, out)
             }
             _ => return self.datagram(now, p, sport, dport, out),
         };
@@ -106,8 +108,8 @@ impl Pipeline {
         d
     }
 
-    /// The first datagram of a UDP 443 flow: inspected when the verdict needs the name and the
-    /// policy enforces (log-only never holds: it decides by address, as for any datagram).
+    /// The first datagram of a UDP 443 flow: inspected when the verdict needs the name (under
+    /// log-only, which never holds, the flow passes and its Initials are read as they pass).
     fn quic_new(
         &mut self,
         now: Instant,
@@ -127,8 +129,11 @@ impl Pipeline {
             policy.evaluate_without_name(&flow_query(&flow, None)),
             SynDecision::NeedsName
         );
-        if dport != QUIC_PORT || !needs_name || policy.mode() == Mode::LogOnly {
+        if dport != QUIC_PORT || !needs_name {
             return self.datagram(now, p, sport, dport, out);
+        }
+        if policy.mode() == Mode::LogOnly {
+            return self.quic_log_only(now, p, u, key, flow, &policy, out);
         }
         flow.count(flow.client_side, p.packet.len() as u64, now);
         self.shared.quic_start(&mut flow);
@@ -144,6 +149,52 @@ impl Pipeline {
             Err(mut flow) => {
                 self.shared.drop_inspect(&mut flow);
                 self.shared.flow_limit(now, &mut flow, &policy, p, out)
+            }
+        }
+    }
+
+    /// Log-only, a new UDP 443 flow whose verdict needs the name: it passes, decided by address
+    /// for now, with its decision record owed until its Initials name it (or prove they cannot).
+    #[allow(clippy::too_many_arguments)]
+    fn quic_log_only(
+        &mut self,
+        now: Instant,
+        p: &ParsedPacket<'_>,
+        u: &UdpDatagram<'_>,
+        key: FlowKey,
+        mut flow: Flow,
+        policy: &CompiledPolicy,
+        out: &mut Output,
+    ) -> Disposition {
+        flow.count(flow.client_side, p.packet.len() as u64, now);
+        let v = policy.evaluate(&flow_query(&flow, None));
+        flow.decision = Some(Decision {
+            verdict: Some(v),
+            enforced: v.effective_action,
+            // What the record says if no name is ever read.
+            reason: Reason::NoSni,
+            version: policy.version(),
+            instance: policy.instance(),
+            name: None,
+        });
+        self.shared.count_decision(v.effective_action);
+        flow.phase = Phase::Forwarding;
+        flow.record = Record::Owed { name_decides: true };
+        let mut insp = Inspect::new(0);
+        insp.quic = Some(Box::new(InitialCollector::new()));
+        flow.inspect = Some(Box::new(insp));
+        match self.new_flow(now, key, flow, out) {
+            Ok(id) => {
+                let Some(flow) = self.flows.get_mut(id) else {
+                    return Disposition::Drop(DropReason::Malformed);
+                };
+                let d = self.shared.quic_observe(now, flow, u.payload, out);
+                self.shared.arm(id, flow);
+                d
+            }
+            Err(mut flow) => {
+                self.shared.drop_inspect(&mut flow);
+                self.shared.flow_limit(now, &mut flow, policy, p, out)
             }
         }
     }

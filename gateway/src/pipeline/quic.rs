@@ -12,19 +12,25 @@
 //!
 //! After a permit the reader stays with the flow. Short-header packets (the connection proper)
 //! pass without being looked at; a later client Initial is read too, and one that carries
-//! another ClientHello (a new connection reusing the ports, with a new DCID or version) cuts the
-//! flow with reason `second_hello` rather than riding on the first verdict.
+//! another ClientHello (the client starting over in another version after a Version
+//! Negotiation, or a new connection reusing the ports) does not ride on the first verdict: the
+//! flow is inspecting again, its datagrams held until the new hello is whole, and it is decided
+//! on the new name.
+//!
+//! Log-only never holds: a flow whose verdict needs the name passes at once, and its Initials
+//! are read as they pass, so that its decision record (owed until then) carries the name and the
+//! verdict enforcement would have given for it.
 
 use std::time::Instant;
 
-use policy_engine::{Action, CompiledPolicy};
+use policy_engine::{Action, CompiledPolicy, Mode};
 
 use crate::inspect::quic::{InitialCollector, QuicParse};
 use crate::record::Reason;
 use crate::wire::{self, ParsedPacket, Unreachable};
 
 use super::name::Found;
-use super::state::{Flow, Held, Inspect, Phase};
+use super::state::{Flow, Held, Inspect, NameKind, Phase};
 use super::{Disposition, DropReason, Output, PacketMeta, Shared, Transmit};
 
 /// The QUIC long-header bit (RFC 8999 5.1): set on Initial, 0-RTT, Handshake and Retry packets,
@@ -69,16 +75,42 @@ impl Shared {
         meta: PacketMeta,
         out: &mut Output,
     ) -> Disposition {
-        let len = p.packet.len();
-        if self.stats.held_bytes_now + len > self.config.max_held_bytes_total {
-            return self.fail_closed(now, flow, Reason::MemoryPressure, out);
+        if let Some(refused) = self.quic_keep(now, flow, p, meta, out) {
+            return refused;
         }
-        let per_flow = self.config.max_held_bytes_per_flow;
         let Some(insp) = flow.inspect.as_mut() else {
             return Disposition::Drop(DropReason::Malformed);
         };
+        // The reader allocates on its first Initial: counted with the held bytes.
+        let before = insp.bytes();
+        let outcome = match insp.quic.as_mut() {
+            Some(c) => read_initials(c, payload),
+            None => Outcome::Fail(Reason::ParseError),
+        };
+        self.account(insp.bytes() as isize - before as isize);
+        self.quic_outcome(now, flow, outcome, p.packet, out)
+    }
+
+    /// Keeps a copy of a client datagram until the verdict, within the bounds; `Some` when a
+    /// bound failed the flow closed.
+    fn quic_keep(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        p: &ParsedPacket<'_>,
+        meta: PacketMeta,
+        out: &mut Output,
+    ) -> Option<Disposition> {
+        let len = p.packet.len();
+        if self.stats.held_bytes_now + len > self.config.max_held_bytes_total {
+            return Some(self.fail_closed(now, flow, Reason::MemoryPressure, out));
+        }
+        let per_flow = self.config.max_held_bytes_per_flow;
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Some(Disposition::Drop(DropReason::Malformed));
+        };
         if insp.held_packet_bytes + len > per_flow {
-            return self.fail_closed(now, flow, Reason::InspectOverflow, out);
+            return Some(self.fail_closed(now, flow, Reason::InspectOverflow, out));
         }
         insp.held.push(Held {
             offset: insp.held.len() as i64,
@@ -90,19 +122,24 @@ impl Shared {
         insp.held_packet_bytes += len;
         insp.started.get_or_insert(now);
         self.account(len as isize);
-        // The reader allocates on its first Initial: counted with the held bytes.
-        let before = insp.bytes();
-        let outcome = match insp.quic.as_mut() {
-            Some(c) => read_initials(c, payload),
-            None => Outcome::Fail(Reason::ParseError),
-        };
-        self.account(insp.bytes() as isize - before as isize);
+        None
+    }
+
+    /// What an inspecting flow does with what its latest datagram brought.
+    fn quic_outcome(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        outcome: Outcome,
+        last: &[u8],
+        out: &mut Output,
+    ) -> Disposition {
         match outcome {
             Outcome::Wait => Disposition::Held,
             Outcome::Fail(reason) => self.fail_closed(now, flow, reason, out),
             Outcome::Decide(found) => {
                 let policy = self.policy.load_full();
-                match self.quic_decide(now, flow, &found, &policy, p.packet, out) {
+                match self.quic_decide(now, flow, &found, &policy, last, out) {
                     // Released with the others, in order, through `out`.
                     Action::Permit => Disposition::Held,
                     Action::Deny | Action::Reject => Disposition::Drop(DropReason::Policy),
@@ -159,9 +196,78 @@ impl Shared {
         action
     }
 
-    /// A client long-header datagram on a permitted UDP 443 flow: passes when it belongs to the
-    /// ClientHello the flow was decided on; another ClientHello cuts the flow.
+    /// A client long-header datagram on a permitted UDP 443 flow. One that belongs to the
+    /// ClientHello the flow was decided on passes. Another ClientHello (a new connection on the
+    /// same ports, or the client starting over in another version after a Version Negotiation)
+    /// puts the flow back to inspecting: its datagrams are held until the new hello is whole, and
+    /// the flow is decided again on the new name, as a new flow would be. Nothing of the new
+    /// hello reaches the server before its name is known.
     pub(super) fn quic_recheck(
+        &mut self,
+        now: Instant,
+        flow: &mut Flow,
+        p: &ParsedPacket<'_>,
+        payload: &[u8],
+        meta: PacketMeta,
+        out: &mut Output,
+    ) -> Disposition {
+        if flow.record.owed() {
+            // Log-only: the name is still to be read for the record.
+            return self.quic_observe(now, flow, payload, out);
+        }
+        let Some(insp) = flow.inspect.as_mut() else {
+            return Disposition::Forward;
+        };
+        let before = insp.bytes();
+        let Some(c) = insp.quic.as_mut() else {
+            return Disposition::Forward;
+        };
+        let outcome = read_initials(c, payload);
+        // The settled reader takes a scratch buffer again to decrypt, and a new attempt the
+        // whole CRYPTO buffer.
+        self.account(insp.bytes() as isize - before as isize);
+        let decided = flow
+            .decision
+            .as_ref()
+            .and_then(|d| d.name.as_ref())
+            .map(|(n, _)| &**n);
+        match outcome {
+            Outcome::Decide(Found::Tls { name, .. }) if name.as_deref() == decided => {
+                Disposition::Forward
+            }
+            // Log-only never holds: another hello is read as it passes, and recorded.
+            outcome if self.policy.load().mode() == Mode::LogOnly => {
+                match outcome {
+                    Outcome::Decide(Found::Tls { name, ech, .. }) => {
+                        let policy = self.policy.load_full();
+                        self.stats.second_hellos += 1;
+                        let kind = NameKind::Sni { ech };
+                        self.later_name(now, flow, name, kind, Reason::SecondHello, &policy, out);
+                        self.quic_settle(flow);
+                    }
+                    Outcome::Fail(reason) => {
+                        self.fail_closed(now, flow, reason, out);
+                    }
+                    Outcome::Decide(_) | Outcome::Wait => {}
+                }
+                Disposition::Forward
+            }
+            // Another hello: the flow is inspecting again, and this datagram is held until the
+            // new hello is whole and decided, as the first one was.
+            outcome => {
+                flow.phase = Phase::Inspecting;
+                if let Some(refused) = self.quic_keep(now, flow, p, meta, out) {
+                    return refused;
+                }
+                self.quic_outcome(now, flow, outcome, p.packet, out)
+            }
+        }
+    }
+
+    /// Log-only: a UDP 443 flow whose verdict needs the name passes at once, and its client
+    /// Initials are read as they pass, so that its decision record carries the name and the
+    /// verdict enforcement would have given for it (`Detected` when that is not a permit).
+    pub(super) fn quic_observe(
         &mut self,
         now: Instant,
         flow: &mut Flow,
@@ -172,32 +278,41 @@ impl Shared {
             return Disposition::Forward;
         };
         let before = insp.bytes();
-        let Some(c) = insp.quic.as_mut() else {
-            return Disposition::Forward;
+        let outcome = match insp.quic.as_mut() {
+            Some(c) => read_initials(c, payload),
+            None => Outcome::Fail(Reason::ParseError),
         };
-        let decided = flow
-            .decision
-            .as_ref()
-            .and_then(|d| d.name.as_ref())
-            .map(|(n, _)| &**n);
-        let same = match c.push(payload) {
-            QuicParse::Complete(info) => {
-                // Borrowed unless the name needed normalising. (Only long-header packets come
-                // here: the handshake's few, never the connection's short-header packets.)
-                match info.sni {
-                    Some(n) => policy_engine::normalize_name(n.as_str())
-                        .is_ok_and(|n| Some(&*n) == decided),
-                    None => decided.is_none(),
-                }
-            }
-            _ => false,
-        };
-        // The settled reader takes a scratch buffer again to decrypt.
         self.account(insp.bytes() as isize - before as isize);
-        if same {
-            return Disposition::Forward;
+        let found = match outcome {
+            Outcome::Wait if self.stats.held_bytes_now <= self.config.max_held_bytes_total => {
+                return Disposition::Forward;
+            }
+            Outcome::Wait => {
+                self.fail_closed(now, flow, Reason::MemoryPressure, out);
+                return Disposition::Forward;
+            }
+            Outcome::Fail(reason) => {
+                // Log-only: recorded with the reason, and the flow goes on.
+                self.fail_closed(now, flow, reason, out);
+                return Disposition::Forward;
+            }
+            Outcome::Decide(found) => found,
+        };
+        let policy = self.policy.load_full();
+        self.first_name_observed(now, flow, &found, &policy, out);
+        self.quic_settle(flow);
+        Disposition::Forward
+    }
+
+    /// Shrinks a permitted flow's reader to the hello it was decided on.
+    fn quic_settle(&mut self, flow: &mut Flow) {
+        if let Some(insp) = flow.inspect.as_mut() {
+            let before = insp.bytes();
+            if let Some(c) = insp.quic.as_mut() {
+                c.settle();
+            }
+            self.account(insp.bytes() as isize - before as isize);
         }
-        self.fail_closed(now, flow, Reason::SecondHello, out)
     }
 
     /// Answers a refused packet with an ICMP destination-unreachable error of `kind`.

@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use policy_engine::{
-    compile, CompiledPolicy, Diagnostic, LoadError, LoadedPolicy, PolicyStore, Severity,
-};
+use policy_engine::{compile, CompiledPolicy, LoadError, LoadedPolicy, PolicyStore};
 use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, PolicyOrigin};
@@ -310,76 +308,11 @@ fn load_and_compile(path: &Path, version: u64) -> Result<(CompiledPolicy, Loaded
     ))
 }
 
-/// Loads a policy file, refusing up front a path that is not a regular file, for the file and
-/// for each of its includes.
-///
-/// The loader opens files with a blocking `open`, which never returns for a FIFO without a
-/// writer. Here the policy file is read with a non-blocking open (and its text handed to the
-/// loader, so it is read once), and every include it names is checked the same way before the
-/// loader reads it. A file swapped for a FIFO between the check and the loader's read can still
-/// stall a load: the daemon bounds every load in time for that.
+/// Loads a policy file. The loader reads the file and each of its includes only if it is a
+/// regular file, opened without blocking (a FIFO, a device or a directory is refused with an
+/// error, see [`policy_engine::file`]), so no load can stall on one.
 pub fn load_policy_file(path: &Path) -> Result<LoadedPolicy, LoadError> {
-    let text = crate::input::read_regular_text(path, policy_engine::load::MAX_FILE_BYTES)
-        .map_err(|e| single_error(path, 1, 1, format!("cannot read the file: {e}")))?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    for (rel, line) in include_paths(&text) {
-        let include = base.join(&rel);
-        // A missing include is the loader's to report; only special files are refused here.
-        let special = std::fs::metadata(&include).is_ok_and(|m| !m.is_file());
-        if special {
-            return Err(single_error(
-                path,
-                line,
-                1,
-                format!(
-                    "cannot include `{}`: not a regular file (a FIFO, socket, device or \
-                     directory); refusing to read it",
-                    crate::input::echo_path(&include)
-                ),
-            ));
-        }
-    }
-    policy_engine::load_policy_str(&text, path)
-}
-
-/// The `[policy] include` entries of a policy text with the line each is on (1 when it cannot
-/// be found). Text that does not parse yields none: the loader reports the syntax error.
-fn include_paths(text: &str) -> Vec<(String, usize)> {
-    let Ok(doc) = text.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let Some(list) = doc
-        .get("policy")
-        .and_then(|p| p.get("include"))
-        .and_then(|i| i.as_array())
-    else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|v| v.as_str())
-        .take(policy_engine::load::MAX_INCLUDES + 1)
-        .map(|rel| {
-            let quoted = format!("\"{rel}\"");
-            let line = text
-                .find(&quoted)
-                .map(|at| text[..at].matches('\n').count() + 1)
-                .unwrap_or(1);
-            (rel.to_owned(), line)
-        })
-        .collect()
-}
-
-fn single_error(path: &Path, line: usize, column: usize, message: String) -> LoadError {
-    LoadError {
-        errors: vec![Diagnostic {
-            severity: Severity::Error,
-            file: path.to_path_buf(),
-            line,
-            column,
-            message,
-        }],
-        warnings: Vec::new(),
-    }
+    policy_engine::load_policy_file(path)
 }
 
 /// A store holding `initial`, shared with the workers.

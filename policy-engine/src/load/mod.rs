@@ -29,10 +29,9 @@ mod rules;
 mod shadow;
 mod toml_walk;
 
-use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use foldhash::HashMap;
 use toml::de::DeValue;
 use toml::Spanned;
 
@@ -95,18 +94,11 @@ pub fn load_policy_str(text: &str, origin: &Path) -> Result<LoadedPolicy, LoadEr
     loader.finish()
 }
 
+/// Reads a policy or catalog file: a regular file of at most [`MAX_FILE_BYTES`], opened without
+/// blocking (a FIFO, a device or a directory is refused, see [`crate::file`]).
 fn read_bounded(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_FILE_BYTES} bytes; refusing to load it"
-        ));
-    }
-    Ok(text)
+    crate::file::read_regular_text(path, MAX_FILE_BYTES)
+        .map_err(|e| format!("cannot read the file: {e}"))
 }
 
 /// The state of one load: the files read, the problems found so far, the policy being built

@@ -2,8 +2,9 @@
 //! across the three kinds), then the rules' references to them, duplicate rule names and
 //! duplicate priorities. Rules that resolve are sorted by priority into the policy.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+use foldhash::{HashMap, HashSet};
 
 use super::diagnostics::{Location, Span};
 use super::groups::{GroupEntry, GroupKind};
@@ -78,9 +79,13 @@ impl Loader {
 
     pub(super) fn resolve_rules(&mut self) {
         let pending = std::mem::take(&mut self.rules);
-        let mut by_name: HashMap<String, Location> = HashMap::new();
-        let mut by_priority: HashMap<u32, (String, Location)> = HashMap::new();
-        let mut resolved: Vec<(Rule, Location)> = Vec::new();
+        // Rules and their locations stay in these lists; the maps hold indexes into them, so
+        // that no name or location is copied per rule.
+        let mut rules: Vec<Option<Rule>> = Vec::with_capacity(pending.len());
+        let mut ats: Vec<Location> = Vec::with_capacity(pending.len());
+        let mut by_name: HashMap<String, usize> = HashMap::default();
+        let mut by_priority: HashMap<u32, usize> = HashMap::default();
+        let mut resolved: Vec<usize> = Vec::with_capacity(pending.len());
         for p in pending {
             let PendingRule {
                 mut rule,
@@ -93,27 +98,29 @@ impl Loader {
                 src_items,
                 dst_items,
             } = p;
+            let k = rules.len();
             if !rule.name.is_empty() {
-                if let Some(prev) = by_name.get(&rule.name) {
+                if let Some(&prev) = by_name.get(&rule.name) {
                     let message = format!(
-                        "rule `{}` is already defined at {prev}; rule names must be unique",
-                        Echo(&rule.name)
+                        "rule `{}` is already defined at {}; rule names must be unique",
+                        Echo(&rule.name),
+                        ats[prev]
                     );
                     self.error(src, name_span.clone(), message);
                     ok = false;
                 } else {
-                    by_name.insert(rule.name.clone(), at.clone());
+                    by_name.insert(rule.name.clone(), k);
                 }
             }
             if has_priority {
-                if let Some((other, prev)) = by_priority.get(&rule.priority) {
+                if let Some(&prev) = by_priority.get(&rule.priority) {
                     let message = format!(
-                        "priority {} is already used by rule `{other}` at {prev}; every rule needs its own priority so that the order is unambiguous",
-                        rule.priority, other = Echo(other));
+                        "priority {} is already used by rule `{other}` at {}; every rule needs its own priority so that the order is unambiguous",
+                        rule.priority, ats[prev], other = Echo(rules[prev].as_ref().map_or("", |r| r.name.as_str())));
                     self.error(src, priority_span.clone(), message);
                     ok = false;
                 } else {
-                    by_priority.insert(rule.priority, (rule.name.clone(), at.clone()));
+                    by_priority.insert(rule.priority, k);
                 }
             }
             match self.resolve_src(src, &src_items) {
@@ -125,13 +132,27 @@ impl Loader {
                 None => ok = false,
             }
             if ok {
-                resolved.push((rule, at));
+                resolved.push(k);
             }
+            rules.push(Some(rule));
+            ats.push(at);
         }
-        resolved.sort_by_key(|(r, _)| r.priority);
-        for (rule, at) in resolved {
+        resolved.sort_by_key(|&k| rules[k].as_ref().map_or(0, |r| r.priority));
+        self.policy.rules.reserve(resolved.len());
+        self.rule_locations.reserve(resolved.len());
+        for k in resolved {
+            let Some(rule) = rules[k].take() else {
+                continue;
+            };
             self.policy.rules.push(rule);
-            self.rule_locations.push(at);
+            self.rule_locations.push(std::mem::replace(
+                &mut ats[k],
+                Location {
+                    file: PathBuf::new(),
+                    line: 0,
+                    column: 0,
+                },
+            ));
         }
     }
 
@@ -160,9 +181,8 @@ impl Loader {
         if self.any_problem(src, items, "src")? {
             return Some(SrcSpec::Any);
         }
-        let mut groups = Vec::new();
-        // Beside the list, so that a rule naming many groups is not quadratic.
-        let mut seen = HashSet::new();
+        let mut groups = Vec::with_capacity(items.len());
+        let mut seen = Dedup::default();
         let mut ok = true;
         for (name, span) in items {
             match self.groups.get(name) {
@@ -171,7 +191,7 @@ impl Loader {
                     index,
                     ..
                 }) => {
-                    if seen.insert(*index) {
+                    if seen.first_time(&groups, *index) {
                         groups.push(*index);
                     }
                 }
@@ -200,9 +220,8 @@ impl Loader {
         if self.any_problem(src, items, "dst")? {
             return Some(DstSpec::Any);
         }
-        let mut groups = Vec::new();
-        // Beside the list, so that a rule naming many groups is not quadratic.
-        let mut seen = HashSet::new();
+        let mut groups = Vec::with_capacity(items.len());
+        let mut seen = Dedup::default();
         let mut ok = true;
         for (name, span) in items {
             match self.groups.get(name) {
@@ -212,7 +231,7 @@ impl Loader {
                         GroupKind::Address => DstGroup::Address(entry.index),
                         GroupKind::Smart => DstGroup::Smart(entry.index),
                     };
-                    if seen.insert(g) {
+                    if seen.first_time(&groups, g) {
                         groups.push(g);
                     }
                 }
@@ -223,5 +242,34 @@ impl Loader {
             }
         }
         ok.then_some(DstSpec::Groups(groups))
+    }
+}
+
+/// Whether a group is named for the first time in a rule's list: by looking through the few
+/// groups a rule usually names, or through a set once it names many, so that neither a rule
+/// naming many groups is quadratic nor each of 100k ordinary rules allocates a set.
+#[derive(Debug)]
+struct Dedup<T> {
+    set: Option<HashSet<T>>,
+}
+
+impl<T> Default for Dedup<T> {
+    fn default() -> Self {
+        Dedup { set: None }
+    }
+}
+
+/// Lists up to this long are searched; longer ones get a set.
+const DEDUP_LINEAR: usize = 16;
+
+impl<T: Copy + Eq + std::hash::Hash> Dedup<T> {
+    fn first_time(&mut self, list: &[T], item: T) -> bool {
+        if self.set.is_none() && list.len() < DEDUP_LINEAR {
+            return !list.contains(&item);
+        }
+        let set = self
+            .set
+            .get_or_insert_with(|| list.iter().copied().collect());
+        set.insert(item)
     }
 }

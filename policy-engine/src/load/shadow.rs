@@ -7,7 +7,8 @@
 //! a later rule only meets the earlier rules that could cover it; and the comparisons of the
 //! whole search are bounded by a budget, past which it stops and says so.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use smallvec::SmallVec;
 
 use super::diagnostics::{Diagnostic, Severity};
 use super::Loader;
@@ -98,16 +99,17 @@ type Key = (Part<u32>, Part<DstGroup>, Part<u16>);
 
 fn find_shadowed(rules: &[Rule]) -> Search {
     let sorted: Vec<Sorted> = rules.iter().map(Sorted::of).collect();
-    let mut index: HashMap<Key, Vec<usize>> = HashMap::new();
+    let mut index: HashMap<Key, Vec<usize>> = HashMap::default();
     let budget = WORK_PER_RULE.saturating_mul(rules.len().max(1));
     let mut search = Search {
         pairs: Vec::new(),
         stopped_at: None,
         work: 0,
     };
+    let mut seen = Seen::default();
     for (j, later) in rules.iter().enumerate() {
         let mut best: Option<usize> = None;
-        for key in lookup_keys(later) {
+        for key in lookup_keys(later, &seen) {
             // Each list is in rule order: its first covering rule is its earliest.
             for &i in index.get(&key).into_iter().flatten() {
                 if best.is_some_and(|b| b <= i) {
@@ -129,6 +131,7 @@ fn find_shadowed(rules: &[Rule]) -> Search {
         }
         if !later.watch {
             for key in index_keys(later) {
+                seen.note(&key);
                 index.entry(key).or_default().push(j);
             }
         }
@@ -136,21 +139,72 @@ fn find_shadowed(rules: &[Rule]) -> Search {
     search
 }
 
-/// The keys under which an earlier rule that covers `later` can be indexed.
-fn lookup_keys(later: &Rule) -> Vec<Key> {
+/// Which kinds of index parts some earlier rule was indexed under. A later rule only probes
+/// the buckets that can exist: a policy whose rules all name groups and ports probes one bucket
+/// per rule, not the 27 combinations of "any", "wide" and its first group and port.
+#[derive(Debug, Default)]
+struct Seen {
+    src_any: bool,
+    dst_any: bool,
+    dst_wide: bool,
+    port_any: bool,
+    port_wide: bool,
+}
+
+impl Seen {
+    fn note(&mut self, (s, d, p): &Key) {
+        self.src_any |= matches!(s, Part::Any);
+        self.dst_any |= matches!(d, Part::Any);
+        self.dst_wide |= matches!(d, Part::Wide);
+        self.port_any |= matches!(p, Part::Any);
+        self.port_wide |= matches!(p, Part::Wide);
+    }
+}
+
+/// Up to three parts of one side of a key, without allocating.
+type Parts<T> = SmallVec<[Part<T>; 3]>;
+
+/// "any" and the wide bucket where some earlier rule was indexed there, then the bucket of
+/// `first`, or only "any" when the later rule's side is "any".
+fn parts<T>(first: Option<Option<T>>, any: bool, wide: bool) -> Parts<T> {
+    let mut parts = Parts::new();
+    if any {
+        parts.push(Part::Any);
+    }
+    match first {
+        // The later rule's side is "any": only an earlier "any" covers it.
+        None => {}
+        Some(first) => {
+            if wide {
+                parts.push(Part::Wide);
+            }
+            parts.extend(first.map(Part::One));
+        }
+    }
+    parts
+}
+
+/// The keys under which an earlier rule that covers `later` can be indexed (and some earlier
+/// rule was: see [`Seen`]).
+fn lookup_keys(later: &Rule, seen: &Seen) -> SmallVec<[Key; 8]> {
     let src = match &later.src {
-        SrcSpec::Any => vec![Part::Any],
-        SrcSpec::Groups(g) => with_first(g.first().copied()),
+        SrcSpec::Any => parts(None, seen.src_any, false),
+        // Sources are never indexed as wide: every source group is a key of its own.
+        SrcSpec::Groups(g) => parts(Some(g.first().copied()), seen.src_any, false),
     };
     let dst = match &later.dst {
-        DstSpec::Any => vec![Part::Any],
-        DstSpec::Groups(g) => with_first(g.first().copied()),
+        DstSpec::Any => parts(None, seen.dst_any, seen.dst_wide),
+        DstSpec::Groups(g) => parts(Some(g.first().copied()), seen.dst_any, seen.dst_wide),
     };
     let port = match &later.ports {
-        Ports::Any => vec![Part::Any],
-        Ports::Ranges(r) => with_first(r.first().map(|r| r.start)),
+        Ports::Any => parts(None, seen.port_any, seen.port_wide),
+        Ports::Ranges(r) => parts(
+            Some(r.first().map(|r| r.start)),
+            seen.port_any,
+            seen.port_wide,
+        ),
     };
-    let mut keys = Vec::with_capacity(src.len() * dst.len() * port.len());
+    let mut keys = SmallVec::new();
     for &s in &src {
         for &d in &dst {
             for &p in &port {
@@ -159,13 +213,6 @@ fn lookup_keys(later: &Rule) -> Vec<Key> {
         }
     }
     keys
-}
-
-/// "any", the wide bucket and the bucket of `first`.
-fn with_first<T>(first: Option<T>) -> Vec<Part<T>> {
-    let mut parts = vec![Part::Any, Part::Wide];
-    parts.extend(first.map(Part::One));
-    parts
 }
 
 /// The keys an earlier rule is indexed under: every source group (each is the first of some

@@ -70,6 +70,10 @@ impl CryptoStream {
     /// frame count is kept: it bounds the work of the whole flow.
     pub fn reset(&mut self) {
         self.n = 0;
+        // A settled stream kept only the first hello: the new one may be larger.
+        if self.buf.len() < RECORD_HDR + MAX_HELLO_LEN {
+            self.buf = vec![0u8; RECORD_HDR + MAX_HELLO_LEN].into_boxed_slice();
+        }
     }
 
     /// Gives back the room past the bytes received. Once the ClientHello is whole and the flow

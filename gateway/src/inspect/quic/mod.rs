@@ -22,6 +22,10 @@
 //! - After a Version Negotiation the client starts over in another version with a new
 //!   ClientHello: the CRYPTO stream is reset once, and packets of the abandoned version are
 //!   then ignored.
+//! - Once a ClientHello is whole, an Initial that needs keys derived from a new DCID starts a
+//!   new attempt (a new connection on the same ports, or the hello sent again after a Retry):
+//!   the stream is reset and packets under the earlier keys are ignored. Before the hello is
+//!   whole, every Initial feeds one stream, whose bytes must agree.
 //!
 //! Bounds (each fails the flow closed with its own [`QuicError`]): [`MAX_INITIAL_BYTES`] of
 //! Initial packets, [`frames::MAX_CRYPTO_FRAMES`] CRYPTO frames, [`frames::MAX_RANGES`] gaps in
@@ -153,6 +157,8 @@ pub struct InitialCollector {
     contexts: Vec<KeyContext>,
     version: Option<Version>,
     abandoned: Option<Version>,
+    /// The first key context of the current attempt: packets opened by earlier ones are ignored.
+    attempt: usize,
     undecryptable: usize,
     bytes: usize,
     initials: usize,
@@ -266,6 +272,7 @@ impl InitialCollector {
                 }
             }
         }
+        let known = self.contexts.len();
         let Some((pn, range, ctx)) = self.open(hdr, packet)? else {
             self.undecryptable += 1;
             if self.undecryptable > MAX_UNDECRYPTABLE {
@@ -273,10 +280,23 @@ impl InitialCollector {
             }
             return Ok(());
         };
+        if ctx < self.attempt {
+            // A late packet of an attempt given up for a newer one (below).
+            return Ok(());
+        }
         let largest = &mut self.contexts[ctx].largest_pn;
         *largest = Some(largest.map_or(pn, |l| l.max(pn)));
         self.initials += 1;
         let stream = self.stream.get_or_insert_with(CryptoStream::new);
+        // Keys derived for a new DCID once the ClientHello was whole: the client started over
+        // (a new connection on the same ports, or the same hello again after a Retry). The
+        // server takes it as a new connection, so its hello is read afresh, and packets of the
+        // earlier attempt are ignored from then on. Before the hello is whole, a new DCID feeds
+        // the same stream, so two hellos cannot be mixed into one unnoticed.
+        if ctx >= known && ctx > 0 && matches!(stream.hello(), Ok(Some(_))) {
+            self.attempt = ctx;
+            stream.reset();
+        }
         walk_frames(&self.scratch[range], stream)
     }
 
