@@ -21,6 +21,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fastpath;
 pub mod input;
 pub mod inspect;
 pub mod logsink;

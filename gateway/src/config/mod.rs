@@ -105,6 +105,13 @@ pub struct GatewaySection {
     /// 0 disables busy polling.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u32,
+    /// Hand decided TCP flows to the kernel (conntrack mark, nftables), so their packets stop
+    /// crossing the TUN. Takes effect with `manage_routing` on a kernel that supports it.
+    #[serde(default = "default_fast_path")]
+    pub fast_path: bool,
+    /// The one bit of the conntrack and packet marks the fast path uses.
+    #[serde(default = "default_fast_path_mark")]
+    pub fast_path_mark: u32,
 }
 
 /// `[policy]`
@@ -292,6 +299,12 @@ fn default_rule_priority() -> u32 {
 }
 fn default_busy_poll_us() -> u32 {
     DEFAULT_BUSY_POLL_US
+}
+fn default_fast_path() -> bool {
+    true
+}
+fn default_fast_path_mark() -> u32 {
+    crate::fastpath::DEFAULT_MARK
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bulkhead")

@@ -15,6 +15,7 @@
 
 mod control;
 pub mod counters;
+mod fastpath;
 pub mod http;
 pub mod labels;
 mod render;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::control::ControlStats;
+use crate::fastpath::FastPathStats;
 use crate::logsink::LogCounters;
 
 pub use self::counters::{FlowTableState, LocalCounters, WorkerCounters};
@@ -43,6 +45,8 @@ pub struct Metrics {
     /// The controller client's counters, when `[controller]` is configured (set once at
     /// start-up, before the endpoint serves, so the series set does not change while running).
     control: OnceLock<Arc<ControlStats>>,
+    /// The kernel fast path's counters (set once at start-up, like `control`).
+    fastpath: OnceLock<Arc<FastPathStats>>,
     tun_up: AtomicBool,
     policy_loaded: AtomicBool,
     started_ms: u64,
@@ -64,6 +68,7 @@ impl Metrics {
             policy_reload_failures: AtomicU64::new(0),
             policy_origin: AtomicUsize::new(PolicyOrigin::DenyAll.index()),
             control: OnceLock::new(),
+            fastpath: OnceLock::new(),
             tun_up: AtomicBool::new(false),
             policy_loaded: AtomicBool::new(false),
             started_ms: now_ms(),
@@ -93,6 +98,11 @@ impl Metrics {
     /// Exports the controller client's counters.
     pub fn set_control_stats(&self, stats: Arc<ControlStats>) {
         let _ = self.control.set(stats);
+    }
+
+    /// Exports the kernel fast path's counters.
+    pub fn set_fastpath_stats(&self, stats: Arc<FastPathStats>) {
+        let _ = self.fastpath.set(stats);
     }
 
     /// A reload was refused (the old policy stays).

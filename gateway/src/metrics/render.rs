@@ -110,6 +110,7 @@ impl Metrics {
         self.render_policy(&mut out);
         self.render_policy_source(&mut out);
         self.render_controller(&mut out);
+        self.render_fastpath(&mut out);
         self.render_decision_log(&mut out);
         out
     }

@@ -85,6 +85,9 @@ pub struct PipelineConfig {
     pub idle: IdleTimeouts,
     /// Record every decision, not only denies and rules with `log = true` (`replay` sets it).
     pub log_all: bool,
+    /// Ask for settled TCP flows to be handed to the kernel ([`Output::fastpath`]). Only a
+    /// runtime that can do it sets this.
+    pub fast_path: bool,
 }
 
 impl Default for PipelineConfig {
@@ -97,6 +100,7 @@ impl Default for PipelineConfig {
             inspect_timeout: Duration::from_secs(5),
             idle: IdleTimeouts::default(),
             log_all: false,
+            fast_path: false,
         }
     }
 }
@@ -202,6 +206,9 @@ pub struct Output {
     pub transmit: Vec<Transmit>,
     /// Decision and flow-end records.
     pub records: Vec<DecisionRecord>,
+    /// What the runtime is asked to do with the kernel fast path (only with
+    /// [`PipelineConfig::fast_path`]).
+    pub fastpath: Vec<super::FastPathRequest>,
 }
 
 impl Output {
@@ -209,6 +216,7 @@ impl Output {
     pub fn clear(&mut self) {
         self.transmit.clear();
         self.records.clear();
+        self.fastpath.clear();
     }
 
     /// Hands every record to `sink`, in order, leaving `records` empty.
@@ -256,6 +264,14 @@ pub struct PipelineStats {
     pub later_requests: u64,
     /// Packets the gateway built (RSTs, ICMP errors).
     pub generated: u64,
+    /// Fast-path hand-offs asked for.
+    pub fastpath_requested: u64,
+    /// Hand-offs the runtime confirmed.
+    pub fastpath_offloaded: u64,
+    /// Hand-offs the runtime refused (the flow stayed on the TUN).
+    pub fastpath_refused: u64,
+    /// Handed-off flows taken back after a policy update.
+    pub fastpath_taken_back: u64,
     /// Bytes held now (reassembly and held packets, all flows).
     pub held_bytes_now: usize,
     /// Highest `held_bytes_now` seen.

@@ -71,6 +71,7 @@ impl Pipeline {
             self.shared.record_undecided(now, &mut flow, &policy, out);
         }
         self.shared.drop_inspect(&mut flow);
+        self.shared.release_offload(&mut flow, out);
         if !flow.record.ended() {
             self.shared.end_flow(now, &mut flow, &policy, why, out);
         }

@@ -30,6 +30,8 @@ pub(super) struct Shared {
     /// flows were last (re-)evaluated under.
     pub(super) evaluated_instance: u64,
     pub(super) metadata: Metadata,
+    /// The last cookie given to a fast-path hand-off.
+    pub(super) next_cookie: u32,
 }
 
 impl Shared {

@@ -25,6 +25,8 @@ pub mod shutdown;
 mod startup;
 pub mod worker;
 
+pub use self::startup::routing_plan;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use policy_engine::PolicyStore;
 
 use crate::config::{Config, DEFAULT_MTU};
+use crate::fastpath::{FastPath, FastPathStats};
 use crate::logsink::LogSink;
 use crate::metrics::{Metrics, PolicyOrigin};
 use crate::routing::{Routing, SystemHost};
@@ -121,14 +124,18 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     let mtu = tun_mtu(&config);
     let tun = startup::create_tun(&config, mtu)?;
     let offloads = tun.offloads();
-    let routing = startup::install_routing(&config)?;
+    let fast_stats = Arc::new(FastPathStats::default());
+    metrics.set_fastpath_stats(fast_stats.clone());
+    let fast_mark = startup::probe_fast_path(&config, &fast_stats);
+    let routing = startup::install_routing(&config, fast_mark)?;
+    let (fast_path, links) = startup::start_fast_path(fast_mark, usize::from(queues), &fast_stats);
     let shared = startup::Shared {
         store: &store,
         log: &log_tx,
         metrics: &metrics,
         notices: &notices,
     };
-    let workers = startup::spawn_workers(&config, tun, shared)?;
+    let workers = startup::spawn_workers(&config, tun, shared, links)?;
     // The workers hold the only senders and exit notices now: the log drains and the exit
     // channel closes when they are gone.
     drop(log_tx);
@@ -153,6 +160,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         csum_offload = offloads.csum,
         tso = offloads.tso,
         uso = offloads.uso,
+        fast_path = fast_path.is_some(),
         metrics = %endpoint.addr,
         controller = client.is_some(),
         "gateway running"
@@ -162,7 +170,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     if let Some(c) = client {
         c.shutdown();
     }
-    shut_down(&metrics, workers, routing, endpoint, log_sink).await;
+    shut_down(&metrics, workers, fast_path, routing, endpoint, log_sink).await;
     outcome
 }
 
@@ -269,11 +277,13 @@ impl MetricsEndpoint {
     }
 }
 
-/// Start-up in reverse: stop the workers (their flow-end records are logged), remove the
-/// routing (restoring the sysctls), stop the endpoint, drain and flush the decision log.
+/// Start-up in reverse: stop the workers (their flow-end records are logged), stop the fast
+/// path (after it released the workers' flows), remove the routing (restoring the sysctls),
+/// stop the endpoint, drain and flush the decision log.
 async fn shut_down(
     metrics: &Metrics,
     workers: WorkerThreads,
+    fast_path: Option<FastPath>,
     routing: Option<Routing<SystemHost>>,
     endpoint: MetricsEndpoint,
     log_sink: LogSink,
@@ -284,6 +294,9 @@ async fn shut_down(
         if r.is_none() {
             tracing::error!(worker = i, "worker panicked");
         }
+    }
+    if let Some(fp) = fast_path {
+        fp.stop();
     }
     if let Some(r) = routing {
         if let Err(e) = r.remove() {

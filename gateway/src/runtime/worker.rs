@@ -32,9 +32,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy_engine::PolicyStore;
 
+use crate::fastpath::WorkerLink;
 use crate::logsink::LogSender;
 use crate::metrics::{FlowTableState, LocalCounters, WorkerCounters};
-use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Pipeline};
+use crate::pipeline::{
+    Disposition, DropReason, FastPathEvent, FastPathRequest, Output, PacketMeta, Pipeline,
+};
 use crate::record::DecisionRecord;
 use crate::sys::tun::{TunQueue, WakeFd, MAX_READ, VNET_HDR_LEN};
 
@@ -61,6 +64,8 @@ pub struct Worker {
     /// How long a worker whose queue ran dry keeps reading before it sleeps (zero: sleep at
     /// once). See [`Worker::run`].
     pub busy_poll: Duration,
+    /// The worker's end of the kernel fast path, when it runs.
+    pub fastpath: Option<WorkerLink>,
 }
 
 /// Why a worker stopped.
@@ -171,6 +176,20 @@ impl Worker {
         out: &mut Output,
         local: &mut LocalCounters,
     ) {
+        if let Some(link) = &mut self.fastpath {
+            // What the fast path reports: hand-offs done or refused, kernel traffic, flow ends,
+            // flows taken back. Bounded by the inbox.
+            link.retry();
+            let mut any = false;
+            while let Some(r) = link.next_report() {
+                self.pipeline
+                    .fastpath_event(now, r.tuple, r.cookie, r.event, out);
+                any = true;
+            }
+            if any {
+                self.emit(out, local);
+            }
+        }
         let generation = self.store.generation();
         if generation != marks.seen_generation {
             marks.seen_generation = generation;
@@ -220,6 +239,9 @@ impl Worker {
     fn finish(&mut self, out: &mut Output, local: &mut LocalCounters) {
         self.pipeline.shutdown(Instant::now(), out);
         out.transmit.clear();
+        // Flows still in the kernel are released (the hand-off thread clears their mark before
+        // it stops).
+        self.fastpath_requests(out);
         for rec in out.records.drain(..) {
             count_record(&rec, local);
             self.log.submit(rec);
@@ -288,6 +310,32 @@ impl Worker {
             count_record(&rec, local);
             self.log.submit(rec);
         }
+        if !out.fastpath.is_empty() {
+            self.fastpath_requests(out);
+        }
+    }
+
+    /// Queues the pipeline's fast-path requests without waiting; a hand-off the queue cannot
+    /// take is refused at once (the flow stays on the TUN).
+    fn fastpath_requests(&mut self, out: &mut Output) {
+        let mut requests = std::mem::take(&mut out.fastpath);
+        for req in requests.drain(..) {
+            let queued = match &mut self.fastpath {
+                Some(link) => link.submit(req),
+                None => false,
+            };
+            if let (false, FastPathRequest::HandOff { tuple, cookie }) = (queued, req) {
+                self.pipeline.fastpath_event(
+                    Instant::now(),
+                    tuple,
+                    cookie,
+                    FastPathEvent::Refused,
+                    out,
+                );
+            }
+        }
+        // Keep the allocation for the next packets.
+        out.fastpath = requests;
     }
 }
 
