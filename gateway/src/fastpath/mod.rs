@@ -19,9 +19,11 @@
 //! worker queues the request without waiting (a full queue leaves the flow on the TUN and is
 //! counted), and this module's hand-off thread sets the mark with one ctnetlink update
 //! (`IPCTNL_MSG_CT_NEW` with `CTA_MARK` and `CTA_MARK_MASK`, the entry named by its original
-//! tuple), then reads the entry's counters as the baseline: before the hand-off every packet
-//! crossed conntrack twice (in from the interface, again out of the TUN), so only what the
-//! counters add after it is new traffic, which the gateway counted nowhere.
+//! tuple), then reads the entry once to check it has counters (an entry created before
+//! `nf_conntrack_acct` was set has none, and its flow-end record could not be complete: such a
+//! flow stays on the TUN). Conntrack counts a packet each time it enters the IP stack, twice for
+//! a packet that crossed the TUN; the pipeline turns the entry's counters and its own into the
+//! flow's traffic (`pipeline/fastpath.rs`, `FastPathEvent`).
 //!
 //! The flow's end comes from conntrack events: an update to `TIME_WAIT` or `CLOSE` (FINs both
 //! ways, or a RST), read with a last query of the counters, or the entry's destruction (expiry),
@@ -388,7 +390,7 @@ struct Entry {
     cookie: u32,
     /// The conntrack entry's id: a later entry on the same tuple is another connection.
     id: Option<u32>,
-    /// Counters as last reported (the baseline at first).
+    /// Counters as last read.
     last: Counters,
 }
 
@@ -499,7 +501,7 @@ impl HandOff {
         }
     }
 
-    /// Clears the bit; the traffic since the last report (zero when unknown).
+    /// Clears the bit; the entry's counters (zero when unknown).
     fn unmark(&mut self, tuple: &FlowTuple, cookie: u32) -> Traffic {
         let _ = self.set_mark(tuple, false);
         let Some(entry) = self.flows.remove(tuple) else {
@@ -517,7 +519,7 @@ impl HandOff {
                 .and_then(|e| e.counters),
             Answer::Failed(_) => None,
         };
-        now.map_or_else(Traffic::default, |c| delta(&entry.last, &c))
+        now.map_or_else(Traffic::default, |c| traffic(&c))
     }
 
     fn closed(&mut self, ct: CtEntry, destroyed: bool) {
@@ -544,7 +546,7 @@ impl HandOff {
         let Some(entry) = self.flows.remove(&tuple) else {
             return;
         };
-        let traffic = counters.map_or_else(Traffic::default, |c| delta(&entry.last, &c));
+        let traffic = counters.map_or_else(Traffic::default, |c| traffic(&c));
         let why = match ct.tcp_state {
             Some(nl::TCP_CONNTRACK_TIME_WAIT) => EndReason::Fin,
             Some(nl::TCP_CONNTRACK_CLOSE) => EndReason::Rst,
@@ -587,10 +589,14 @@ impl HandOff {
                 continue;
             }
             seen.insert(tuple);
-            let d = delta(&entry.last, &c);
-            entry.last = c;
-            if d != Traffic::default() {
-                reports.push((entry.worker, tuple, entry.cookie, FastPathEvent::Counts(d)));
+            if c != entry.last {
+                entry.last = c;
+                reports.push((
+                    entry.worker,
+                    tuple,
+                    entry.cookie,
+                    FastPathEvent::Counts(traffic(&c)),
+                ));
             }
         }
         let gone: Vec<FlowTuple> = self
@@ -607,7 +613,7 @@ impl HandOff {
                     t,
                     entry.cookie,
                     FastPathEvent::Ended {
-                        traffic: Traffic::default(),
+                        traffic: traffic(&entry.last),
                         why: EndReason::IdleTimeout,
                     },
                 ));
@@ -691,13 +697,13 @@ fn same_id(a: Option<u32>, b: Option<u32>) -> bool {
     }
 }
 
-/// What the kernel forwarded between two readings of an entry's counters.
-fn delta(before: &Counters, after: &Counters) -> Traffic {
+/// An entry's counters as a flow's traffic: the original direction is the client's.
+fn traffic(c: &Counters) -> Traffic {
     Traffic {
-        bytes_out: after.orig_bytes.saturating_sub(before.orig_bytes),
-        packets_out: after.orig_packets.saturating_sub(before.orig_packets),
-        bytes_in: after.reply_bytes.saturating_sub(before.reply_bytes),
-        packets_in: after.reply_packets.saturating_sub(before.reply_packets),
+        bytes_out: c.orig_bytes,
+        packets_out: c.orig_packets,
+        bytes_in: c.reply_bytes,
+        packets_in: c.reply_packets,
     }
 }
 
@@ -765,30 +771,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delta_counts_only_what_was_added() {
-        let a = Counters {
-            orig_packets: 10,
-            orig_bytes: 1000,
-            reply_packets: 20,
-            reply_bytes: 20_000,
-        };
-        let b = Counters {
+    fn the_original_direction_is_the_clients() {
+        let c = Counters {
             orig_packets: 15,
             orig_bytes: 1300,
             reply_packets: 120,
             reply_bytes: 170_000,
         };
         assert_eq!(
-            delta(&a, &b),
+            traffic(&c),
             Traffic {
-                bytes_out: 300,
-                packets_out: 5,
-                bytes_in: 150_000,
-                packets_in: 100
+                bytes_out: 1300,
+                packets_out: 15,
+                bytes_in: 170_000,
+                packets_in: 120
             }
         );
-        // Counters never go back; if they seem to (a reused entry), nothing is added.
-        assert_eq!(delta(&b, &a), Traffic::default());
     }
 
     #[test]

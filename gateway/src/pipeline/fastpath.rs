@@ -18,8 +18,8 @@
 //!   (its decision, its name for re-evaluation, its counters).
 //! - [`FastPathEvent::Refused`]: it stays on the TUN for good (no conntrack entry, a full queue,
 //!   a netlink error).
-//! - [`FastPathEvent::Counts`]: what the kernel forwarded since the last report; traffic moves
-//!   the idle deadline as packets would.
+//! - [`FastPathEvent::Counts`]: the conntrack entry's counters; traffic moves the idle deadline
+//!   as packets would.
 //! - [`FastPathEvent::Ended`]: the kernel saw the connection end; the flow-end record is written
 //!   with every count (TUN and kernel) and the flow leaves the table.
 //! - A policy swap that denies a handed-off flow ([`Pipeline::reevaluate`]) records the decision
@@ -81,18 +81,26 @@ impl FastPathRequest {
     }
 }
 
-/// What the runtime reports about a flow it was asked about.
+/// What the runtime reports about a flow it was asked about. The counters are the conntrack
+/// entry's own, from its creation (zero when unknown).
+///
+/// Conntrack counts a packet each time it enters the IP stack: a packet the gateway forwarded
+/// through the TUN twice (in from the interface, again out of the TUN), one the kernel forwarded
+/// once. With `C` the entry's counters and `T` what the gateway counted on the TUN (the flow's own
+/// counters), the flow's traffic is `T + (C - 2T) = C - T`: exact whatever the timing of the
+/// hand-off (packets still in the TUN when the mark was set are counted once by each), with no
+/// baseline to read at the hand-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FastPathEvent {
     /// The kernel forwards the flow now.
     Offloaded,
     /// The flow could not be handed off: it stays on the TUN.
     Refused,
-    /// Traffic the kernel forwarded since the last report.
+    /// The entry's counters now.
     Counts(Traffic),
-    /// The connection ended in the kernel; the traffic since the last report.
+    /// The connection ended in the kernel; the entry's last counters.
     Ended { traffic: Traffic, why: EndReason },
-    /// The flow's packets come to the TUN again; the traffic since the last report.
+    /// The flow's packets come to the TUN again; the entry's counters when the mark was cleared.
     TakenBack(Traffic),
 }
 
@@ -109,11 +117,21 @@ pub(super) enum Offload {
     /// Forwarded by the kernel.
     Active(u32),
     /// Taken back after a policy update (the flow is cut). `rst_owed`: the next packet of the
-    /// flow that reaches the TUN is answered with RSTs both ways.
-    Back { cookie: u32, rst_owed: bool },
+    /// flow that reaches the TUN is answered with RSTs both ways. `counting`: the kernel's last
+    /// counts are still to come, so the flow-end record waits for them (or for the expiry).
+    Back {
+        cookie: u32,
+        rst_owed: bool,
+        counting: bool,
+    },
 }
 
 impl Offload {
+    /// True while a taken-back flow waits for the kernel's last counts.
+    pub(super) fn counting(self) -> bool {
+        matches!(self, Offload::Back { counting: true, .. })
+    }
+
     /// True while the kernel forwards (or is about to forward) the flow.
     pub(super) fn in_kernel(self) -> bool {
         matches!(self, Offload::Requested(_) | Offload::Active(_))
@@ -179,6 +197,7 @@ impl Shared {
         flow.offload = Offload::Back {
             cookie,
             rst_owed: true,
+            counting: true,
         };
         self.stats.fastpath_taken_back += 1;
         out.fastpath.push(FastPathRequest::TakeBack {
@@ -198,10 +217,14 @@ impl Shared {
         seg: &TcpSegment<'_>,
         out: &mut Output,
     ) -> DropReason {
-        if let Offload::Back { cookie, .. } = flow.offload {
+        if let Offload::Back {
+            cookie, counting, ..
+        } = flow.offload
+        {
             flow.offload = Offload::Back {
                 cookie,
                 rst_owed: false,
+                counting,
             };
         }
         if seg.flags.rst() || !seg.flags.ack() {
@@ -278,6 +301,16 @@ impl Pipeline {
             }
             FastPathEvent::TakenBack(t) => {
                 add_kernel_traffic(flow, &t, now);
+                if let Offload::Back {
+                    cookie, rst_owed, ..
+                } = flow.offload
+                {
+                    flow.offload = Offload::Back {
+                        cookie,
+                        rst_owed,
+                        counting: false,
+                    };
+                }
                 self.shared.end_if_closed(now, flow, out);
                 self.shared.arm(id, flow);
             }
@@ -299,14 +332,35 @@ impl Pipeline {
     }
 }
 
-/// Adds what the kernel forwarded to the flow's counters; traffic is activity.
+/// Keeps the conntrack entry's counters; more traffic than last time is activity.
 fn add_kernel_traffic(flow: &mut Flow, t: &Traffic, now: Instant) {
     if t.packets_in == 0 && t.packets_out == 0 {
         return;
     }
-    flow.traffic.bytes_in += t.bytes_in;
-    flow.traffic.bytes_out += t.bytes_out;
-    flow.traffic.packets_in += t.packets_in;
-    flow.traffic.packets_out += t.packets_out;
-    flow.last_seen = now;
+    let known = flow.kernel.get_or_insert_with(Box::default);
+    if t.packets_in > known.packets_in || t.packets_out > known.packets_out {
+        flow.last_seen = now;
+    }
+    **known = *t;
+}
+
+/// The flow's traffic for its records: what the TUN saw, or for a handed-off flow the
+/// conntrack counters less what the TUN saw (see [`FastPathEvent`]), never less than the TUN's.
+pub(super) fn flow_traffic(flow: &Flow) -> Traffic {
+    let tun = flow.traffic;
+    let Some(c) = flow.kernel.as_deref() else {
+        return tun;
+    };
+    Traffic {
+        bytes_in: c.bytes_in.saturating_sub(tun.bytes_in).max(tun.bytes_in),
+        bytes_out: c.bytes_out.saturating_sub(tun.bytes_out).max(tun.bytes_out),
+        packets_in: c
+            .packets_in
+            .saturating_sub(tun.packets_in)
+            .max(tun.packets_in),
+        packets_out: c
+            .packets_out
+            .saturating_sub(tun.packets_out)
+            .max(tun.packets_out),
+    }
 }

@@ -243,6 +243,9 @@ pub(super) struct Flow {
     pub(super) timer_at: Option<Instant>,
     /// Where the flow stands with the kernel fast path.
     pub(super) offload: Offload,
+    /// The conntrack counters of a handed-off flow, as last reported (boxed: only handed-off
+    /// flows have them, and every byte of `Flow` counts at capacity).
+    pub(super) kernel: Option<Box<Traffic>>,
 }
 
 impl Flow {
@@ -271,6 +274,7 @@ impl Flow {
             inspect: None,
             timer_at: None,
             offload: Offload::None,
+            kernel: None,
         }
     }
 
