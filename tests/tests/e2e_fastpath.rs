@@ -288,3 +288,100 @@ fn with_the_fast_path_off_everything_crosses_the_tun() -> Result<()> {
     );
     Ok(())
 }
+
+/// A gateway killed with a handed-off transfer: the kernel removes the fast path's table with the
+/// process (it belongs to the gateway's netlink socket), so the transfer stops instead of going on
+/// uninspected; the next start clears the leftover conntrack mark and installs everything once,
+/// and the old transfer, now unknown to the gateway and needing a name, fails closed.
+#[test]
+fn a_killed_gateway_leaves_no_flow_bypassing_the_tun() -> Result<()> {
+    if !root_or_skip("a_killed_gateway_leaves_no_flow_bypassing_the_tun") {
+        return Ok(());
+    }
+    let tb = testbed();
+    let mut gw = start(&tb, None, RULES);
+    if !fast_path_supported(&gw) {
+        eprintln!(
+            "SKIPPED a_killed_gateway_leaves_no_flow_bypassing_the_tun: no fast-path support in \
+             this kernel:\n{}",
+            gw.output()
+        );
+        return Ok(());
+    }
+    let prod = tb.lab.workload("prod").netns.clone();
+    let stream = StreamWatch::open(
+        &prod,
+        Request::https(&tb.client_tls, server_v4(443), "api.openai.com", "/stream"),
+    )?;
+    assert!(stream.wait_bytes(50_000, Duration::from_secs(10)));
+    let handed = wait_for(Duration::from_secs(5), || {
+        (metric(&gw, "bulkhead_fastpath_active") >= 1.0).then_some(())
+    });
+    assert!(
+        handed.is_some(),
+        "the stream was handed off:\n{}",
+        gw.output()
+    );
+    gw.signal(Signal::Kill)?;
+    let _ = gw.stop(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let stalled = stream.bytes();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stream.bytes(),
+        stalled,
+        "with the gateway dead, the handed-off transfer must not go on"
+    );
+    let ns = tb.lab.gateway_netns();
+    if let Ok(out) = tb.lab.command(ns, "nft").args(["list", "tables"]).output() {
+        if out.status.success() {
+            let tables = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !tables.contains("bulkhead"),
+                "the kernel removed the table with the process: {tables}"
+            );
+        }
+    }
+
+    let gw = start(&tb, None, RULES);
+    assert!(fast_path_supported(&gw), "{}", gw.output());
+    for family in ["-4", "-6"] {
+        let out = tb
+            .lab
+            .command(ns, "ip")
+            .args([family, "rule", "show"])
+            .output()?;
+        let rules = String::from_utf8_lossy(&out.stdout).to_string();
+        let marks: Vec<&str> = rules.lines().filter(|l| l.contains("fwmark")).collect();
+        let unique: std::collections::BTreeSet<&str> = marks.iter().copied().collect();
+        assert_eq!(marks.len(), unique.len(), "duplicated rules: {rules}");
+        assert_eq!(
+            marks.len(),
+            tb.lab.gateway_interfaces().len(),
+            "one mark rule per interface: {rules}"
+        );
+    }
+    // The old transfer's packets reach the TUN again: a flow the gateway does not know, whose
+    // verdict needs a name, fails closed (`midstream`), and nothing more reaches the client.
+    let local = stream.local().expect("connected");
+    let cut = gw.wait_record(Duration::from_secs(20), |r| {
+        src_is(r, local) && r["reason"].as_str() == Some("midstream")
+    });
+    assert!(
+        cut.is_some(),
+        "the old transfer came back to the TUN and failed closed; records {:#?}\n{}",
+        gw.records().unwrap_or_default(),
+        gw.output()
+    );
+    assert_eq!(
+        stream.bytes(),
+        stalled,
+        "no byte of it passed after the restart"
+    );
+    assert!(
+        gw.output().contains("cleared the mark"),
+        "the restart cleared the leftover mark:\n{}",
+        gw.output()
+    );
+    Ok(())
+}

@@ -47,14 +47,19 @@ impl Gateway {
         let rss = self.process.rss_kib();
         let fast = self.process.metrics().ok().map(|m| {
             let v = |name| bulkhead_lab::gateway::metric_value(&m, name, &[]).unwrap_or(0.0);
+            let n = v("bulkhead_fastpath_handed_off_total");
+            let cost = if n > 0.0 {
+                format!(
+                    " ({:.0} us each on the hand-off thread)",
+                    v("bulkhead_fastpath_handoff_seconds_total") / n * 1e6
+                )
+            } else {
+                String::new()
+            };
+            let on = v("bulkhead_fastpath_supported") >= 1.0;
             format!(
-                "fast path {}: {} flows handed off",
-                if v("bulkhead_fastpath_supported") >= 1.0 {
-                    "on"
-                } else {
-                    "off"
-                },
-                v("bulkhead_fastpath_handed_off_total")
+                "fast path {}: {n} flows handed off{cost}",
+                if on { "on" } else { "off" }
             )
         });
         let status = self

@@ -75,6 +75,10 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+/// The table belongs to the netlink socket that made it: the kernel removes it when that socket
+/// closes (the process exits or dies). Linux 5.12 and later.
+const NFT_TABLE_F_OWNER: u32 = 0x2;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -471,7 +475,9 @@ impl Builder {
     /// priority) holding one rule: when the packet's conntrack mark has `mask`, the packet's
     /// mark gets it too (`ct mark and M == M meta mark set meta mark or M`). Messages take
     /// `seq`, `seq + 1`, ...; returns the sequence numbers whose acknowledgments to wait for.
-    pub fn nft_install(&mut self, seq: u32, table: &str, mask: u32) -> Vec<u32> {
+    ///
+    /// With `owned`, the table belongs to the socket that sends this (`NFT_TABLE_F_OWNER`).
+    pub fn nft_install(&mut self, seq: u32, table: &str, mask: u32, owned: bool) -> Vec<u32> {
         let chain = "prerouting";
         self.batch_edge(NFNL_MSG_BATCH_BEGIN, seq);
         let t = seq + 1;
@@ -483,6 +489,9 @@ impl Builder {
             0,
         );
         self.attr_str(NFTA_TABLE_NAME, table);
+        if owned {
+            self.attr_be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+        }
         self.end();
         let c = seq + 2;
         self.begin(
@@ -743,7 +752,7 @@ mod tests {
     #[test]
     fn nft_batch_is_framed_by_begin_and_end() {
         let mut b = Builder::new();
-        let acks = b.nft_install(100, "bulkhead_bulk0", 0x0100_0000);
+        let acks = b.nft_install(100, "bulkhead_bulk0", 0x0100_0000, true);
         assert_eq!(acks, vec![101, 102, 103]);
         let buf = b.finish();
         let kinds: Vec<u16> = messages(&buf).map(|m| m.kind).collect();

@@ -62,6 +62,20 @@ impl Metrics {
         }
         header(
             out,
+            "bulkhead_fastpath_handoff_seconds_total",
+            "counter",
+            "Time spent handing flows off (netlink, on the hand-off thread, never on a worker); \
+             divided by bulkhead_fastpath_handed_off_total, the cost of one.",
+        );
+        let ns = s.handoff_ns.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "bulkhead_fastpath_handoff_seconds_total {}.{:09}",
+            ns / 1_000_000_000,
+            ns % 1_000_000_000
+        );
+        header(
+            out,
             "bulkhead_fastpath_handoff_failures_total",
             "counter",
             "Hand-offs that did not happen, by reason; the flow stayed on the TUN.",

@@ -145,6 +145,57 @@ impl Offload {
     }
 }
 
+/// A flow's fast-path state, boxed: most flows never leave the TUN, and every byte of `Flow`
+/// costs a quarter of a MiB at capacity. Empty means [`Offload::None`].
+#[derive(Debug, Default)]
+pub(super) struct OffloadSlot(Option<Box<OffloadInfo>>);
+
+#[derive(Debug)]
+struct OffloadInfo {
+    state: Offload,
+    /// The conntrack entry's counters, as last reported.
+    kernel: Option<Traffic>,
+}
+
+impl OffloadSlot {
+    #[inline]
+    pub(super) fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(super) fn get(&self) -> Offload {
+        self.0.as_ref().map_or(Offload::None, |o| o.state)
+    }
+
+    pub(super) fn set(&mut self, state: Offload) {
+        match &mut self.0 {
+            Some(o) => o.state = state,
+            None => {
+                self.0 = Some(Box::new(OffloadInfo {
+                    state,
+                    kernel: None,
+                }))
+            }
+        }
+    }
+
+    fn kernel(&self) -> Option<&Traffic> {
+        self.0.as_ref().and_then(|o| o.kernel.as_ref())
+    }
+
+    fn kernel_mut(&mut self) -> &mut Option<Traffic> {
+        &mut self
+            .0
+            .get_or_insert_with(|| {
+                Box::new(OffloadInfo {
+                    state: Offload::None,
+                    kernel: None,
+                })
+            })
+            .kernel
+    }
+}
+
 /// The flow's tuple (the client's direction).
 pub(super) fn tuple_of(flow: &Flow) -> FlowTuple {
     FlowTuple {
@@ -159,7 +210,7 @@ impl Shared {
     #[cold]
     pub(super) fn consider_handoff(&mut self, flow: &mut Flow, out: &mut Output) {
         if !self.config.fast_path
-            || flow.offload != Offload::None
+            || flow.offload.get() != Offload::None
             || flow.proto != IpProtocol::Tcp
             || !flow.tcp.synced
             || !flow.tcp.established
@@ -169,7 +220,7 @@ impl Shared {
         }
         self.next_cookie = self.next_cookie.wrapping_add(1).max(1);
         let cookie = self.next_cookie;
-        flow.offload = Offload::Requested(cookie);
+        flow.offload.set(Offload::Requested(cookie));
         self.stats.fastpath_requested += 1;
         out.fastpath.push(FastPathRequest::HandOff {
             tuple: tuple_of(flow),
@@ -179,26 +230,26 @@ impl Shared {
 
     /// A handed-off flow leaves the table: release it in the kernel.
     pub(super) fn release_offload(&mut self, flow: &mut Flow, out: &mut Output) {
-        if let Offload::Requested(cookie) | Offload::Active(cookie) = flow.offload {
+        if let Offload::Requested(cookie) | Offload::Active(cookie) = flow.offload.get() {
             out.fastpath.push(FastPathRequest::Release {
                 tuple: tuple_of(flow),
                 cookie,
             });
-            flow.offload = Offload::Stay;
+            flow.offload.set(Offload::Stay);
         }
     }
 
     /// A policy update denied a handed-off flow (already cut and recorded by the caller): asks
     /// for it back. True when the flow was on the fast path.
     pub(super) fn take_back(&mut self, flow: &mut Flow, out: &mut Output) -> bool {
-        let (Offload::Requested(cookie) | Offload::Active(cookie)) = flow.offload else {
+        let (Offload::Requested(cookie) | Offload::Active(cookie)) = flow.offload.get() else {
             return false;
         };
-        flow.offload = Offload::Back {
+        flow.offload.set(Offload::Back {
             cookie,
             rst_owed: true,
             counting: true,
-        };
+        });
         self.stats.fastpath_taken_back += 1;
         out.fastpath.push(FastPathRequest::TakeBack {
             tuple: tuple_of(flow),
@@ -219,13 +270,13 @@ impl Shared {
     ) -> DropReason {
         if let Offload::Back {
             cookie, counting, ..
-        } = flow.offload
+        } = flow.offload.get()
         {
-            flow.offload = Offload::Back {
+            flow.offload.set(Offload::Back {
                 cookie,
                 rst_owed: false,
                 counting,
-            };
+            });
         }
         if seg.flags.rst() || !seg.flags.ack() {
             // Nothing to learn the peer's sequence number from; a RST needs no answer.
@@ -273,19 +324,19 @@ impl Pipeline {
         let Some(flow) = self.flows.get_mut(id) else {
             return;
         };
-        if flow.offload.cookie() != Some(cookie) || tuple_of(flow) != tuple {
+        if flow.offload.get().cookie() != Some(cookie) || tuple_of(flow) != tuple {
             return;
         }
         match event {
             FastPathEvent::Offloaded => {
-                if let Offload::Requested(c) = flow.offload {
-                    flow.offload = Offload::Active(c);
+                if let Offload::Requested(c) = flow.offload.get() {
+                    flow.offload.set(Offload::Active(c));
                     self.shared.stats.fastpath_offloaded += 1;
                 }
             }
             FastPathEvent::Refused => {
-                if flow.offload.in_kernel() {
-                    flow.offload = Offload::Stay;
+                if flow.offload.get().in_kernel() {
+                    flow.offload.set(Offload::Stay);
                     self.shared.stats.fastpath_refused += 1;
                 }
             }
@@ -296,20 +347,20 @@ impl Pipeline {
             FastPathEvent::Ended { traffic, why } => {
                 add_kernel_traffic(flow, &traffic, now);
                 flow.last_seen = now;
-                flow.offload = Offload::Stay;
+                flow.offload.set(Offload::Stay);
                 self.end_offloaded(now, id, why, out);
             }
             FastPathEvent::TakenBack(t) => {
                 add_kernel_traffic(flow, &t, now);
                 if let Offload::Back {
                     cookie, rst_owed, ..
-                } = flow.offload
+                } = flow.offload.get()
                 {
-                    flow.offload = Offload::Back {
+                    flow.offload.set(Offload::Back {
                         cookie,
                         rst_owed,
                         counting: false,
-                    };
+                    });
                 }
                 self.shared.end_if_closed(now, flow, out);
                 self.shared.arm(id, flow);
@@ -337,18 +388,19 @@ fn add_kernel_traffic(flow: &mut Flow, t: &Traffic, now: Instant) {
     if t.packets_in == 0 && t.packets_out == 0 {
         return;
     }
-    let known = flow.kernel.get_or_insert_with(Box::default);
-    if t.packets_in > known.packets_in || t.packets_out > known.packets_out {
+    let known = flow.offload.kernel_mut();
+    let more = known.is_none_or(|k| t.packets_in > k.packets_in || t.packets_out > k.packets_out);
+    *known = Some(*t);
+    if more {
         flow.last_seen = now;
     }
-    **known = *t;
 }
 
 /// The flow's traffic for its records: what the TUN saw, or for a handed-off flow the
 /// conntrack counters less what the TUN saw (see [`FastPathEvent`]), never less than the TUN's.
 pub(super) fn flow_traffic(flow: &Flow) -> Traffic {
     let tun = flow.traffic;
-    let Some(c) = flow.kernel.as_deref() else {
+    let Some(c) = flow.offload.kernel() else {
         return tun;
     };
     Traffic {

@@ -180,7 +180,7 @@ impl Shared {
     /// Ends a TCP flow that just closed; see [`Flow::closed`].
     pub(super) fn end_if_closed(&mut self, now: Instant, flow: &mut Flow, out: &mut Output) {
         // A flow taken back from the kernel ends when the kernel's counts are in.
-        if !flow.record.ended() && flow.closed() && !flow.offload.counting() {
+        if !flow.record.ended() && flow.closed() && !flow.offload.get().counting() {
             let policy = self.policy.load_full();
             self.end_flow(now, flow, &policy, EndReason::Fin, out);
         }

@@ -20,7 +20,7 @@ use crate::inspect::quic::InitialCollector;
 use crate::record::{Reason, Traffic};
 use crate::wire::{IpProtocol, TcpFlowSeq, TcpSegment};
 
-use super::fastpath::Offload;
+use super::fastpath::OffloadSlot;
 use super::flow::Side;
 use super::name;
 use super::reasm::Reassembly;
@@ -242,10 +242,7 @@ pub(super) struct Flow {
     /// The deadline of the flow's live entry in the deadline queue.
     pub(super) timer_at: Option<Instant>,
     /// Where the flow stands with the kernel fast path.
-    pub(super) offload: Offload,
-    /// The conntrack counters of a handed-off flow, as last reported (boxed: only handed-off
-    /// flows have them, and every byte of `Flow` counts at capacity).
-    pub(super) kernel: Option<Box<Traffic>>,
+    pub(super) offload: OffloadSlot,
 }
 
 impl Flow {
@@ -273,8 +270,7 @@ impl Flow {
             decision: None,
             inspect: None,
             timer_at: None,
-            offload: Offload::None,
-            kernel: None,
+            offload: OffloadSlot::default(),
         }
     }
 

@@ -211,8 +211,17 @@ pub(super) fn probe_fast_path(config: &Config, stats: &FastPathStats) -> Option<
         return None;
     }
     let mark = config.gateway.fast_path_mark;
-    match fastpath::probe(mark) {
-        Ok(()) => {
+    match fastpath::probe(mark).and_then(|()| {
+        fastpath::clear_marks(mark).map_err(|e| format!("clearing stale conntrack marks: {e}"))
+    }) {
+        Ok(stale) => {
+            if stale > 0 {
+                tracing::warn!(
+                    flows = stale,
+                    "fast path: cleared the mark of flows an earlier run left in the kernel; \
+                     their packets come to the TUN again"
+                );
+            }
             stats.supported.store(true, Ordering::Relaxed);
             Some(mark)
         }

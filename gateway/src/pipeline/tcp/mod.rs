@@ -63,7 +63,7 @@ impl Pipeline {
             // record, and a segment that changes no connection state.
             flow.count(side, p.packet.len() as u64, now);
             flow.track_plain(from_client, seg);
-            if flow.offload == Offload::None && self.shared.config.fast_path {
+            if flow.offload.is_none() && self.shared.config.fast_path {
                 self.shared.consider_handoff(flow, out);
             }
             if flow.timer_at.is_none() {
@@ -89,7 +89,7 @@ impl Pipeline {
             self.expire(now, id, EndReason::Shutdown, out);
             return self.tcp_new(now, key, side, p, seg, meta, out);
         }
-        if matches!(flow.offload, Offload::Back { rst_owed: true, .. })
+        if matches!(flow.offload.get(), Offload::Back { rst_owed: true, .. })
             && matches!(flow.phase, Phase::Cut(_))
         {
             // Taken back from the kernel after a policy update: the first packet back.
