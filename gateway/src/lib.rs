@@ -10,7 +10,7 @@
 //!   reassembly of the first client bytes, verdicts from the policy engine, expiry.
 //! - [`record`]: the decision-log records (OCSF Network Activity) and the sink interface.
 //! - [`runtime`], [`sys`], [`routing`], [`config`], [`logsink`], [`metrics`]: the daemon that drives
-//!   the pipeline from a real TUN device.
+//!   the pipeline from a real TUN device; [`fastpath`]: hands decided flows to the kernel.
 //! - [`cli`]: the `bulkhead` subcommands; `main.rs` only parses arguments and dispatches.
 //!
 //! The network-namespace laboratory behind `bulkhead demo` and the end-to-end tests is a crate of

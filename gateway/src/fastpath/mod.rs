@@ -367,7 +367,8 @@ impl WorkerLink {
 pub struct FastPath {
     stop: Arc<AtomicBool>,
     tx: Option<SyncSender<Command>>,
-    threads: Vec<JoinHandle<()>>,
+    handoff: Option<JoinHandle<()>>,
+    events: Option<JoinHandle<()>>,
 }
 
 impl FastPath {
@@ -410,32 +411,29 @@ impl FastPath {
             stats: stats.clone(),
             buf: vec![0u8; RECV_BUF],
         };
-        let mut threads = Vec::new();
-        threads.push(
-            std::thread::Builder::new()
-                .name("bulkhead-handoff".into())
-                .spawn(move || handoff.run(rx))?,
-        );
+        let handoff = std::thread::Builder::new()
+            .name("bulkhead-handoff".into())
+            .spawn(move || handoff.run(rx))?;
         let (etx, estop, estats) = (tx.clone(), stop.clone(), stats);
         let spawned = std::thread::Builder::new()
             .name("bulkhead-ctevents".into())
             .spawn(move || watch_events(events, mark, etx, estop, estats));
-        match spawned {
-            Ok(h) => threads.push(h),
+        let events = match spawned {
+            Ok(h) => h,
             Err(e) => {
+                // The hand-off thread ends once every sender is gone.
                 drop(links);
                 drop(tx);
-                for t in threads {
-                    let _ = t.join();
-                }
+                let _ = handoff.join();
                 return Err(e);
             }
-        }
+        };
         Ok((
             FastPath {
                 stop,
                 tx: Some(tx),
-                threads,
+                handoff: Some(handoff),
+                events: Some(events),
             },
             links,
         ))
@@ -446,9 +444,22 @@ impl FastPath {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         self.tx = None;
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.events.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.handoff.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FastPath {
+    /// Without [`FastPath::stop`] (a failed start-up): the threads are told to stop and left to
+    /// end on their own; the hand-off thread ends when the last worker link is gone, so it is
+    /// not waited for here.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.tx = None;
     }
 }
 
