@@ -10,7 +10,7 @@
 //!   reassembly of the first client bytes, verdicts from the policy engine, expiry.
 //! - [`record`]: the decision-log records (OCSF Network Activity) and the sink interface.
 //! - [`runtime`], [`sys`], [`routing`], [`config`], [`logsink`], [`metrics`]: the daemon that drives
-//!   the pipeline from a real TUN device.
+//!   the pipeline from a real TUN device; [`fastpath`]: hands decided flows to the kernel.
 //! - [`sdnotify`]: readiness and watchdog notifications to systemd (`Type=notify`).
 //! - [`cli`]: the `bulkhead` subcommands; `main.rs` only parses arguments and dispatches.
 //!
@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod fastpath;
 pub mod input;
 pub mod inspect;
 pub mod logsink;

@@ -19,7 +19,15 @@
 //!    discovery, MLD, DHCP) is sent to the main table: it is not egress, and diverting it would
 //!    only fill the decision log with denies of the hosts' own housekeeping.
 //!
-//! Everything is done with the `ip` command (iproute2) and `/proc/sys` writes: the commands the
+//! With the kernel fast path (`gateway.fast_path`, see [`crate::fastpath`]), three more things:
+//! the sysctl `net.netfilter.nf_conntrack_acct = 1` (conntrack counts the bytes of handed-off
+//! flows for their flow-end records), the nftables table `inet bulkhead_TUN` (after the routes:
+//! it copies the fast-path bit of the conntrack mark to the packet mark, installed over netlink),
+//! and per interface and family, at priority `P - 1` with the bypass rules, `ip rule add iif
+//! IFACE fwmark BIT/BIT lookup main`: packets of handed-off flows skip the diversion. Teardown
+//! removes the rules first, so no packet is marked without being routed as the mark says.
+//!
+//! Everything else is done with the `ip` command (iproute2) and `/proc/sys` writes: the commands the
 //! operator would type, which `docs/operations.md` lists. Before each change the state file
 //! (`STATE_DIR/routing-state.json`) is rewritten to include it, so a crash at any point leaves a
 //! record of exactly what to remove.
@@ -59,6 +67,17 @@ pub struct RoutingPlan {
     pub interfaces: Vec<String>,
     pub table: u32,
     pub priority: u32,
+    /// The kernel fast path's table and rules, when it is on and supported.
+    pub fast_path: Option<FastPathPlan>,
+}
+
+/// What the kernel fast path adds to the routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastPathPlan {
+    /// The nftables table (family `inet`).
+    pub table: String,
+    /// The fast-path bit of the conntrack and packet marks.
+    pub mark: u32,
 }
 
 /// One installed item, as remembered in the state file.
@@ -84,9 +103,14 @@ pub enum Item {
         /// Only packets to this prefix (bypass rules); `None` = every packet.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
+        /// Only packets whose mark has this bit (the fast path's bypass).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fwmark: Option<u32>,
         table: u32,
         priority: u32,
     },
+    /// The fast path's nftables table, installed over netlink.
+    NftTable { name: String, mark: u32 },
 }
 
 /// The routes in the gateway's table.
@@ -101,7 +125,7 @@ impl Item {
     /// `ip` arguments that install a route or rule (None for sysctls).
     pub fn add_args(&self) -> Option<Vec<String>> {
         match self {
-            Item::Sysctl { .. } => None,
+            Item::Sysctl { .. } | Item::NftTable { .. } => None,
             Item::Route {
                 family,
                 table,
@@ -115,13 +139,14 @@ impl Item {
                 family,
                 iif,
                 to,
+                fwmark,
                 table,
                 priority,
             } => Some(
                 [family.flag(), "rule", "add"]
                     .iter()
                     .map(|s| s.to_string())
-                    .chain(rule_spec(iif, to.as_deref(), *table, *priority))
+                    .chain(rule_spec(iif, to.as_deref(), *fwmark, *table, *priority))
                     .collect(),
             ),
         }
@@ -130,7 +155,7 @@ impl Item {
     /// `ip` arguments that remove it (None for sysctls).
     pub fn del_args(&self) -> Option<Vec<String>> {
         match self {
-            Item::Sysctl { .. } => None,
+            Item::Sysctl { .. } | Item::NftTable { .. } => None,
             Item::Route {
                 family,
                 table,
@@ -144,13 +169,14 @@ impl Item {
                 family,
                 iif,
                 to,
+                fwmark,
                 table,
                 priority,
             } => Some(
                 [family.flag(), "rule", "del"]
                     .iter()
                     .map(|s| s.to_string())
-                    .chain(rule_spec(iif, to.as_deref(), *table, *priority))
+                    .chain(rule_spec(iif, to.as_deref(), *fwmark, *table, *priority))
                     .collect(),
             ),
         }
@@ -179,10 +205,19 @@ fn route_spec(table: u32, route: &RouteKind) -> Vec<String> {
     }
 }
 
-fn rule_spec(iif: &str, to: Option<&str>, table: u32, priority: u32) -> Vec<String> {
+fn rule_spec(
+    iif: &str,
+    to: Option<&str>,
+    fwmark: Option<u32>,
+    table: u32,
+    priority: u32,
+) -> Vec<String> {
     let mut spec = vec!["iif".into(), iif.to_owned()];
     if let Some(prefix) = to {
         spec.extend(["to".into(), prefix.to_owned()]);
+    }
+    if let Some(mark) = fwmark {
+        spec.extend(["fwmark".into(), format!("{mark:#x}/{mark:#x}")]);
     }
     spec.extend([
         "lookup".into(),
@@ -217,6 +252,9 @@ pub fn plan_sysctls(plan: &RoutingPlan) -> Vec<(String, String)> {
     ));
     out.push(("net/ipv4/ip_forward".into(), "1".into()));
     out.push(("net/ipv6/conf/all/forwarding".into(), "1".into()));
+    if plan.fast_path.is_some() {
+        out.push(("net/netfilter/nf_conntrack_acct".into(), "1".into()));
+    }
     out
 }
 
@@ -237,6 +275,12 @@ pub fn plan_items(plan: &RoutingPlan) -> Vec<Item> {
             },
         });
     }
+    if let Some(fp) = &plan.fast_path {
+        out.push(Item::NftTable {
+            name: fp.table.clone(),
+            mark: fp.mark,
+        });
+    }
     for iface in &plan.interfaces {
         for family in [Family::V4, Family::V6] {
             for prefix in bypass_prefixes(family) {
@@ -244,8 +288,19 @@ pub fn plan_items(plan: &RoutingPlan) -> Vec<Item> {
                     family,
                     iif: iface.clone(),
                     to: Some((*prefix).to_owned()),
+                    fwmark: None,
                     table: MAIN_TABLE,
                     // Config validation keeps the priority at 2 or more.
+                    priority: plan.priority - 1,
+                });
+            }
+            if let Some(fp) = &plan.fast_path {
+                out.push(Item::Rule {
+                    family,
+                    iif: iface.clone(),
+                    to: None,
+                    fwmark: Some(fp.mark),
+                    table: MAIN_TABLE,
                     priority: plan.priority - 1,
                 });
             }
@@ -253,6 +308,7 @@ pub fn plan_items(plan: &RoutingPlan) -> Vec<Item> {
                 family,
                 iif: iface.clone(),
                 to: None,
+                fwmark: None,
                 table: plan.table,
                 priority: plan.priority,
             });
@@ -270,9 +326,20 @@ pub fn plan_commands(plan: &RoutingPlan) -> Vec<String> {
     for item in plan_items(plan) {
         if let Some(args) = item.add_args() {
             out.push(format!("ip {}", args.join(" ")));
+        } else if let Item::NftTable { name, mark } = &item {
+            out.push(nft_command(name, *mark));
         }
     }
     out
+}
+
+/// The `nft` command equivalent to the fast path's table (the gateway installs it over netlink).
+pub fn nft_command(table: &str, mark: u32) -> String {
+    format!(
+        "nft 'add table inet {table}; add chain inet {table} prerouting {{ type filter hook \
+         prerouting priority mangle; }}; add rule inet {table} prerouting ct mark and {mark:#x} == \
+         {mark:#x} meta mark set meta mark or {mark:#x}'"
+    )
 }
 
 /// The system operations routing needs, so command generation can be tested without root.
@@ -281,6 +348,9 @@ pub trait Host {
     fn ip(&mut self, args: &[String]) -> io::Result<()>;
     fn read_sysctl(&mut self, path: &str) -> io::Result<String>;
     fn write_sysctl(&mut self, path: &str, value: &str) -> io::Result<()>;
+    /// Installs the fast path's nftables table (`Some(mark)`) or deletes it (`None`; a missing
+    /// table is not an error).
+    fn nft_table(&mut self, name: &str, mark: Option<u32>) -> io::Result<()>;
 }
 
 /// The real host: the `ip` binary and `/proc/sys`.
@@ -313,6 +383,14 @@ impl Host for SystemHost {
     fn write_sysctl(&mut self, path: &str, value: &str) -> io::Result<()> {
         std::fs::write(Path::new("/proc/sys").join(path), value)
             .map_err(|e| io::Error::new(e.kind(), format!("writing /proc/sys/{path}: {e}")))
+    }
+
+    fn nft_table(&mut self, name: &str, mark: Option<u32>) -> io::Result<()> {
+        let r = match mark {
+            Some(m) => crate::fastpath::install_table(name, m),
+            None => crate::fastpath::delete_table(name),
+        };
+        r.map_err(|e| io::Error::new(e.kind(), format!("nftables table inet {name}: {e}")))
     }
 }
 
@@ -383,6 +461,11 @@ fn teardown<H: Host>(host: &mut H, items: &[Item]) {
                     if e.kind() != io::ErrorKind::NotFound {
                         tracing::warn!(%path, error = %e, "cannot restore sysctl");
                     }
+                }
+            }
+            Item::NftTable { name, .. } => {
+                if let Err(e) = host.nft_table(name, None) {
+                    tracing::warn!(table = %name, error = %e, "cannot remove the fast path's table");
                 }
             }
             _ => {
@@ -458,6 +541,12 @@ impl<H: Host> Routing<H> {
                 }
             }
             self.record(item.clone())?;
+            if let Item::NftTable { name, mark } = &item {
+                self.host
+                    .nft_table(name, Some(*mark))
+                    .map_err(RoutingError::Install)?;
+                continue;
+            }
             let add = item.add_args().expect("routes and rules have ip arguments");
             self.host.ip(&add).map_err(RoutingError::Install)?;
         }
@@ -547,6 +636,13 @@ mod tests {
             self.sysctls.insert(path.to_owned(), value.to_owned());
             Ok(())
         }
+        fn nft_table(&mut self, name: &str, mark: Option<u32>) -> io::Result<()> {
+            self.log.push(match mark {
+                Some(m) => format!("nft add {name} {m:#x}"),
+                None => format!("nft delete {name}"),
+            });
+            Ok(())
+        }
     }
 
     fn plan() -> RoutingPlan {
@@ -555,7 +651,83 @@ mod tests {
             interfaces: vec!["eth0".into(), "eth1".into()],
             table: 100,
             priority: 100,
+            fast_path: None,
         }
+    }
+
+    fn fast_plan() -> RoutingPlan {
+        RoutingPlan {
+            fast_path: Some(FastPathPlan {
+                table: "bulkhead_bulk0".into(),
+                mark: 0x0100_0000,
+            }),
+            interfaces: vec!["eth0".into()],
+            ..plan()
+        }
+    }
+
+    #[test]
+    fn fast_path_adds_accounting_its_table_and_a_bypass_ahead_of_each_diversion() {
+        let cmds = plan_commands(&fast_plan());
+        assert!(cmds.contains(&"sysctl -w net.netfilter.nf_conntrack_acct=1".to_owned()));
+        let table = cmds.iter().position(|c| c.starts_with("nft ")).unwrap();
+        let bypass = cmds
+            .iter()
+            .position(|c| {
+                c == "ip -4 rule add iif eth0 fwmark 0x1000000/0x1000000 lookup 254 priority 99"
+            })
+            .unwrap();
+        let divert = cmds
+            .iter()
+            .position(|c| c == "ip -4 rule add iif eth0 lookup 100 priority 100")
+            .unwrap();
+        assert!(table < bypass && bypass < divert, "{cmds:#?}");
+        assert!(cmds.contains(
+            &"ip -6 rule add iif eth0 fwmark 0x1000000/0x1000000 lookup 254 priority 99".to_owned()
+        ));
+        assert!(
+            cmds[table].contains("ct mark and 0x1000000 == 0x1000000"),
+            "{}",
+            cmds[table]
+        );
+    }
+
+    #[test]
+    fn fast_path_table_is_removed_after_its_rules_and_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = FakeHost::default();
+        let routing = Routing::install(&mut host, &fast_plan(), dir.path()).unwrap();
+        routing.remove().unwrap();
+        assert!(host
+            .log
+            .contains(&"nft add bulkhead_bulk0 0x1000000".to_owned()));
+
+        let del = host
+            .log
+            .iter()
+            .position(|c| c == "nft delete bulkhead_bulk0")
+            .unwrap();
+        let rule_del = host
+            .log
+            .iter()
+            .rposition(|c| c.contains("fwmark") && c.contains(" del "))
+            .unwrap();
+        assert!(rule_del < del, "rules go before the table: {:#?}", host.log);
+        // A crash leaves the state file; the next start removes the table too.
+        let routing = Routing::install(&mut host, &fast_plan(), dir.path()).unwrap();
+        std::mem::forget(routing);
+        host.log.clear();
+        cleanup_stale(&mut &mut host, dir.path()).unwrap();
+        assert!(
+            host.log.contains(&"nft delete bulkhead_bulk0".to_owned()),
+            "{:#?}",
+            host.log
+        );
+        assert!(host
+            .log
+            .iter()
+            .any(|c| c
+                == "ip -4 rule del iif eth0 fwmark 0x1000000/0x1000000 lookup 254 priority 99"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct GatewaySpec {
     pub ready_timeout: Duration,
     /// `[gateway] busy_poll_us`; `None` leaves the default.
     pub busy_poll_us: Option<u32>,
+    /// `[gateway] fast_path`; `None` leaves the default (on where the kernel supports it).
+    pub fast_path: Option<bool>,
     /// Appended to the generated gateway.toml (e.g. a `[limits]` table).
     pub extra_toml: String,
     /// Extra lines of the `[policy]` table (e.g. `load_timeout_ms = 100`).
@@ -57,6 +59,7 @@ impl GatewaySpec {
             policy: policy.to_owned(),
             ready_timeout: Duration::from_secs(20),
             busy_poll_us: None,
+            fast_path: None,
             extra_toml: String::new(),
             policy_toml: String::new(),
             policy_file: true,
@@ -93,7 +96,7 @@ pub fn gateway_toml(
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n{busy}\n\
+        "[gateway]\nid = {id:?}\ntun = {TUN_NAME:?}\nqueues = {q}\ninterfaces = [{ifaces}]\nmanage_routing = true\n{busy}{fast}\n\
          [policy]\n{file}state_dir = {s:?}\n{policy_extra}\n\
          [log]\ndecisions = {d:?}\n\n\
          [metrics]\nlisten = {METRICS_LISTEN:?}\n\n{dns}{extra}",
@@ -113,6 +116,9 @@ pub fn gateway_toml(
         busy = spec
             .busy_poll_us
             .map_or_else(String::new, |us| format!("busy_poll_us = {us}\n")),
+        fast = spec
+            .fast_path
+            .map_or_else(String::new, |on| format!("fast_path = {on}\n")),
         id = spec.id,
         q = spec.queues,
         file = if spec.policy_file {

@@ -302,6 +302,19 @@ fn a_push_that_denies_its_name_cuts_an_open_transfer_within_a_second() {
         stream.bytes(),
         gw.output()
     );
+    // With the kernel fast path (where the kernel supports it), the transfer has left the TUN:
+    // the push must take it back from the kernel.
+    let fast_path = metric(&gw, "bulkhead_fastpath_supported", &[]) == Some(1.0);
+    if fast_path {
+        let handed = wait_for(Duration::from_secs(5), || {
+            metric(&gw, "bulkhead_fastpath_active", &[]).filter(|v| *v >= 1.0)
+        });
+        assert!(
+            handed.is_some(),
+            "the stream was handed off:\n{}",
+            gw.output()
+        );
+    }
     // The controller's first version is 1, like the local file's: the swap must still count.
     let sent = Instant::now();
     let version = fleet.push(&policy("enforce", &format!("{DENY_OPENAI}{ALLOW}")));
@@ -326,6 +339,13 @@ fn a_push_that_denies_its_name_cuts_an_open_transfer_within_a_second() {
         "{r:#}"
     );
     assert_eq!(r["policy"]["version"].as_u64(), Some(1), "{r:#}");
+    if fast_path {
+        assert_eq!(
+            metric(&gw, "bulkhead_fastpath_taken_back_total", &[]),
+            Some(1.0),
+            "taken back from the kernel"
+        );
+    }
     wait_acked(&fleet, &["gw1"], version, Duration::from_secs(10));
     wait_metric(
         &gw,

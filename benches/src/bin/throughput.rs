@@ -5,9 +5,10 @@
 //! ```text
 //! cargo build --release -p bulkhead-gateway -p bulkhead-benches
 //! sudo target/release/throughput [--seconds N] [--tls-seconds N] [--round-trips N] [--rules N]
-//!     [--queues N] [--busy-poll-us N] [--runs N] [--bulkhead PATH] [--out FILE]
+//!     [--queues N] [--busy-poll-us N] [--runs N] [--setups LIST] [--bulkhead PATH] [--out FILE]
 //! (--runs N repeats the whole measurement N times and adds a summary: the median over the runs
-//! of each run's own ratio to kernel forwarding)
+//! of each run's own ratio to kernel forwarding; --setups kernel,gateway,gateway-no-fast-path
+//! measures only those: kernel, passthrough, gateway, gateway-no-fast-path, gateway-10k)
 //! target/release/throughput [--rules N] --write-policy FILE   # only write the generated policy
 //! ```
 
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use bulkhead_benches::throughput::report::Setup;
 use bulkhead_benches::throughput::{self, Interrupt, Options};
 
 fn main() -> ExitCode {
@@ -43,6 +45,20 @@ fn run() -> anyhow::Result<()> {
             "--runs" => runs = value("--runs")?.parse()?,
             "--busy-poll-us" => opts.busy_poll_us = Some(value("--busy-poll-us")?.parse()?),
             "--bulkhead" => opts.bulkhead = Some(PathBuf::from(value("--bulkhead")?)),
+            "--setups" => {
+                let list = value("--setups")?;
+                opts.setups = list
+                    .split(',')
+                    .map(|k| {
+                        Setup::from_key(k.trim()).with_context(|| {
+                            format!(
+                                "unknown set-up {k:?} (one of: {})",
+                                Setup::ALL.map(|s| s.key()).join(", ")
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--write-policy" => {
                 // Write the generated policy (for `bulkhead check-policy` / `explain`) and stop.
@@ -55,7 +71,8 @@ fn run() -> anyhow::Result<()> {
             "-h" | "--help" => {
                 println!(
                     "usage: throughput [--seconds N] [--tls-seconds N] [--round-trips N] \
-                     [--rules N] [--queues N] [--busy-poll-us N] [--runs N] [--bulkhead PATH] [--out FILE] [--write-policy FILE]"
+                     [--rules N] [--queues N] [--busy-poll-us N] [--runs N] [--setups LIST] [--bulkhead PATH] \
+                     [--out FILE] [--write-policy FILE]"
                 );
                 return Ok(());
             }

@@ -25,8 +25,10 @@ impl Gateway {
         binary: &Path,
         policy: &str,
         opts: &super::Options,
+        fast_path: Option<bool>,
     ) -> anyhow::Result<Gateway> {
         let mut spec = GatewaySpec::new(binary, policy);
+        spec.fast_path = fast_path;
         spec.id = "throughput".to_owned();
         spec.queues = opts.queues.max(1);
         spec.busy_poll_us = opts.busy_poll_us;
@@ -40,9 +42,26 @@ impl Gateway {
     }
 
     /// Stops the gateway and says how it went: resident memory at the end of the measurements,
-    /// decision records written, exit status.
+    /// flows handed to the kernel, decision records written, exit status.
     pub fn stop(mut self) -> anyhow::Result<String> {
         let rss = self.process.rss_kib();
+        let fast = self.process.metrics().ok().map(|m| {
+            let v = |name| bulkhead_lab::gateway::metric_value(&m, name, &[]).unwrap_or(0.0);
+            let n = v("bulkhead_fastpath_handed_off_total");
+            let cost = if n > 0.0 {
+                format!(
+                    " ({:.0} us each on the hand-off thread)",
+                    v("bulkhead_fastpath_handoff_seconds_total") / n * 1e6
+                )
+            } else {
+                String::new()
+            };
+            let on = v("bulkhead_fastpath_supported") >= 1.0;
+            format!(
+                "fast path {}: {n} flows handed off{cost}",
+                if on { "on" } else { "off" }
+            )
+        });
         let status = self
             .process
             .stop(Duration::from_secs(10))
@@ -57,8 +76,9 @@ impl Gateway {
             |k| format!("{:.1} MiB", k as f64 / 1024.0),
         );
         let records = records.unwrap_or_else(|e| format!("decision log unreadable ({e})"));
+        let fast = fast.unwrap_or_else(|| "fast path: metrics unreadable".to_owned());
         Ok(format!(
-            "gateway resident memory {rss} at the end, {status}; {records}"
+            "gateway resident memory {rss} at the end, {status}; {fast}; {records}"
         ))
     }
 }

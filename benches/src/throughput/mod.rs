@@ -5,8 +5,10 @@
 //! 1. kernel forwarding in the gateway namespace, without a gateway process;
 //! 2. a naive TUN forwarder with the gateway's device and routing that writes back every frame
 //!    untouched ([`passthrough`]): the cost of the TUN architecture alone;
-//! 3. `bulkhead run` with a policy that permits everything;
-//! 4. `bulkhead run` with a generated policy of 10,000 rules ([`policy::generate`]),
+//! 3. `bulkhead run` with a policy that permits everything (the kernel fast path on, as by
+//!    default: decided flows leave the TUN);
+//! 4. the same with `fast_path = false` (every packet crosses the TUN);
+//! 5. `bulkhead run` with a generated policy of 10,000 rules ([`policy::generate`]),
 //!
 //! and for each: iperf3 TCP throughput with 1 and 4 streams, new TLS connections per second
 //! ([`tls`]), and TCP round-trip latency ([`pingpong`]). [`report::Report::to_markdown`] prints
@@ -126,6 +128,8 @@ pub struct Options {
     pub busy_poll_us: Option<u32>,
     /// The `bulkhead` binary; default: next to this executable.
     pub bulkhead: Option<PathBuf>,
+    /// The set-ups to measure, in [`Setup::ALL`] order (kernel forwarding always).
+    pub setups: Vec<Setup>,
 }
 
 impl Default for Options {
@@ -141,6 +145,7 @@ impl Default for Options {
                 .unwrap_or(1),
             busy_poll_us: None,
             bulkhead: None,
+            setups: Setup::ALL.to_vec(),
         }
     }
 }
@@ -188,7 +193,10 @@ pub fn run(opts: &Options, interrupt: &Interrupt) -> anyhow::Result<Report> {
 
     let mut results = Vec::new();
     let mut notes = Vec::new();
-    for setup in Setup::ALL {
+    for setup in Setup::ALL
+        .into_iter()
+        .filter(|s| *s == Setup::Kernel || opts.setups.contains(s))
+    {
         if interrupt.is_set() {
             bail!("interrupted");
         }
@@ -280,14 +288,15 @@ impl Bench<'_> {
                     .map(Running::Passthrough),
                 "the forwarder",
             ),
-            Setup::GatewayPermitAll | Setup::GatewayLargePolicy => {
-                let text = if setup == Setup::GatewayPermitAll {
-                    policy::permit_all()
-                } else {
+            Setup::GatewayPermitAll | Setup::GatewayNoFastPath | Setup::GatewayLargePolicy => {
+                let text = if setup == Setup::GatewayLargePolicy {
                     large.to_owned()
+                } else {
+                    policy::permit_all()
                 };
+                let fast_path = (setup == Setup::GatewayNoFastPath).then_some(false);
                 (
-                    gateway::Gateway::start(self.lab, bulkhead, &text, self.opts)
+                    gateway::Gateway::start(self.lab, bulkhead, &text, self.opts, fast_path)
                         .map(Running::Gateway),
                     "the gateway",
                 )

@@ -59,6 +59,7 @@ impl Passthrough {
                     interfaces,
                     table: DEFAULT_ROUTE_TABLE,
                     priority: DEFAULT_RULE_PRIORITY,
+                    fast_path: None,
                 };
                 let routing = Routing::install(SystemHost, &plan, &state_dir)
                     .context("installing the routing")?;

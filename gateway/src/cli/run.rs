@@ -61,12 +61,12 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     if config.gateway.manage_routing {
         println!("routing it installs:");
-        let plan = crate::routing::RoutingPlan {
-            tun: config.gateway.tun.clone(),
-            interfaces: config.gateway.interfaces.clone(),
-            table: config.gateway.route_table,
-            priority: config.gateway.rule_priority,
-        };
+        // The fast path's part is installed only where the kernel supports it (checked at start).
+        let fast = config
+            .gateway
+            .fast_path
+            .then_some(config.gateway.fast_path_mark);
+        let plan = crate::runtime::routing_plan(config, fast);
         for c in crate::routing::plan_commands(&plan) {
             println!("  {c}");
         }

@@ -107,6 +107,13 @@ pub struct GatewaySection {
     /// 0 disables busy polling.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u32,
+    /// Hand decided TCP flows to the kernel (conntrack mark, nftables), so their packets stop
+    /// crossing the TUN. Takes effect with `manage_routing` on a kernel that supports it.
+    #[serde(default = "default_fast_path")]
+    pub fast_path: bool,
+    /// The one bit of the conntrack and packet marks the fast path uses.
+    #[serde(default = "default_fast_path_mark")]
+    pub fast_path_mark: u32,
 }
 
 /// `[policy]`
@@ -414,6 +421,12 @@ fn default_rule_priority() -> u32 {
 fn default_busy_poll_us() -> u32 {
     DEFAULT_BUSY_POLL_US
 }
+fn default_fast_path() -> bool {
+    true
+}
+fn default_fast_path_mark() -> u32 {
+    crate::fastpath::DEFAULT_MARK
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bulkhead")
 }
@@ -646,6 +659,8 @@ listen = "127.0.0.1:9108"
         assert_eq!(c.gateway.route_table, DEFAULT_ROUTE_TABLE);
         assert_eq!(c.gateway.rule_priority, DEFAULT_RULE_PRIORITY);
         assert_eq!(c.gateway.busy_poll_us, DEFAULT_BUSY_POLL_US);
+        assert!(c.gateway.fast_path, "the fast path is on by default");
+        assert_eq!(c.gateway.fast_path_mark, crate::fastpath::DEFAULT_MARK);
         assert!(c.queues() >= 1);
         assert_eq!(
             c.policy.file.unwrap(),
@@ -702,6 +717,22 @@ listen = "127.0.0.1:9108"
             .unwrap_err()
             .to_string();
         assert!(msg.contains(":4:10: error: "), "{msg}");
+    }
+
+    #[test]
+    fn the_fast_path_switch_and_its_mark() {
+        let c = parse("[gateway]\nid = \"g\"\nfast_path = false\nfast_path_mark = 0x10\n").unwrap();
+        assert!(!c.gateway.fast_path);
+        assert_eq!(c.gateway.fast_path_mark, 0x10);
+        for bad in ["0", "0x30", "0xffffffff"] {
+            let err = parse(&format!("[gateway]\nid = \"g\"\nfast_path_mark = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("gateway.fast_path_mark") && err.contains("one bit"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -93,6 +93,12 @@ impl GatewaySection {
                 self.busy_poll_us
             ));
         }
+        if self.fast_path_mark.count_ones() != 1 {
+            errors.push(format!(
+                "gateway.fast_path_mark = {:#x}: must be exactly one bit (e.g. 0x1000000)",
+                self.fast_path_mark
+            ));
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 mod control;
 pub mod counters;
 mod dns;
+mod fastpath;
 pub mod http;
 pub mod labels;
 mod render;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::control::ControlStats;
+use crate::fastpath::FastPathStats;
 use crate::logsink::LogCounters;
 
 pub use self::counters::{FlowTableState, LocalCounters, WorkerCounters};
@@ -48,6 +50,8 @@ pub struct Metrics {
     /// start-up, before the endpoint serves, so the series set does not change while running).
     control: OnceLock<Arc<ControlStats>>,
     dns: OnceLock<DnsProcessStats>,
+    /// The kernel fast path's counters (set once at start-up, like `control`).
+    fastpath: OnceLock<Arc<FastPathStats>>,
     tun_up: AtomicBool,
     policy_loaded: AtomicBool,
     started_ms: u64,
@@ -70,6 +74,7 @@ impl Metrics {
             policy_origin: AtomicUsize::new(PolicyOrigin::DenyAll.index()),
             control: OnceLock::new(),
             dns: OnceLock::new(),
+            fastpath: OnceLock::new(),
             tun_up: AtomicBool::new(false),
             policy_loaded: AtomicBool::new(false),
             started_ms: now_ms(),
@@ -101,12 +106,17 @@ impl Metrics {
         let _ = self.control.set(stats);
     }
 
-    /// A reload was refused (the old policy stays).
+    /// Exports the kernel fast path's counters.
+    pub fn set_fastpath_stats(&self, stats: Arc<FastPathStats>) {
+        let _ = self.fastpath.set(stats);
+    }
+
     /// The DNS check's resolver and cache: their series are rendered from then on.
     pub fn set_dns_stats(&self, stats: DnsProcessStats) {
         let _ = self.dns.set(stats);
     }
 
+    /// A reload was refused (the old policy stays).
     pub fn policy_reload_failed(&self) {
         self.policy_reload_failures.fetch_add(1, Ordering::Relaxed);
     }

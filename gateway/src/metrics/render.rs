@@ -111,6 +111,7 @@ impl Metrics {
         self.render_policy_source(&mut out);
         self.render_controller(&mut out);
         self.render_dns(&mut out);
+        self.render_fastpath(&mut out);
         self.render_decision_log(&mut out);
         out
     }

@@ -90,6 +90,9 @@ pub struct PipelineConfig {
     pub log_all: bool,
     /// The DNS check of names (`sni_dns_check`).
     pub dns: DnsCheckConfig,
+    /// Ask for settled TCP flows to be handed to the kernel ([`Output::fastpath`]). Only a
+    /// runtime that can do it sets this.
+    pub fast_path: bool,
 }
 
 /// How the pipeline checks that a name resolves to the destination address.
@@ -137,6 +140,7 @@ impl Default for PipelineConfig {
             idle: IdleTimeouts::default(),
             log_all: false,
             dns: DnsCheckConfig::default(),
+            fast_path: false,
         }
     }
 }
@@ -246,6 +250,9 @@ pub struct Output {
     /// hands the answer to [`Pipeline::dns_answer`](super::Pipeline::dns_answer). Flows wait
     /// for it within their inspection bounds.
     pub dns_queries: Vec<Box<str>>,
+    /// What the runtime is asked to do with the kernel fast path (only with
+    /// [`PipelineConfig::fast_path`]).
+    pub fastpath: Vec<super::FastPathRequest>,
 }
 
 impl Output {
@@ -254,6 +261,7 @@ impl Output {
         self.transmit.clear();
         self.records.clear();
         self.dns_queries.clear();
+        self.fastpath.clear();
     }
 
     /// Hands every record to `sink`, in order, leaving `records` empty.
@@ -315,6 +323,14 @@ pub struct PipelineStats {
     pub dns_failures: u64,
     /// DNS answers learned from responses crossing the gateway.
     pub dns_learned: u64,
+    /// Fast-path hand-offs asked for.
+    pub fastpath_requested: u64,
+    /// Hand-offs the runtime confirmed.
+    pub fastpath_offloaded: u64,
+    /// Hand-offs the runtime refused (the flow stayed on the TUN).
+    pub fastpath_refused: u64,
+    /// Handed-off flows taken back after a policy update.
+    pub fastpath_taken_back: u64,
     /// Bytes held now (reassembly and held packets, all flows).
     pub held_bytes_now: usize,
     /// Highest `held_bytes_now` seen.

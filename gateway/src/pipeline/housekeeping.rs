@@ -71,6 +71,7 @@ impl Pipeline {
             self.shared.record_undecided(now, &mut flow, &policy, out);
         }
         self.shared.drop_inspect(&mut flow);
+        self.shared.release_offload(&mut flow, out);
         if !flow.record.ended() {
             self.shared.end_flow(now, &mut flow, &policy, why, out);
         }
@@ -178,7 +179,8 @@ impl Shared {
 
     /// Ends a TCP flow that just closed; see [`Flow::closed`].
     pub(super) fn end_if_closed(&mut self, now: Instant, flow: &mut Flow, out: &mut Output) {
-        if !flow.record.ended() && flow.closed() {
+        // A flow taken back from the kernel ends when the kernel's counts are in.
+        if !flow.record.ended() && flow.closed() && !flow.offload.get().counting() {
             let policy = self.policy.load_full();
             self.end_flow(now, flow, &policy, EndReason::Fin, out);
         }

@@ -35,6 +35,7 @@ mod api;
 mod datagram;
 mod decide;
 mod dnscheck;
+mod fastpath;
 pub mod flow;
 mod housekeeping;
 mod name;
@@ -60,6 +61,7 @@ pub use api::{
     Disposition, DnsCheckConfig, DropReason, IdleTimeouts, Output, PacketMeta, PipelineConfig,
     PipelineStats, Transmit,
 };
+pub use fastpath::{FastPathEvent, FastPathRequest, FlowTuple};
 pub use housekeeping::EARLY_DROP_MIN_AGE;
 
 use datagram::icmp_is_error;
@@ -98,6 +100,7 @@ impl Pipeline {
                 evaluated_instance,
                 metadata: Metadata::default(),
                 dns,
+                next_cookie: 0,
             },
         }
     }
@@ -291,6 +294,14 @@ impl Pipeline {
                 name: kind,
             });
             self.shared.emit_decision(now, flow, &policy, out);
+            if self.shared.take_back(flow, out) {
+                // The kernel forwarded it: the sequence numbers the gateway knows are stale. Its
+                // next packet comes back to the TUN and is answered with RSTs both ways; the
+                // flow-end record waits for the kernel's counts (or the flow's expiry).
+                self.shared.cut(flow, reason);
+                self.shared.arm(id, flow);
+                continue;
+            }
             self.shared.reset(flow, true, true, out);
             self.shared.cut(flow, reason);
             self.shared.end_if_closed(now, flow, out);

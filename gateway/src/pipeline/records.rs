@@ -88,7 +88,7 @@ impl Shared {
             why
         };
         let mut r = self.base_record(now, flow, policy, Activity::Close);
-        r.traffic = Some(flow.traffic);
+        r.traffic = Some(super::fastpath::flow_traffic(flow));
         let start = self.clock.epoch_ms(flow.start);
         let end = self.clock.epoch_ms(flow.last_seen);
         r.start_time = Some(start);

@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub(super) metadata: Metadata,
     /// The DNS check of names and what is learned from DNS traffic.
     pub(super) dns: super::dnscheck::DnsState,
+    /// The last cookie given to a fast-path hand-off.
+    pub(super) next_cookie: u32,
 }
 
 impl Shared {

@@ -20,6 +20,7 @@ use crate::inspect::quic::InitialCollector;
 use crate::record::{Reason, Traffic};
 use crate::wire::{IpProtocol, TcpFlowSeq, TcpSegment};
 
+use super::fastpath::OffloadSlot;
 use super::flow::Side;
 use super::name;
 use super::reasm::Reassembly;
@@ -300,6 +301,8 @@ pub(super) struct Flow {
     pub(super) inspect: Option<Box<Inspect>>,
     /// The deadline of the flow's live entry in the deadline queue.
     pub(super) timer_at: Option<Instant>,
+    /// Where the flow stands with the kernel fast path.
+    pub(super) offload: OffloadSlot,
 }
 
 impl Flow {
@@ -327,6 +330,7 @@ impl Flow {
             decision: None,
             inspect: None,
             timer_at: None,
+            offload: OffloadSlot::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub mod shutdown;
 mod startup;
 pub mod worker;
 
+pub use self::startup::routing_plan;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use policy_engine::PolicyStore;
 
 use crate::config::{Config, DEFAULT_MTU};
+use crate::fastpath::{FastPath, FastPathStats};
 use crate::logsink::LogSink;
 use crate::metrics::{Metrics, PolicyOrigin};
 use crate::routing::{Routing, SystemHost};
@@ -122,14 +125,18 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     let mtu = tun_mtu(&config);
     let tun = startup::create_tun(&config, mtu)?;
     let offloads = tun.offloads();
-    let routing = startup::install_routing(&config)?;
+    let fast_stats = Arc::new(FastPathStats::default());
+    metrics.set_fastpath_stats(fast_stats.clone());
+    let fast_mark = startup::probe_fast_path(&config, &fast_stats);
+    let routing = startup::install_routing(&config, fast_mark)?;
+    let (fast_path, links) = startup::start_fast_path(fast_mark, usize::from(queues), &fast_stats);
     let shared = startup::Shared {
         store: &store,
         log: &log_tx,
         metrics: &metrics,
         notices: &notices,
     };
-    let workers = startup::spawn_workers(&config, tun, shared)?;
+    let workers = startup::spawn_workers(&config, tun, shared, links)?;
     // The workers hold the only senders and exit notices now: the log drains and the exit
     // channel closes when they are gone.
     drop(log_tx);
@@ -156,6 +163,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
         csum_offload = offloads.csum,
         tso = offloads.tso,
         uso = offloads.uso,
+        fast_path = fast_path.is_some(),
         metrics = %endpoint.addr,
         controller = client.is_some(),
         "gateway running"
@@ -166,7 +174,7 @@ async fn run_async(config: Config) -> Result<(), RuntimeError> {
     if let Some(c) = client {
         c.shutdown();
     }
-    shut_down(&metrics, workers, routing, endpoint, log_sink).await;
+    shut_down(&metrics, workers, fast_path, routing, endpoint, log_sink).await;
     outcome
 }
 
@@ -273,11 +281,13 @@ impl MetricsEndpoint {
     }
 }
 
-/// Start-up in reverse: stop the workers (their flow-end records are logged), remove the
-/// routing (restoring the sysctls), stop the endpoint, drain and flush the decision log.
+/// Start-up in reverse: stop the workers (their flow-end records are logged), stop the fast
+/// path (after it released the workers' flows), remove the routing (restoring the sysctls),
+/// stop the endpoint, drain and flush the decision log.
 async fn shut_down(
     metrics: &Metrics,
     workers: WorkerThreads,
+    fast_path: Option<FastPath>,
     routing: Option<Routing<SystemHost>>,
     endpoint: MetricsEndpoint,
     log_sink: LogSink,
@@ -288,6 +298,9 @@ async fn shut_down(
         if r.is_none() {
             tracing::error!(worker = i, "worker panicked");
         }
+    }
+    if let Some(fp) = fast_path {
+        fp.stop();
     }
     if let Some(r) = routing {
         if let Err(e) = r.remove() {

@@ -3,7 +3,7 @@
 //! what earlier steps set up is undone by their values being dropped (the routing state removes
 //! itself), so a failed start leaves the host as it found it.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use policy_engine::PolicyStore;
@@ -14,11 +14,12 @@ use super::shutdown::{ExitNotices, Workers};
 use super::worker::{Worker, WorkerError};
 use super::RuntimeError;
 use crate::config::{Config, LogSection};
+use crate::fastpath::{self, FastPath, FastPathStats, WorkerLink};
 use crate::logsink::{Destination, LogSender, LogSink, Tee};
 use crate::metrics::{Metrics, PolicyOrigin};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::record::DecisionRecord;
-use crate::routing::{Routing, RoutingPlan, SystemHost};
+use crate::routing::{FastPathPlan, Routing, RoutingPlan, SystemHost};
 use crate::sys::tun::{Tun, TunOptions, WakeFd};
 
 /// The worker threads' join handles carry their result.
@@ -179,24 +180,100 @@ pub(super) fn create_tun(config: &Config, mtu: u32) -> Result<Tun, RuntimeError>
     })
 }
 
-/// Installs the ip rules, routes and sysctls when `manage_routing` is set.
-pub(super) fn install_routing(
-    config: &Config,
-) -> Result<Option<Routing<SystemHost>>, RuntimeError> {
-    if !config.gateway.manage_routing {
-        return Ok(None);
-    }
-    let plan = RoutingPlan {
+/// The routing `manage_routing` installs; with the fast path's table and rules when
+/// `fast_path` (its mark) is given.
+pub fn routing_plan(config: &Config, fast_path: Option<u32>) -> RoutingPlan {
+    RoutingPlan {
         tun: config.gateway.tun.clone(),
         interfaces: config.gateway.interfaces.clone(),
         table: config.gateway.route_table,
         priority: config.gateway.rule_priority,
+        fast_path: fast_path.map(|mark| FastPathPlan {
+            table: fastpath::table_name(&config.gateway.tun),
+            mark,
+        }),
+    }
+}
+
+/// Whether the kernel fast path runs: asked for (`gateway.fast_path`), with `manage_routing`
+/// (which installs what it needs), and supported by the kernel. Says which in the log and in
+/// `bulkhead_fastpath_supported`; the mark when it runs.
+pub(super) fn probe_fast_path(config: &Config, stats: &FastPathStats) -> Option<u32> {
+    if !config.gateway.fast_path {
+        tracing::info!("fast path off (gateway.fast_path = false): every packet crosses the TUN");
+        return None;
+    }
+    if !config.gateway.manage_routing {
+        tracing::info!(
+            "fast path off: it needs gateway.manage_routing (the gateway installs its nftables \
+             table and rules)"
+        );
+        return None;
+    }
+    let mark = config.gateway.fast_path_mark;
+    match fastpath::probe(mark).and_then(|()| {
+        fastpath::clear_marks(mark).map_err(|e| format!("clearing stale conntrack marks: {e}"))
+    }) {
+        Ok(stale) => {
+            if stale > 0 {
+                tracing::warn!(
+                    flows = stale,
+                    "fast path: cleared the mark of flows an earlier run left in the kernel; \
+                     their packets come to the TUN again"
+                );
+            }
+            stats.supported.store(true, Ordering::Relaxed);
+            Some(mark)
+        }
+        Err(why) => {
+            tracing::warn!(
+                "fast path unsupported here ({why}): every packet crosses the TUN, as without it"
+            );
+            None
+        }
+    }
+}
+
+/// Starts the fast path's threads; on failure the gateway runs without it (the routing's mark
+/// rules then match nothing).
+pub(super) fn start_fast_path(
+    mark: Option<u32>,
+    workers: usize,
+    stats: &Arc<FastPathStats>,
+) -> (Option<FastPath>, Vec<Option<WorkerLink>>) {
+    let none = || (0..workers).map(|_| None).collect();
+    let Some(mark) = mark else {
+        return (None, none());
     };
+    match FastPath::start(mark, workers, stats.clone()) {
+        Ok((fp, links)) => {
+            tracing::info!(mark = format_args!("{mark:#x}"), "fast path on");
+            (Some(fp), links.into_iter().map(Some).collect())
+        }
+        Err(e) => {
+            stats.supported.store(false, Ordering::Relaxed);
+            tracing::warn!(error = %e, "fast path cannot start: every packet crosses the TUN");
+            (None, none())
+        }
+    }
+}
+
+/// Installs the ip rules, routes and sysctls when `manage_routing` is set (and the fast path's
+/// table and rules when it runs).
+pub(super) fn install_routing(
+    config: &Config,
+    fast_path: Option<u32>,
+) -> Result<Option<Routing<SystemHost>>, RuntimeError> {
+    if !config.gateway.manage_routing {
+        return Ok(None);
+    }
+    let plan = routing_plan(config, fast_path);
     let r = Routing::install(SystemHost, &plan, &config.policy.state_dir)?;
     tracing::info!(
         table = plan.table,
         priority = plan.priority,
         interfaces = ?plan.interfaces,
+        fast_path = plan.fast_path.is_some(),
         "routing installed"
     );
     Ok(Some(r))
@@ -216,7 +293,9 @@ pub(super) fn spawn_workers(
     config: &Config,
     tun: Tun,
     shared: Shared<'_>,
+    links: Vec<Option<WorkerLink>>,
 ) -> Result<WorkerThreads, RuntimeError> {
+    let mut links = links.into_iter();
     let stop = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(WakeFd::new()?);
     let queues = tun.into_queues();
@@ -228,7 +307,8 @@ pub(super) fn spawn_workers(
     };
     let mut inboxes = dns.inboxes.into_iter();
     for (index, queue) in queues.into_iter().enumerate() {
-        let mut pconfig = pipeline_config(config);
+        let fastpath = links.next().flatten();
+        let mut pconfig = pipeline_config(config, fastpath.is_some());
         pconfig.dns.cache = Some(dns.cache.clone());
         let worker = Worker {
             index,
@@ -238,6 +318,7 @@ pub(super) fn spawn_workers(
                 client: dns.service.client(),
                 inbox,
             }),
+            fastpath,
             store: shared.store.clone(),
             log: shared.log.clone(),
             counters: shared.metrics.worker(index),
@@ -268,7 +349,7 @@ pub(super) fn spawn_workers(
 }
 
 /// Each worker's pipeline: the configured bounds and idle timeouts over the defaults.
-fn pipeline_config(config: &Config) -> PipelineConfig {
+fn pipeline_config(config: &Config, fast_path: bool) -> PipelineConfig {
     PipelineConfig {
         gateway_id: config.gateway.id.clone(),
         flow_capacity: config.limits.flow_capacity,
@@ -280,6 +361,7 @@ fn pipeline_config(config: &Config) -> PipelineConfig {
             learn_from: config.dns.learn_addrs().unwrap_or_default(),
             ..Default::default()
         },
+        fast_path,
         ..PipelineConfig::default()
     }
 }

@@ -35,9 +35,12 @@ use policy_engine::PolicyStore;
 use crate::dns::resolver::{AnswerInbox, DnsClient};
 use crate::dns::DnsAnswer;
 use crate::dns::DnsFailure;
+use crate::fastpath::WorkerLink;
 use crate::logsink::LogSender;
 use crate::metrics::{DnsEvent, FlowTableState, LocalCounters, WorkerCounters};
-use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Pipeline};
+use crate::pipeline::{
+    Disposition, DropReason, FastPathEvent, FastPathRequest, Output, PacketMeta, Pipeline,
+};
 use crate::record::DecisionRecord;
 use crate::sys::tun::{TunQueue, WakeFd, MAX_READ, VNET_HDR_LEN};
 
@@ -66,6 +69,8 @@ pub struct Worker {
     pub busy_poll: Duration,
     /// The DNS check's lookups: where names go and answers come back.
     pub dns: Option<WorkerDns>,
+    /// The worker's end of the kernel fast path, when it runs.
+    pub fastpath: Option<WorkerLink>,
 }
 
 /// A worker's link to the resolver thread.
@@ -184,6 +189,20 @@ impl Worker {
         local: &mut LocalCounters,
     ) {
         self.dns_answers(now, out, local);
+        if let Some(link) = &mut self.fastpath {
+            // What the fast path reports: hand-offs done or refused, kernel traffic, flow ends,
+            // flows taken back. Bounded by the inbox.
+            link.retry();
+            let mut any = false;
+            while let Some(r) = link.next_report() {
+                self.pipeline
+                    .fastpath_event(now, r.tuple, r.cookie, r.event, out);
+                any = true;
+            }
+            if any {
+                self.emit(out, local);
+            }
+        }
         let generation = self.store.generation();
         if generation != marks.seen_generation {
             marks.seen_generation = generation;
@@ -241,6 +260,9 @@ impl Worker {
     fn finish(&mut self, out: &mut Output, local: &mut LocalCounters) {
         self.pipeline.shutdown(Instant::now(), out);
         out.transmit.clear();
+        // Flows still in the kernel are released (the hand-off thread clears their mark before
+        // it stops).
+        self.fastpath_requests(out);
         for rec in out.records.drain(..) {
             count_record(&rec, local);
             self.log.submit(rec);
@@ -343,6 +365,32 @@ impl Worker {
             count_record(&rec, local);
             self.log.submit(rec);
         }
+        if !out.fastpath.is_empty() {
+            self.fastpath_requests(out);
+        }
+    }
+
+    /// Queues the pipeline's fast-path requests without waiting; a hand-off the queue cannot
+    /// take is refused at once (the flow stays on the TUN).
+    fn fastpath_requests(&mut self, out: &mut Output) {
+        let mut requests = std::mem::take(&mut out.fastpath);
+        for req in requests.drain(..) {
+            let queued = match &mut self.fastpath {
+                Some(link) => link.submit(req),
+                None => false,
+            };
+            if let (false, FastPathRequest::HandOff { tuple, cookie }) = (queued, req) {
+                self.pipeline.fastpath_event(
+                    Instant::now(),
+                    tuple,
+                    cookie,
+                    FastPathEvent::Refused,
+                    out,
+                );
+            }
+        }
+        // Keep the allocation for the next packets.
+        out.fastpath = requests;
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 pub mod alloc;
+pub mod netlink;
 pub mod tun;
 
 /// Restores the default action of SIGPIPE, so a command whose output is piped into a program

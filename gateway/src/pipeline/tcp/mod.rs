@@ -29,6 +29,7 @@ use crate::record::EndReason;
 use crate::wire::{IpProtocol, ParsedPacket, TcpSegment};
 
 use super::decide::rule_reason;
+use super::fastpath::Offload;
 use super::flow::{FlowKey, Side};
 use super::state::{flow_query, Decision, Flow, Phase, RstSeen};
 use super::{Disposition, DropReason, Output, PacketMeta, Pipeline, Shared};
@@ -62,6 +63,9 @@ impl Pipeline {
             // record, and a segment that changes no connection state.
             flow.count(side, p.packet.len() as u64, now);
             flow.track_plain(from_client, seg);
+            if flow.offload.is_none() && self.shared.config.fast_path {
+                self.shared.consider_handoff(flow, out);
+            }
             if flow.timer_at.is_none() {
                 self.shared.arm(id, flow);
             }
@@ -84,6 +88,13 @@ impl Pipeline {
             // never chosen by whoever spoke first.
             self.expire(now, id, EndReason::Shutdown, out);
             return self.tcp_new(now, key, side, p, seg, meta, out);
+        }
+        if matches!(flow.offload.get(), Offload::Back { rst_owed: true, .. })
+            && matches!(flow.phase, Phase::Cut(_))
+        {
+            // Taken back from the kernel after a policy update: the first packet back.
+            let r = self.shared.reset_taken_back(flow, from_client, seg, out);
+            return Disposition::Drop(r);
         }
         if flow.record.ended() {
             flow.last_seen = now;
