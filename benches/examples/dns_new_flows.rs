@@ -25,8 +25,8 @@ fn main() {
          [[rules]]\nname = \"ai\"\npriority = 1\nsrc = [\"any\"]\ndst = [\"ai\"]\n\
          protocol = \"tcp\"\nports = [\"443\"]\naction = \"permit\"\n"
     );
-    let loaded = policy_engine::load_policy_str(&text, std::path::Path::new("p.toml"))
-        .expect("policy");
+    let loaded =
+        policy_engine::load_policy_str(&text, std::path::Path::new("p.toml")).expect("policy");
     let store = Arc::new(policy_engine::PolicyStore::new(policy_engine::compile(
         &loaded.policy,
         1,
@@ -67,7 +67,14 @@ fn main() {
         }
         out.clear();
     }
-    assert_eq!(pipe.stats().released, 2 * u64::from(n), "every hello released");
+    assert_eq!(
+        pipe.stats().released,
+        2 * u64::from(n),
+        "every hello released"
+    );
     assert!(pipe.stats().dns_cache_misses == 0, "every name was cached");
-    println!("{check}: {n} flows, {} cache hits", pipe.stats().dns_cache_hits);
+    println!(
+        "{check}: {n} flows, {} cache hits",
+        pipe.stats().dns_cache_hits
+    );
 }
