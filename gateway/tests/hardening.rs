@@ -388,7 +388,8 @@ fn special_files_are_refused_not_read() -> Result<()> {
     let out = bulkhead_within(&["check-policy", f], Duration::from_secs(10))?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
-    // An include that is a FIFO: the loader would wait for a writer forever.
+    // An include that is a FIFO: the loader would wait for a writer forever. The error points
+    // at the include's entry (line 3, column 12).
     let with_include = dir.path().join("p.toml");
     std::fs::write(
         &with_include,
@@ -400,7 +401,7 @@ fn special_files_are_refused_not_read() -> Result<()> {
     )?;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("p.toml:3:1: error: cannot include"), "{err}");
+    assert!(err.contains("p.toml:3:12: error: cannot include"), "{err}");
     let out = bulkhead_within(&["run", "--check", "--config", f], Duration::from_secs(10))?;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
