@@ -7,7 +7,8 @@ Each CORPUS_DIR has the layout of testdata/ (pcap/, payloads/): the project's ow
 and the extra conformance corpus when it is present.
 
 Writes OUT_DIR/<target>/<name> for the targets wire_parse, tls_client_hello, http_host,
-http_framing, capture_reader, pipeline, quic_initial, decap and starttls. Classic pcap only (the corpus holds no pcapng); link types
+http_framing, capture_reader, pipeline, quic_initial, decap, starttls and dns_observe (DNS
+queries and their answers from the captures, testdata/dns/ included). Classic pcap only (the corpus holds no pcapng); link types
 Ethernet (with VLAN tags), raw IP, IPv4, Linux SLL and BSD NULL/LOOP.
 """
 import hashlib
@@ -96,6 +97,46 @@ def udp443_payload(ip):
     if struct.unpack(">H", udp[2:4])[0] != 443:
         return None
     return udp[8:]
+
+
+def udp_ports_payload(ip):
+    """(source port, destination port, payload) of a UDP datagram, or None."""
+    if not ip:
+        return None
+    v = ip[0] >> 4
+    if v == 4:
+        ihl = (ip[0] & 15) * 4
+        if len(ip) < ihl + 8 or ip[9] != 17:
+            return None
+        udp = ip[ihl:]
+    elif v == 6:
+        if len(ip) < 48 or ip[6] != 17:
+            return None
+        udp = ip[40:]
+    else:
+        return None
+    sport, dport = struct.unpack(">HH", udp[:4])
+    return sport, dport, udp[8:]
+
+
+def dns_seeds(paths, out):
+    """dns_observe input: the first half is offered as a query, the second as its answer. Each
+    query is paired with the answer carrying its id, the query zero-padded to the answer's
+    length so that the halves fall where they belong."""
+    for path in paths:
+        queries = {}
+        for ip in frames(path):
+            u = udp_ports_payload(ip)
+            if not u or len(u[2]) < 12:
+                continue
+            sport, dport, msg = u
+            if dport == 53:
+                queries[msg[:2]] = msg
+            elif sport == 53 and msg[:2] in queries:
+                q = queries.pop(msg[:2])
+                if len(q) <= len(msg):
+                    write(out, "dns_observe", q + bytes(len(msg) - len(q)) + msg)
+                write(out, "dns_observe", q + msg)
 
 
 def quic_seed(datagrams):
@@ -265,6 +306,12 @@ def main():
     framing_seeds(out)
     for corpus in corpora:
         seed_from(corpus, out)
+        pcaps = []
+        for sub in ("pcap", "dns"):
+            d = os.path.join(corpus, sub)
+            if os.path.isdir(d):
+                pcaps += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".pcap")]
+        dns_seeds(pcaps, out)
 
 
 if __name__ == "__main__":
