@@ -110,6 +110,15 @@ pub fn decapsulate(packet: &[u8]) -> Decap {
                 None => return Decap::NotIp,
             },
         };
+        if !begins_ip(&here[inner.clone()]) {
+            // The layer announced IP but carries something else: not a well-formed tunnel, so
+            // it is not opened (the outer packet is replayed as it is).
+            return Decap::Packet {
+                range,
+                layers,
+                last,
+            };
+        }
         layers += 1;
         if layers > MAX_TUNNEL_DEPTH {
             return Decap::TooDeep;
@@ -117,6 +126,17 @@ pub fn decapsulate(packet: &[u8]) -> Decap {
         last = Some(tunnel);
         range = range.start + inner.start..range.start + inner.end;
     }
+}
+
+/// Whether `b` starts with an IPv4 or IPv6 version nibble.
+fn begins_ip(b: &[u8]) -> bool {
+    matches!(b.first().map(|v| v >> 4), Some(4 | 6))
+}
+
+/// Whether the IP packet `b` is of the version `ethertype` announces.
+fn ip_as_announced(ethertype: u16, b: &[u8]) -> bool {
+    let want = if ethertype == ETH_IPV4 { 4 } else { 6 };
+    b.first().is_some_and(|v| v >> 4 == want)
 }
 
 /// The offset of `inner` (a subslice of `outer`) in `outer`.
@@ -199,7 +219,7 @@ fn geneve(b: &[u8]) -> Option<(Range<usize>, bool)> {
     }
     match u16::from_be_bytes([hdr[2], hdr[3]]) {
         ETH_TEB => Some((len..b.len(), true)),
-        ETH_IPV4 | ETH_IPV6 => Some((len..b.len(), false)),
+        t @ (ETH_IPV4 | ETH_IPV6) if ip_as_announced(t, &b[len..]) => Some((len..b.len(), false)),
         _ => None,
     }
 }
@@ -225,7 +245,9 @@ fn gre(b: &[u8]) -> Option<(Range<usize>, Payload, Tunnel)> {
     }
     let rest = len..b.len();
     match u16::from_be_bytes([hdr[2], hdr[3]]) {
-        ETH_IPV4 | ETH_IPV6 => Some((rest, Payload::Ip, Tunnel::Gre)),
+        t @ (ETH_IPV4 | ETH_IPV6) if ip_as_announced(t, &b[len..]) => {
+            Some((rest, Payload::Ip, Tunnel::Gre))
+        }
         ETH_TEB => Some((rest, Payload::Ethernet, Tunnel::Gre)),
         // Type I has no sequence number and no header of its own; type II has both.
         ETH_ERSPAN_2 if !seq => Some((rest, Payload::Ethernet, Tunnel::Erspan)),

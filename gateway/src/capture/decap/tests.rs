@@ -174,11 +174,32 @@ fn what_is_not_a_well_formed_tunnel_is_not_opened() {
         v4(47, &[0x10, 0x00, 0x88, 0xbe, 0, 0, 0, 1, 0x20]),
         v4(4, &v6(59, &[])),
         v4(41, &[]),
+        // A layer that announces one IP version and carries the other, or no IP at all.
+        v4(47, &[&[0x00, 0x00, 0x86, 0xdd][..], &i].concat()),
+        v4(
+            47,
+            &[
+                &[0x30, 0x00, 0x86, 0xdd, 0, 0, 0, 7, 0, 0, 0, 0x6c][..],
+                &[0; 48],
+            ]
+            .concat(),
+        ),
+        v4(
+            17,
+            &udp(
+                GENEVE_PORT,
+                &[&[0x00, 0, 0x86, 0xdd, 0, 0, 0, 0][..], &i].concat(),
+            ),
+        ),
     ];
     for (n, c) in cases.iter().enumerate() {
         assert_eq!(inner_of(c).1, 0, "case {n}");
         assert_eq!(inner_of(c).0, *c, "case {n}");
     }
+    // An Ethernet frame that says IPv4 and holds no IP packet: not IP either.
+    let mut v = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+    v.extend_from_slice(&eth(0x0800, false, &[0; 40]));
+    assert_eq!(decapsulate(&v4(17, &udp(VXLAN_PORT, &v))), Decap::NotIp);
     // A tunnel that carries ARP: not IP.
     let mut v = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
     v.extend_from_slice(&eth(0x0806, false, &[0; 28]));
