@@ -115,6 +115,8 @@ write_files:
       id = "boot-test"
       interfaces = ["eth0", "eth1"]
       manage_routing = true
+      # As the image and terraform/ configure it (image/README.md, "NAT across the TUN").
+      fast_path = false
 
       [policy]
       file = "/etc/bulkhead/policies/boot-test.toml"
