@@ -84,7 +84,6 @@ result() {
 }
 
 # --- the VM's disk and its NoCloud seed -------------------------------------------------------
-qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$work/disk.qcow2"
 mkdir "$work/seed"
 cat > "$work/seed/meta-data" <<EOF
 instance-id: bulkhead-boot-test-$started
@@ -175,13 +174,13 @@ EOF
 for ns in "$ns_q" "$ns_wl" "$ns_net"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# start_qemu ACCEL CPU: boots the image from a fresh overlay, and wires its tap devices into the
+# namespaces once qemu has lasted 3 s.
 start_qemu() {
-    # The host's CPU under KVM (qemu's default model asks for features a nested hypervisor
-    # may not offer), the most capable emulated one under TCG.
-    local cpu=max
-    [ "$1" = kvm ] && cpu=host
+    rm -f "$work/disk.qcow2" "$work/console.log"
+    qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$work/disk.qcow2"
     qemu_t0=$(ms)
-    ip netns exec "$ns_q" qemu-system-x86_64 -accel "$1" -cpu "$cpu" -m 1024 -smp 2 \
+    ip netns exec "$ns_q" qemu-system-x86_64 -accel "$1" -cpu "$2" -m 1024 -smp 2 \
         -display none -no-reboot -serial "file:$work/console.log" -monitor none \
         -drive "file=$work/disk.qcow2,if=virtio,format=qcow2" \
         -drive "file=$work/seed.iso,if=virtio,format=raw,media=cdrom,readonly=on" \
@@ -192,23 +191,36 @@ start_qemu() {
         > "$work/qemu.log" 2>&1 &
     qemu_pid=$!
     sleep 3
-    kill -0 "$qemu_pid" 2>/dev/null
+    kill -0 "$qemu_pid" 2>/dev/null || { wait "$qemu_pid" 2>/dev/null; qemu_pid=""; return 1; }
+    ip -n "$ns_q" link set tapwl netns "$ns_wl"
+    ip -n "$ns_q" link set tapnet netns "$ns_net"
+    ip -n "$ns_wl" addr add 10.77.1.2/24 dev tapwl
+    ip -n "$ns_wl" link set tapwl up
+    ip -n "$ns_wl" route add default via 10.77.1.1
+    ip -n "$ns_net" addr add 198.18.0.1/24 dev tapnet
+    ip -n "$ns_net" link set tapnet up
+    accel="$1 (-cpu $2)"
 }
-accel=kvm
-if [ ! -w /dev/kvm ] || ! start_qemu kvm; then
-    [ -w /dev/kvm ] && { echo "KVM failed:"; cat "$work/qemu.log"; }
-    accel=tcg
-    start_qemu tcg || { cat "$work/qemu.log"; result FAIL "qemu did not start"; }
-fi
+stop_qemu() {
+    kill "$qemu_pid" 2>/dev/null
+    wait "$qemu_pid" 2>/dev/null || true
+    qemu_pid=""
+}
+# KVM with the host's CPU (qemu's default model asks for features a nested hypervisor may not
+# offer); without IA32_ARCH_CAPABILITIES when the host's hypervisor refuses that MSR; else
+# software emulation with the most capable emulated CPU.
+boot() {
+    local cpu
+    if [ "$1" = any ] && [ -w /dev/kvm ]; then
+        for cpu in host host,arch-capabilities=off; do
+            start_qemu kvm "$cpu" && return 0
+            echo "boot-test: KVM with -cpu $cpu failed: $(tail -n 2 "$work/qemu.log" | tr '\n' ' ')"
+        done
+    fi
+    start_qemu tcg max || { cat "$work/qemu.log"; result FAIL "qemu did not start"; }
+}
+boot any
 echo "boot-test: qemu running with $accel"
-
-ip -n "$ns_q" link set tapwl netns "$ns_wl"
-ip -n "$ns_q" link set tapnet netns "$ns_net"
-ip -n "$ns_wl" addr add 10.77.1.2/24 dev tapwl
-ip -n "$ns_wl" link set tapwl up
-ip -n "$ns_wl" route add default via 10.77.1.1
-ip -n "$ns_net" addr add 198.18.0.1/24 dev tapnet
-ip -n "$ns_net" link set tapnet up
 
 # The "internet": HTTP on 8080 (permitted) and 8081 (denied), HTTPS on 8443 with a certificate
 # for tls.boot-test.example (permitted by name), and a DNS server that knows that name.
@@ -274,11 +286,32 @@ ip netns exec "$ns_net" python3 "$work/servers.py" 198.18.0.1 "$work/www" "$work
 pids+=($!)
 
 # --- 1. and 2. the units, and /readyz from outside (polled from qemu's start) --------------------
+kvm_failed() {
+    if ! kill -0 "$qemu_pid" 2>/dev/null; then
+        kvm_failure="qemu exited: $(tail -n 2 "$work/qemu.log" | tr '\n' ' ')"
+    elif grep -q -a -i 'KVM internal error\|emulation failure' "$work/qemu.log"; then
+        kvm_failure="$(grep -a -i -m 1 'KVM internal error\|emulation failure' "$work/qemu.log")"
+    elif [ $(( $(ms) - qemu_t0 )) -gt 90000 ] && ! grep -q -a 'Linux version' "$work/console.log"; then
+        kvm_failure="no kernel message 90 s after qemu started"
+    else
+        return 1
+    fi
+}
 echo "boot-test: waiting for the units and /readyz (timeout ${timeout_s} s)"
 deadline=$(( $(date +%s) + timeout_s ))
 ready_ms=""
 units_ms=""
 while [ -z "$ready_ms" ] || [ -z "$units_ms" ]; do
+    # KVM under a nested hypervisor can stop the guest mid-boot ("emulation failure") or hang it
+    # (no kernel message after GRUB): boot again under software emulation, once.
+    if [ "${accel%% *}" = kvm ] && kvm_failed; then
+        echo "boot-test: the guest failed under KVM ($kvm_failure): booting it again under TCG"
+        stop_qemu
+        boot tcg
+        echo "boot-test: qemu running with $accel"
+        deadline=$(( $(date +%s) + timeout_s )) ready_ms="" units_ms=""
+        continue
+    fi
     kill -0 "$qemu_pid" 2>/dev/null || result FAIL "qemu exited"
     [ "$(date +%s)" -lt "$deadline" ] \
         || result FAIL "within ${timeout_s} s: units active: ${units_ms:-no}, /readyz 200: ${ready_ms:-no}"
@@ -288,6 +321,8 @@ while [ -z "$ready_ms" ] || [ -z "$units_ms" ]; do
     if [ -z "$ready_ms" ]; then
         code="$(ip netns exec "$ns_net" curl -s -m 1 -o /dev/null -w '%{http_code}' http://198.18.0.2:9108/readyz || true)"
         if [ "$code" = 200 ]; then ready_ms=$(( $(ms) - qemu_t0 )); else sleep 1; fi
+    else
+        sleep 1
     fi
 done
 secs() { awk -v m="$1" 'BEGIN { printf "%.1f", m / 1000 }'; }
