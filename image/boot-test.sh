@@ -27,9 +27,11 @@
 # daemon's log is copied to the serial console. The last lines printed say the outcome, the
 # accelerator and the duration; BOOT_TEST_RESULT (a file path) gets them too.
 #
-# KVM when /dev/kvm works, else software emulation (TCG: slower, same result). Needs root,
-# qemu-system-x86_64, qemu-img, genisoimage (or xorriso), iproute2, curl, openssl and python3. All traffic
-# stays in the namespaces and the VM this script creates; everything is removed at exit.
+# KVM when /dev/kvm works (the host's CPU, then without IA32_ARCH_CAPABILITIES), else software
+# emulation (TCG: slower, same result); a guest that fails under KVM is booted again under TCG.
+# Needs root, qemu-system-x86_64, qemu-img, genisoimage (or xorriso), iproute2, curl, openssl and
+# python3. All traffic stays in the namespaces and the VM this script creates; everything is
+# removed at exit.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
