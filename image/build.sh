@@ -6,8 +6,8 @@
 # A bootable Debian (bookworm) image, made from Debian's packages with mmdebstrap, holding:
 # the `bulkhead` binary and its hardened unit (image/bulkhead.service), the sysctls and kernel
 # modules the data path needs, an nftables ruleset that masquerades what leaves the gateway,
-# cloud-init with the NoCloud and EC2 data sources, networkd, chrony, the AWS CLI (for the
-# certificates in SSM / Secrets Manager), and GRUB for BIOS boot on a virtio or NVMe disk.
+# cloud-init with the NoCloud and EC2 data sources, networkd and resolved, chrony, the AWS CLI
+# (for the certificates in SSM / Secrets Manager), and GRUB for BIOS boot on a virtio or NVMe disk.
 # See image/README.md.
 #
 # Needs root on Debian (or a derivative) with: mmdebstrap, qemu-img (qemu-utils), sfdisk
@@ -79,7 +79,7 @@ start=$(date +%s)
 
 # --- the root file system ----------------------------------------------------------------------
 packages=(
-    systemd-sysv udev dbus kmod iproute2 nftables procps less ca-certificates netbase
+    systemd-sysv systemd-resolved udev dbus kmod iproute2 nftables procps less ca-certificates netbase
     linux-image-cloud-amd64 initramfs-tools
     cloud-init cloud-guest-utils e2fsprogs
     chrony awscli curl

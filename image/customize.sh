@@ -37,15 +37,23 @@ install -d -m 0755 "$root/etc/nftables.d"
 # attached later (the static interface on AWS) get DHCP from this file.
 install -m 0644 "$files/secondary.network" "$root/etc/systemd/network/90-bulkhead-secondary.network"
 install -m 0644 "$files/cloud.cfg" "$root/etc/cloud/cloud.cfg.d/90-bulkhead.cfg"
+# Name resolution: systemd-resolved with the resolvers DHCP or cloud-init give (on AWS, the VPC's),
+# and no fallback to public resolvers a gateway has no business asking. mmdebstrap copied the
+# build host's /etc/resolv.conf into the tree: it is replaced by resolved's stub (the gateway's
+# DNS check of names and the AWS CLI both read it).
+install -d -m 0755 "$root/etc/systemd/resolved.conf.d"
+install -m 0644 "$files/resolved.conf" "$root/etc/systemd/resolved.conf.d/90-bulkhead.conf"
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 # chrony: the Amazon Time Sync Service first (link-local, no egress needed), Debian's pool after.
 sed -i '1i server 169.254.169.123 prefer iburst minpoll 4 maxpoll 4' "$root/etc/chrony/chrony.conf"
 
 chroot "$root" systemctl enable bulkhead.service bulkhead-setup.service nftables.service \
-    systemd-networkd.service chrony.service >/dev/null
+    systemd-networkd.service systemd-resolved.service chrony.service >/dev/null
 # No local console login on a gateway: the serial console shows the boot, nothing more.
 chroot "$root" systemctl mask serial-getty@ttyS0.service getty@tty1.service >/dev/null
 
 echo "bulkhead-gateway" > "$root/etc/hostname"
+chmod 0644 "$root/etc/hostname"
 printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 echo "UUID=$BH_UUID / ext4 errors=remount-ro,noatime 0 1" > "$root/etc/fstab"
 
