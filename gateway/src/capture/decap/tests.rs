@@ -174,6 +174,19 @@ fn what_is_not_a_well_formed_tunnel_is_not_opened() {
         v4(47, &[0x10, 0x00, 0x88, 0xbe, 0, 0, 0, 1, 0x20]),
         v4(4, &v6(59, &[])),
         v4(41, &[]),
+        // GRE and GENEVE that announce IPv4 and carry something else.
+        v4(47, &[&[0x00, 0x00, 0x08, 0x00][..], &v6(59, &[])].concat()),
+        v4(
+            47,
+            &[0x30, 0x00, 0x86, 0xdd, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0x33],
+        ),
+        v4(
+            17,
+            &udp(
+                GENEVE_PORT,
+                &[&[0, 0, 0x08, 0x00, 0, 0, 1, 0][..], &[0; 20]].concat(),
+            ),
+        ),
     ];
     for (n, c) in cases.iter().enumerate() {
         assert_eq!(inner_of(c).1, 0, "case {n}");
