@@ -110,15 +110,6 @@ pub fn decapsulate(packet: &[u8]) -> Decap {
                 None => return Decap::NotIp,
             },
         };
-        if !begins_ip(&here[inner.clone()]) {
-            // The layer announced IP but carries something else: not a well-formed tunnel, so
-            // it is not opened (the outer packet is replayed as it is).
-            return Decap::Packet {
-                range,
-                layers,
-                last,
-            };
-        }
         layers += 1;
         if layers > MAX_TUNNEL_DEPTH {
             return Decap::TooDeep;
@@ -126,17 +117,6 @@ pub fn decapsulate(packet: &[u8]) -> Decap {
         last = Some(tunnel);
         range = range.start + inner.start..range.start + inner.end;
     }
-}
-
-/// Whether `b` starts with an IPv4 or IPv6 version nibble.
-fn begins_ip(b: &[u8]) -> bool {
-    matches!(b.first().map(|v| v >> 4), Some(4 | 6))
-}
-
-/// Whether the IP packet `b` is of the version `ethertype` announces.
-fn ip_as_announced(ethertype: u16, b: &[u8]) -> bool {
-    let want = if ethertype == ETH_IPV4 { 4 } else { 6 };
-    b.first().is_some_and(|v| v >> 4 == want)
 }
 
 /// The offset of `inner` (a subslice of `outer`) in `outer`.
@@ -163,24 +143,26 @@ fn layer(packet: &[u8]) -> Inner {
     };
     let base = offset_in(packet, body);
     let shift = |r: Range<usize>| base + r.start..base + r.end;
+    // An IP payload must be the IP version its header announces: anything else is not opened.
+    let ip = |r: Range<usize>, version: u8, t: Tunnel| match body.get(r.start) {
+        Some(b) if b >> 4 == version => Inner::Ip(shift(r), t),
+        _ => Inner::None,
+    };
     match kind {
         Kind::Vxlan => {
             vxlan(body).map_or(Inner::None, |r| Inner::Ethernet(shift(r), Tunnel::Vxlan))
         }
         Kind::Geneve => match geneve(body) {
-            Some((r, true)) => Inner::Ethernet(shift(r), Tunnel::Geneve),
-            Some((r, false)) => Inner::Ip(shift(r), Tunnel::Geneve),
+            Some((r, Payload::Ethernet)) => Inner::Ethernet(shift(r), Tunnel::Geneve),
+            Some((r, Payload::Ip(v))) => ip(r, v, Tunnel::Geneve),
             None => Inner::None,
         },
         Kind::Gre => match gre(body) {
-            Some((r, Payload::Ip, t)) => Inner::Ip(shift(r), t),
+            Some((r, Payload::Ip(v), t)) => ip(r, v, t),
             Some((r, Payload::Ethernet, t)) => Inner::Ethernet(shift(r), t),
             None => Inner::None,
         },
-        Kind::Ip(v) => match body.first() {
-            Some(b) if b >> 4 == v => Inner::Ip(shift(0..body.len()), Tunnel::IpInIp),
-            _ => Inner::None,
-        },
+        Kind::Ip(v) => ip(0..body.len(), v, Tunnel::IpInIp),
     }
 }
 
@@ -195,8 +177,18 @@ enum Kind {
 
 #[derive(Clone, Copy)]
 enum Payload {
-    Ip,
+    /// An IP packet of this version.
+    Ip(u8),
     Ethernet,
+}
+
+/// The payload an IP ethertype announces.
+fn ip_payload_of(ethertype: u16) -> Option<Payload> {
+    match ethertype {
+        ETH_IPV4 => Some(Payload::Ip(4)),
+        ETH_IPV6 => Some(Payload::Ip(6)),
+        _ => None,
+    }
 }
 
 /// VXLAN (RFC 7348): 8 bytes, the `I` flag (a valid VNI) set; an Ethernet frame follows.
@@ -206,9 +198,8 @@ fn vxlan(b: &[u8]) -> Option<Range<usize>> {
 }
 
 /// GENEVE (RFC 8926): version 0, 8 bytes and the options; an Ethernet frame (protocol 0x6558)
-/// or an IP packet (0x0800, 0x86dd, as a Gateway Load Balancer sends) follows. `true` for
-/// Ethernet.
-fn geneve(b: &[u8]) -> Option<(Range<usize>, bool)> {
+/// or an IP packet (0x0800, 0x86dd, as a Gateway Load Balancer sends) follows.
+fn geneve(b: &[u8]) -> Option<(Range<usize>, Payload)> {
     let hdr = b.get(..8)?;
     if hdr[0] >> 6 != 0 {
         return None;
@@ -218,9 +209,8 @@ fn geneve(b: &[u8]) -> Option<(Range<usize>, bool)> {
         return None;
     }
     match u16::from_be_bytes([hdr[2], hdr[3]]) {
-        ETH_TEB => Some((len..b.len(), true)),
-        t @ (ETH_IPV4 | ETH_IPV6) if ip_as_announced(t, &b[len..]) => Some((len..b.len(), false)),
-        _ => None,
+        ETH_TEB => Some((len..b.len(), Payload::Ethernet)),
+        other => ip_payload_of(other).map(|p| (len..b.len(), p)),
     }
 }
 
@@ -244,10 +234,11 @@ fn gre(b: &[u8]) -> Option<(Range<usize>, Payload, Tunnel)> {
         return None;
     }
     let rest = len..b.len();
-    match u16::from_be_bytes([hdr[2], hdr[3]]) {
-        t @ (ETH_IPV4 | ETH_IPV6) if ip_as_announced(t, &b[len..]) => {
-            Some((rest, Payload::Ip, Tunnel::Gre))
-        }
+    let ethertype = u16::from_be_bytes([hdr[2], hdr[3]]);
+    if let Some(p) = ip_payload_of(ethertype) {
+        return Some((rest, p, Tunnel::Gre));
+    }
+    match ethertype {
         ETH_TEB => Some((rest, Payload::Ethernet, Tunnel::Gre)),
         // Type I has no sequence number and no header of its own; type II has both.
         ETH_ERSPAN_2 if !seq => Some((rest, Payload::Ethernet, Tunnel::Erspan)),
