@@ -54,12 +54,12 @@ impl toml_parser::parser::EventReceiver for DecodeOnly<'_> {
     }
 }
 
-/// Largest file parsed directly, without first counting its syntax errors: half the largest
-/// file read. The direct parse holds a token and an event (24 bytes each) for every token of
-/// the file, where the counting pass holds only the token; at half the size, the worst case (a
-/// token for every byte) takes no more memory than the counting pass of the largest file.
-/// A direct parse keeps one error, so a file with millions of them costs no more either.
-const DIRECT_PARSE_MAX_BYTES: usize = (super::MAX_FILE_BYTES / 2) as usize;
+/// Largest file parsed directly, without first counting its syntax errors. The direct parse
+/// holds a token and an event for every token of the file, and its tree; on a file of syntax
+/// errors the recovering parser emits more events than there are tokens, so the worst measured
+/// (a file of `=` lines) takes some 80 bytes a byte: about 1 GB at this size, no more than the
+/// counting pass takes on the largest file. Larger files are counted first.
+const DIRECT_PARSE_MAX_BYTES: usize = 12 * 1024 * 1024;
 
 /// The type of a value, with its article, for messages ("must be a string, not an integer").
 pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
