@@ -3,6 +3,7 @@
 //! goes on with the rest of the file and every problem is found in one load.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
@@ -180,11 +181,13 @@ impl Loader {
         true
     }
 
+    /// The table `value` holds; `what` names it in the error (formatted only then: callers pass
+    /// `format_args!`, so that reading 100k groups formats no names).
     pub(super) fn expect_table<'v, 't>(
         &mut self,
         src: usize,
         value: &'v Spanned<DeValue<'t>>,
-        what: &str,
+        what: impl fmt::Display,
     ) -> Option<&'v DeTable<'t>> {
         match value.get_ref() {
             DeValue::Table(t) => Some(t),
@@ -317,8 +320,7 @@ impl Loader {
         key: &str,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(table) = self.expect_table(src, value, &format!("`{key}`", key = Echo(key)))
-        else {
+        let Some(table) = self.expect_table(src, value, format_args!("`{}`", Echo(key))) else {
             return out;
         };
         for (k, v) in table.iter() {
@@ -338,7 +340,7 @@ impl Loader {
         src: usize,
         span: Span,
         key: &str,
-        what: &str,
+        what: impl fmt::Display,
         expected: &str,
     ) {
         self.error(
