@@ -85,9 +85,11 @@ impl Loader {
                     format!("invalid {} name: {problem}", kind.as_str()),
                 );
             }
-            let Some(body) =
-                self.expect_table(src, body, format_args!("{} `{}`", kind.as_str(), Echo(name)))
-            else {
+            let Some(body) = self.expect_table(
+                src,
+                body,
+                format_args!("{} `{}`", kind.as_str(), Echo(name)),
+            ) else {
                 continue;
             };
             let at = self.location(src, &key.span());

@@ -268,7 +268,9 @@ impl<T: Clone + Eq + std::hash::Hash> Dedup<T> {
         if self.set.is_none() && list.len() < DEDUP_LINEAR {
             return !list.contains(item);
         }
-        let set = self.set.get_or_insert_with(|| list.iter().cloned().collect());
+        let set = self
+            .set
+            .get_or_insert_with(|| list.iter().cloned().collect());
         if set.contains(item) {
             return false;
         }
