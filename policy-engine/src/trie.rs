@@ -22,7 +22,7 @@
 //! literal / `*` choices), so it is bounded by the size of the trie and by the number of labels
 //! of the name; it allocates nothing.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use crate::model::Policy;
 
@@ -173,7 +173,7 @@ impl NameTrie {
         // A node is a distinct suffix of a pattern (after a leading `*.`): count them (by hash;
         // a collision only makes the estimate smaller) and size the table for a load of 1/3 to
         // 2/3. Should the table still fill beyond 3/4, it is rebuilt twice as large.
-        let mut suffixes: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut suffixes: HashSet<u64> = HashSet::default();
         for pattern in policy.webgroups.iter().flat_map(|g| g.patterns.iter()) {
             let text = pattern.as_str();
             let fixed = text.strip_prefix("*.").unwrap_or(text);
@@ -209,8 +209,8 @@ impl NameTrie {
         if empty {
             return Some(trie);
         }
-        let mut exact_sets: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut below_sets: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut exact_sets: HashMap<u32, Vec<u32>> = HashMap::default();
+        let mut below_sets: HashMap<u32, Vec<u32>> = HashMap::default();
         for (g, group) in policy.webgroups.iter().enumerate() {
             for pattern in &group.patterns {
                 let (mut node, mut hash) = (ROOT, ROOT_HASH);

@@ -3,7 +3,9 @@
 //! can match there. Group sets and rule lists are interned, so that the many intervals of a
 //! large policy share a few classes and the classes share their lists.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use ipnet::IpNet;
 

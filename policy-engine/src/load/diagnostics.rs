@@ -183,7 +183,7 @@ impl Loader {
     }
 
     /// Counts a diagnostic of `severity`; true when the cap is reached and it is not kept.
-    fn over_cap(&mut self, severity: Severity) -> bool {
+    pub(super) fn over_cap(&mut self, severity: Severity) -> bool {
         let (found, cap) = match severity {
             Severity::Error => (&mut self.errors_found, MAX_REPORTED_ERRORS),
             Severity::Warning => (&mut self.warnings_found, MAX_REPORTED_WARNINGS),
@@ -192,14 +192,8 @@ impl Loader {
         *found > cap
     }
 
-    /// Records a diagnostic of file `src`, unless its kind has reached its cap.
-    pub(super) fn push_counted(&mut self, src: usize, d: Diagnostic) {
-        if !self.over_cap(d.severity) {
-            self.push_diag(src, d);
-        }
-    }
-
-    fn push_diag(&mut self, src: usize, mut d: Diagnostic) {
+    /// Records a diagnostic of file `src`, already counted by [`Loader::over_cap`].
+    pub(super) fn push_diag(&mut self, src: usize, mut d: Diagnostic) {
         if let std::borrow::Cow::Owned(escaped) = escape_controls(&d.message) {
             d.message = escaped;
         }

@@ -5,7 +5,6 @@
 //! are sorted out afterwards, in file order, by `resolve` (a later catalog must not decide which
 //! of two definitions is "first").
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -13,6 +12,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostics::{Location, Span};
+use super::resolve::Dedup;
 use super::toml_walk::ident_problem;
 use super::Loader;
 use crate::echo::Echo;
@@ -88,7 +88,7 @@ impl Loader {
             let Some(body) = self.expect_table(
                 src,
                 body,
-                &format!("{} `{name}`", kind.as_str(), name = Echo(name)),
+                format_args!("{} `{}`", kind.as_str(), Echo(name)),
             ) else {
                 continue;
             };
@@ -114,7 +114,6 @@ impl Loader {
             selectors: Vec::new(),
             description: None,
         };
-        let what = format!("smartgroup `{name}`", name = Echo(name));
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
                 "cidrs" => group.cidrs = self.cidr_list(src, v),
@@ -134,7 +133,7 @@ impl Loader {
                     src,
                     key.span(),
                     other,
-                    &what,
+                    format_args!("smartgroup `{}`", Echo(name)),
                     "cidrs, selectors or description",
                 ),
             }
@@ -216,9 +215,8 @@ impl Loader {
             patterns: Vec::new(),
             description: None,
         };
-        let what = format!("webgroup `{name}`", name = Echo(name));
         let mut listed = 0;
-        let mut seen = HashSet::new();
+        let mut seen = Dedup::default();
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
                 "domains" => {
@@ -227,12 +225,10 @@ impl Loader {
                     for (text, span) in items {
                         match NamePattern::parse(&text) {
                             Ok(p) => {
-                                // A set beside the list: `contains` on the list would make a
-                                // group of many names quadratic.
                                 if let Some(warning) = p.suffix_warning() {
                                     self.warn(src, span.clone(), warning);
                                 }
-                                if seen.insert(p.clone()) {
+                                if seen.first_time(&group.patterns, &p) {
                                     group.patterns.push(p);
                                 }
                             }
@@ -247,7 +243,13 @@ impl Loader {
                 "description" => {
                     group.description = self.expect_str(src, v, "description").map(str::to_owned);
                 }
-                other => self.unknown_key(src, key.span(), other, &what, "domains or description"),
+                other => self.unknown_key(
+                    src,
+                    key.span(),
+                    other,
+                    format_args!("webgroup `{}`", Echo(name)),
+                    "domains or description",
+                ),
             }
         }
         if listed == 0 {
@@ -270,7 +272,6 @@ impl Loader {
             cidrs: Vec::new(),
             description: None,
         };
-        let what = format!("addressgroup `{name}`", name = Echo(name));
         let mut has_cidrs = false;
         for (key, v) in body.iter() {
             match key.get_ref().as_ref() {
@@ -284,7 +285,13 @@ impl Loader {
                 "description" => {
                     group.description = self.expect_str(src, v, "description").map(str::to_owned);
                 }
-                other => self.unknown_key(src, key.span(), other, &what, "cidrs or description"),
+                other => self.unknown_key(
+                    src,
+                    key.span(),
+                    other,
+                    format_args!("addressgroup `{}`", Echo(name)),
+                    "cidrs or description",
+                ),
             }
         }
         if !has_cidrs {
@@ -303,11 +310,11 @@ impl Loader {
 
     fn cidr_list(&mut self, src: usize, v: &Spanned<DeValue<'_>>) -> Vec<IpNet> {
         let mut out = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = Dedup::default();
         for (text, span) in self.string_list(src, v, "cidrs") {
             match parse_cidr(&text) {
                 Ok(net) => {
-                    if seen.insert(net) {
+                    if seen.first_time(&out, &net) {
                         out.push(net);
                     }
                 }

@@ -191,7 +191,7 @@ impl Loader {
                     index,
                     ..
                 }) => {
-                    if seen.first_time(&groups, *index) {
+                    if seen.first_time(&groups, index) {
                         groups.push(*index);
                     }
                 }
@@ -231,7 +231,7 @@ impl Loader {
                         GroupKind::Address => DstGroup::Address(entry.index),
                         GroupKind::Smart => DstGroup::Smart(entry.index),
                     };
-                    if seen.first_time(&groups, g) {
+                    if seen.first_time(&groups, &g) {
                         groups.push(g);
                     }
                 }
@@ -245,11 +245,12 @@ impl Loader {
     }
 }
 
-/// Whether a group is named for the first time in a rule's list: by looking through the few
-/// groups a rule usually names, or through a set once it names many, so that neither a rule
-/// naming many groups is quadratic nor each of 100k ordinary rules allocates a set.
+/// Whether an item is met for the first time in a list being built (a rule's groups, a
+/// group's patterns or CIDRs): by looking through the few items a list usually holds, or
+/// through a set once it holds many, so that neither a long list is quadratic nor each of 100k
+/// short ones allocates (and copies its items into) a set.
 #[derive(Debug)]
-struct Dedup<T> {
+pub(super) struct Dedup<T> {
     set: Option<HashSet<T>>,
 }
 
@@ -262,14 +263,18 @@ impl<T> Default for Dedup<T> {
 /// Lists up to this long are searched; longer ones get a set.
 const DEDUP_LINEAR: usize = 16;
 
-impl<T: Copy + Eq + std::hash::Hash> Dedup<T> {
-    fn first_time(&mut self, list: &[T], item: T) -> bool {
+impl<T: Clone + Eq + std::hash::Hash> Dedup<T> {
+    pub(super) fn first_time(&mut self, list: &[T], item: &T) -> bool {
         if self.set.is_none() && list.len() < DEDUP_LINEAR {
-            return !list.contains(&item);
+            return !list.contains(item);
         }
         let set = self
             .set
-            .get_or_insert_with(|| list.iter().copied().collect());
-        set.insert(item)
+            .get_or_insert_with(|| list.iter().cloned().collect());
+        if set.contains(item) {
+            return false;
+        }
+        set.insert(item.clone());
+        true
     }
 }

@@ -7,8 +7,10 @@
 //! a later rule only meets the earlier rules that could cover it; and the comparisons of the
 //! whole search are bounded by a budget, past which it stops and says so.
 
+use std::borrow::Cow;
+
 use foldhash::HashMap;
-use smallvec::SmallVec;
+use smallvec::{smallvec, SmallVec};
 
 use super::diagnostics::{Diagnostic, Severity};
 use super::Loader;
@@ -30,23 +32,33 @@ impl Loader {
     pub(super) fn shadow_warnings(&mut self) {
         let search = find_shadowed(&self.policy.rules);
         for (i, j) in search.pairs {
-            let (earlier, later) = (&self.policy.rules[i], &self.policy.rules[j]);
-            let message = format!(
-                "rule `{}` (priority {}) can never match: rule `{}` (priority {}, at {}) comes first and matches all of its traffic",
-                Echo(&later.name), later.priority, Echo(&earlier.name), earlier.priority, self.rule_locations[i]
-            );
-            self.rule_warning(j, message);
+            self.rule_warning(j, |loader| {
+                let rules = &loader.policy.rules;
+                let (earlier, later) = (&rules[i], &rules[j]);
+                format!(
+                    "rule `{}` (priority {}) can never match: rule `{}` (priority {}, at {}) comes first and matches all of its traffic",
+                    Echo(&later.name), later.priority, Echo(&earlier.name), earlier.priority, loader.rule_locations[i]
+                )
+            });
         }
         if let Some(j) = search.stopped_at {
-            let message = format!(
-                "the search for rules that can never match stopped here, after {} comparisons: rules from here on were not checked",
-                search.work
-            );
-            self.rule_warning(j, message);
+            let work = search.work;
+            self.rule_warning(j, |_| {
+                format!(
+                    "the search for rules that can never match stopped here, after {work} comparisons: rules from here on were not checked"
+                )
+            });
         }
     }
 
-    fn rule_warning(&mut self, rule: usize, message: String) {
+    /// A warning at rule `rule`. The message is only built (and the rule's file looked up) when
+    /// the warning is kept: a policy of 100k rules can shadow tens of thousands, and only the
+    /// first [`super::MAX_REPORTED_WARNINGS`] are reported.
+    fn rule_warning(&mut self, rule: usize, message: impl FnOnce(&Loader) -> String) {
+        if self.over_cap(Severity::Warning) {
+            return;
+        }
+        let message = message(self);
         let at = &self.rule_locations[rule];
         let src = self
             .sources
@@ -60,7 +72,7 @@ impl Loader {
             column: at.column,
             message,
         };
-        self.push_counted(src, d);
+        self.push_diag(src, d);
     }
 }
 
@@ -98,7 +110,7 @@ enum Part<T> {
 type Key = (Part<u32>, Part<DstGroup>, Part<u16>);
 
 fn find_shadowed(rules: &[Rule]) -> Search {
-    let sorted: Vec<Sorted> = rules.iter().map(Sorted::of).collect();
+    let sorted: Vec<Sorted<'_>> = rules.iter().map(Sorted::of).collect();
     let mut index: HashMap<Key, Vec<usize>> = HashMap::default();
     let budget = WORK_PER_RULE.saturating_mul(rules.len().max(1));
     let mut search = Search {
@@ -217,25 +229,26 @@ fn lookup_keys(later: &Rule, seen: &Seen) -> SmallVec<[Key; 8]> {
 
 /// The keys an earlier rule is indexed under: every source group (each is the first of some
 /// later rule it may cover), and up to [`MAX_KEYS_PER_SIDE`] destination groups and ports.
-fn index_keys(rule: &Rule) -> Vec<Key> {
-    let src: Vec<Part<u32>> = match &rule.src {
-        SrcSpec::Any => vec![Part::Any],
+/// Inline lists: the usual rule allocates nothing here.
+fn index_keys(rule: &Rule) -> SmallVec<[Key; 8]> {
+    let src: SmallVec<[Part<u32>; 4]> = match &rule.src {
+        SrcSpec::Any => smallvec![Part::Any],
         SrcSpec::Groups(g) => g.iter().map(|&g| Part::One(g)).collect(),
     };
-    let dst: Vec<Part<DstGroup>> = match &rule.dst {
-        DstSpec::Any => vec![Part::Any],
-        DstSpec::Groups(g) if g.len() > MAX_KEYS_PER_SIDE => vec![Part::Wide],
+    let dst: SmallVec<[Part<DstGroup>; 4]> = match &rule.dst {
+        DstSpec::Any => smallvec![Part::Any],
+        DstSpec::Groups(g) if g.len() > MAX_KEYS_PER_SIDE => smallvec![Part::Wide],
         DstSpec::Groups(g) => g.iter().map(|&g| Part::One(g)).collect(),
     };
-    let port: Vec<Part<u16>> = match &rule.ports {
-        Ports::Any => vec![Part::Any],
+    let port: SmallVec<[Part<u16>; 4]> = match &rule.ports {
+        Ports::Any => smallvec![Part::Any],
         Ports::Ranges(r) => {
             let count: usize = r
                 .iter()
                 .map(|r| usize::from(r.end.saturating_sub(r.start)) + 1)
                 .sum();
             if count > MAX_KEYS_PER_SIDE {
-                vec![Part::Wide]
+                smallvec![Part::Wide]
             } else {
                 r.iter()
                     .flat_map(|r| r.start..=r.end)
@@ -244,7 +257,7 @@ fn index_keys(rule: &Rule) -> Vec<Key> {
             }
         }
     };
-    let mut keys = Vec::with_capacity(src.len() * dst.len() * port.len());
+    let mut keys = SmallVec::with_capacity(src.len() * dst.len() * port.len());
     for &s in &src {
         for &d in &dst {
             for &p in &port {
@@ -255,30 +268,41 @@ fn index_keys(rule: &Rule) -> Vec<Key> {
     keys
 }
 
-/// A rule's groups, sorted, so that "every group of one is in the other" is one merge.
+/// A rule's groups, sorted, so that "every group of one is in the other" is one merge. Lists
+/// already in order (a rule naming one group, or groups defined in the order named) are
+/// borrowed; only the others are copied and sorted.
 #[derive(Debug)]
-struct Sorted {
-    src: Vec<u32>,
-    dst: Vec<DstGroup>,
+struct Sorted<'r> {
+    src: Cow<'r, [u32]>,
+    dst: Cow<'r, [DstGroup]>,
 }
 
-impl Sorted {
-    fn of(rule: &Rule) -> Sorted {
-        let mut src = match &rule.src {
-            SrcSpec::Any => Vec::new(),
-            SrcSpec::Groups(g) => g.clone(),
+impl<'r> Sorted<'r> {
+    fn of(rule: &'r Rule) -> Sorted<'r> {
+        let src = match &rule.src {
+            SrcSpec::Any => Cow::Borrowed(&[][..]),
+            SrcSpec::Groups(g) => sorted(g),
         };
-        let mut dst = match &rule.dst {
-            DstSpec::Any => Vec::new(),
-            DstSpec::Groups(g) => g.clone(),
+        let dst = match &rule.dst {
+            DstSpec::Any => Cow::Borrowed(&[][..]),
+            DstSpec::Groups(g) => sorted(g),
         };
-        src.sort_unstable();
-        dst.sort_unstable();
         Sorted { src, dst }
     }
 
     fn size(&self) -> usize {
         self.src.len() + self.dst.len()
+    }
+}
+
+/// `list` in order: itself when it already is, else a sorted copy.
+fn sorted<T: Ord + Clone>(list: &[T]) -> Cow<'_, [T]> {
+    if list.is_sorted() {
+        Cow::Borrowed(list)
+    } else {
+        let mut copy = list.to_vec();
+        copy.sort_unstable();
+        Cow::Owned(copy)
     }
 }
 
@@ -289,7 +313,7 @@ fn is_subset<T: Ord>(a: &[T], b: &[T]) -> bool {
 }
 
 /// Whether every packet rule `j` matches is matched by rule `i` (decided on names).
-fn covers(rules: &[Rule], sorted: &[Sorted], i: usize, j: usize) -> bool {
+fn covers(rules: &[Rule], sorted: &[Sorted<'_>], i: usize, j: usize) -> bool {
     let (earlier, later) = (&rules[i], &rules[j]);
     if earlier.watch {
         return false;

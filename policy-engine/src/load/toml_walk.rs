@@ -3,6 +3,7 @@
 //! goes on with the rest of the file and every problem is found in one load.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
@@ -53,6 +54,13 @@ impl toml_parser::parser::EventReceiver for DecodeOnly<'_> {
         }
     }
 }
+
+/// Largest file parsed directly, without first counting its syntax errors. The direct parse
+/// holds a token and an event for every token of the file, and its tree; on a file of syntax
+/// errors the recovering parser emits more events than there are tokens, so the worst measured
+/// (a file of `=` lines) takes some 80 bytes a byte: about 1 GB at this size, no more than the
+/// counting pass takes on the largest file. Larger files are counted first.
+const DIRECT_PARSE_MAX_BYTES: usize = 12 * 1024 * 1024;
 
 /// The type of a value, with its article, for messages ("must be a string, not an integer").
 pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -106,7 +114,17 @@ pub(super) fn ident_problem(name: &str) -> Option<String> {
 impl Loader {
     /// Parses a whole file, recovering after syntax errors so that all of them are reported;
     /// `None` when there was any (a half-parsed file is not walked).
+    ///
+    /// A file of at most [`DIRECT_PARSE_MAX_BYTES`] is parsed once, keeping only its first
+    /// error; only when there is one is it counted ([`Loader::too_many_syntax_errors`]) and
+    /// parsed again for all of them. A valid file, the common case, is thus lexed and parsed
+    /// once instead of twice. A larger file is counted first, as every file used to be.
     pub(super) fn parse<'t>(&mut self, src: usize, text: &'t str) -> Option<Spanned<DeTable<'t>>> {
+        if text.len() <= DIRECT_PARSE_MAX_BYTES {
+            if let Ok(table) = DeTable::parse(text) {
+                return Some(table);
+            }
+        }
         if self.too_many_syntax_errors(src, text) {
             return None;
         }
@@ -163,11 +181,13 @@ impl Loader {
         true
     }
 
+    /// The table `value` holds; `what` names it in the error (formatted only then: callers pass
+    /// `format_args!`, so that reading 100k groups formats no names).
     pub(super) fn expect_table<'v, 't>(
         &mut self,
         src: usize,
         value: &'v Spanned<DeValue<'t>>,
-        what: &str,
+        what: impl fmt::Display,
     ) -> Option<&'v DeTable<'t>> {
         match value.get_ref() {
             DeValue::Table(t) => Some(t),
@@ -300,8 +320,7 @@ impl Loader {
         key: &str,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(table) = self.expect_table(src, value, &format!("`{key}`", key = Echo(key)))
-        else {
+        let Some(table) = self.expect_table(src, value, format_args!("`{}`", Echo(key))) else {
             return out;
         };
         for (k, v) in table.iter() {
@@ -321,7 +340,7 @@ impl Loader {
         src: usize,
         span: Span,
         key: &str,
-        what: &str,
+        what: impl fmt::Display,
         expected: &str,
     ) {
         self.error(
