@@ -78,27 +78,6 @@ def tcp_payload(ip):
     return seg[(seg[12] >> 4) * 4 :]
 
 
-def udp443_payload(ip):
-    """The payload of a UDP datagram to port 443, or None."""
-    if not ip:
-        return None
-    v = ip[0] >> 4
-    if v == 4:
-        ihl = (ip[0] & 15) * 4
-        if len(ip) < ihl + 8 or ip[9] != 17:
-            return None
-        udp = ip[ihl:]
-    elif v == 6:
-        if len(ip) < 48 or ip[6] != 17:
-            return None
-        udp = ip[40:]
-    else:
-        return None
-    if struct.unpack(">H", udp[2:4])[0] != 443:
-        return None
-    return udp[8:]
-
-
 def udp_ports_payload(ip):
     """(source port, destination port, payload) of a UDP datagram, or None."""
     if not ip:
@@ -117,6 +96,12 @@ def udp_ports_payload(ip):
         return None
     sport, dport = struct.unpack(">HH", udp[:4])
     return sport, dport, udp[8:]
+
+
+def udp443_payload(ip):
+    """The payload of a UDP datagram to port 443, or None."""
+    u = udp_ports_payload(ip)
+    return u[2] if u and u[1] == 443 else None
 
 
 def dns_seeds(paths, out):
