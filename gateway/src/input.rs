@@ -77,23 +77,4 @@ mod tests {
     fn the_open_flag_is_the_c_librarys() {
         assert_eq!(policy_engine::file::O_NONBLOCK, libc::O_NONBLOCK);
     }
-
-    #[test]
-    fn special_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let err = read_regular_text(&fifo, 100).unwrap_err();
-        assert!(err.to_string().contains("FIFO"), "{err}");
-        let err = read_regular_text(dir.path(), 100).unwrap_err();
-        assert!(err.to_string().contains("directory"), "{err}");
-        let file = dir.path().join("f");
-        std::fs::write(&file, "0123456789").unwrap();
-        assert_eq!(read_regular_text(&file, 10).unwrap(), "0123456789");
-        assert!(read_regular_text(&file, 9).is_err());
-    }
 }
