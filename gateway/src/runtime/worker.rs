@@ -239,13 +239,11 @@ impl Worker {
             Some(t) => t.saturating_duration_since(now).min(IDLE_TICK),
             None => IDLE_TICK,
         };
-        let waited = match &self.dns {
-            Some(d) => self
-                .queue
-                .wait_two(&self.wake, &d.inbox.wake, Some(timeout))
-                .map(|(r, _)| r),
-            None => self.queue.wait(&self.wake, Some(timeout)),
-        };
+        let also = self.dns.as_ref().map(|d| &*d.inbox.wake);
+        let waited = self
+            .queue
+            .wait(&self.wake, also, Some(timeout))
+            .map(|(r, _)| r);
         match waited {
             Ok(r) => Ok(r.woken && self.stop.load(Ordering::Acquire)),
             Err(e) => Err(WorkerError::Tun {

@@ -366,35 +366,42 @@ impl TunQueue {
         Ok(n as usize)
     }
 
-    /// Sleeps until the queue is readable, `wake` is signalled, or `timeout` passes (`None`:
-    /// no deadline). Interrupted sleeps return with nothing ready.
-    pub fn wait(&self, wake: &WakeFd, timeout: Option<Duration>) -> io::Result<Readiness> {
+    /// Sleeps until the queue is readable, `wake` or `also` (a second wake-up, such as a
+    /// worker's DNS answers) is signalled, or `timeout` passes (`None`: no deadline).
+    /// Interrupted sleeps return with nothing ready. `woken` says whether `wake` was
+    /// signalled; the `bool` whether `also` was.
+    pub fn wait(
+        &self,
+        wake: &WakeFd,
+        also: Option<&WakeFd>,
+        timeout: Option<Duration>,
+    ) -> io::Result<(Readiness, bool)> {
+        let pollin = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Without `also`, its slot is a negative fd, which poll ignores.
         let mut fds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            pollin(self.fd.as_raw_fd()),
+            pollin(wake.fd.as_raw_fd()),
+            pollin(also.map_or(-1, |w| w.fd.as_raw_fd())),
         ];
         let ms: libc::c_int = match timeout {
             None => -1,
             // Round up so a deadline 0.3 ms away does not spin.
             Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
         };
-        // SAFETY: `fds` is an array of two initialised pollfd that outlives the call.
+        // SAFETY: `fds` is an array of three initialised pollfd that outlives the call.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(Readiness {
+                let none = Readiness {
                     readable: false,
                     woken: false,
-                });
+                };
+                return Ok((none, false));
             }
             return Err(e);
         }
@@ -402,10 +409,11 @@ impl TunQueue {
         if fds[0].revents & bad != 0 && fds[0].revents & libc::POLLIN == 0 {
             return Err(io::Error::other("TUN queue reported an error or hang-up"));
         }
-        Ok(Readiness {
+        let r = Readiness {
             readable: fds[0].revents & libc::POLLIN != 0,
             woken: fds[1].revents & libc::POLLIN != 0,
-        })
+        };
+        Ok((r, fds[2].revents & libc::POLLIN != 0))
     }
 }
 
@@ -453,61 +461,6 @@ impl WakeFd {
         // SAFETY: reads at most 8 bytes into `v`, which outlives the call; the fd is
         // non-blocking, so an unsignalled fd returns EAGAIN at once.
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-}
-
-impl TunQueue {
-    /// [`TunQueue::wait`] with a second wake-up fd; `woken` says whether either was signalled,
-    /// `second` whether the second one was.
-    pub fn wait_two(
-        &self,
-        wake: &WakeFd,
-        second: &WakeFd,
-        timeout: Option<Duration>,
-    ) -> io::Result<(Readiness, bool)> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: second.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms: libc::c_int = match timeout {
-            None => -1,
-            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
-        };
-        // SAFETY: `fds` is an array of three initialised pollfd that outlives the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                let none = Readiness {
-                    readable: false,
-                    woken: false,
-                };
-                return Ok((none, false));
-            }
-            return Err(e);
-        }
-        let bad = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
-        if fds[0].revents & bad != 0 && fds[0].revents & libc::POLLIN == 0 {
-            return Err(io::Error::other("TUN queue reported an error or hang-up"));
-        }
-        let r = Readiness {
-            readable: fds[0].revents & libc::POLLIN != 0,
-            woken: fds[1].revents & libc::POLLIN != 0,
-        };
-        Ok((r, fds[2].revents & libc::POLLIN != 0))
     }
 }
 
