@@ -10,7 +10,7 @@ use policy_engine::{Action, PolicyStore, RuleRef, Verdict};
 use crate::record::{Metadata, Reason};
 
 use super::records::ClockAnchor;
-use super::state::{Flow, Phase};
+use super::state::{Flow, Inspect, Phase};
 use super::timer::DeadlineQueue;
 use super::{PipelineConfig, PipelineStats};
 
@@ -37,6 +37,15 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// A fresh inspection of `flow`'s client bytes, within the per-flow bound on held bytes
+    /// (with a STARTTLS follower on a mail port).
+    pub(super) fn tcp_inspect(&self, flow: &Flow) -> Box<Inspect> {
+        Box::new(Inspect::tcp(
+            self.config.max_held_bytes_per_flow,
+            flow.server.port(),
+        ))
+    }
+
     /// Whether a verdict is recorded.
     pub(super) fn must_log(&self, v: &Verdict) -> bool {
         // Denies, rules with `log = true`, anything not enforced (log-only, watch rules) and the

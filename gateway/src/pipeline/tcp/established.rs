@@ -20,7 +20,7 @@ use crate::record::Reason;
 use crate::wire::{ChecksumStatus, ParsedPacket, RstTarget, TcpFlowSeq, TcpSegment};
 
 use crate::pipeline::name;
-use crate::pipeline::state::{seq_gt, Flow, Inspect, Phase, RstSeen};
+use crate::pipeline::state::{seq_gt, Flow, Phase, RstSeen};
 use crate::pipeline::tcp::midstream::anchor;
 use crate::pipeline::{Disposition, DropReason, Output, PacketMeta, Shared};
 
@@ -147,10 +147,7 @@ impl Shared {
                 // The connection is gone: free what it held; anything the client sends on these
                 // ports again is inspected from scratch.
                 self.drop_inspect(flow);
-                flow.inspect = Some(Box::new(Inspect::tcp(
-                    self.config.max_held_bytes_per_flow,
-                    flow.server.port(),
-                )));
+                flow.inspect = Some(self.tcp_inspect(flow));
                 // Still seen, but no longer taken as the end of the connection.
                 flow.tcp.rst = RstSeen::Any;
             }

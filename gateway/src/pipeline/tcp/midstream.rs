@@ -178,10 +178,7 @@ impl Pipeline {
             ),
             SynDecision::NeedsName => {
                 flow.phase = Phase::Inspecting;
-                flow.inspect = Some(Box::new(Inspect::tcp(
-                    self.shared.config.max_held_bytes_per_flow,
-                    flow.server.port(),
-                )));
+                flow.inspect = Some(self.shared.tcp_inspect(flow));
                 Disposition::Forward
             }
         };

@@ -95,10 +95,7 @@ impl Pipeline {
                 .syn_data_decides(now, flow, &found, seg, policy, out),
             (SynDecision::NeedsName, None) => {
                 flow.phase = Phase::Inspecting;
-                flow.inspect = Some(Box::new(Inspect::tcp(
-                    self.shared.config.max_held_bytes_per_flow,
-                    flow.server.port(),
-                )));
+                flow.inspect = Some(self.shared.tcp_inspect(flow));
                 Disposition::Forward
             }
         };
