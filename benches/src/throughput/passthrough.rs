@@ -183,7 +183,7 @@ fn forward(
         if last.elapsed() < busy_poll {
             std::thread::yield_now();
         } else {
-            q.wait(wake, Some(IDLE_TICK))?;
+            q.wait(wake, None, Some(IDLE_TICK))?;
         }
     }
     frames.fetch_add(count, Ordering::Relaxed);
