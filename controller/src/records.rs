@@ -164,29 +164,19 @@ pub fn flow_of(json: &str) -> Option<(policy_engine::least::flows::Flow, bool)> 
     if NOT_POLICY.contains(&r.reason.as_str()) {
         return None;
     }
-    let transport = policy_engine::Transport::from_protocol_number(r.connection_info.protocol_num);
     let raw = r
         .tls
         .map(|t| t.sni)
         .or(r.http.map(|h| h.sni))
         .or(r.dst_endpoint.hostname);
-    let name = raw.and_then(|n| {
-        policy_engine::normalize_name(&n)
-            .ok()
-            .map(std::borrow::Cow::into_owned)
-    });
     Some((
-        policy_engine::least::flows::Flow {
-            src: r.src_endpoint.ip,
-            dst: r.dst_endpoint.ip,
-            transport,
-            dst_port: if transport.has_ports() {
-                r.dst_endpoint.port
-            } else {
-                0
-            },
-            name,
-        },
+        policy_engine::least::flows::Flow::from_record(
+            r.src_endpoint.ip,
+            r.dst_endpoint.ip,
+            r.connection_info.protocol_num,
+            r.dst_endpoint.port,
+            raw.as_deref(),
+        ),
         r.disposition == "Blocked",
     ))
 }

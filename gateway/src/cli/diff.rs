@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use policy_engine::compile;
 use policy_engine::least::flows::{name_probe, Bucket, Change, Flow, FlowDiff, Totals};
-use policy_engine::{compile, normalize_name, Transport};
 use serde::Deserialize;
 
 use super::replay::{replay_to, ReplayOptions};
@@ -122,10 +122,6 @@ fn not_a_policy_decision(reason: Reason) -> bool {
     )
 }
 
-fn name_of(raw: Option<&str>) -> Option<String> {
-    raw.and_then(|n| normalize_name(n).ok().map(|n| n.into_owned()))
-}
-
 /// The flow of one record line; `Ok(None)` for a record that is not a decision (a flow end)
 /// or not a policy decision.
 pub fn flow_of_line(line: &str) -> Result<Option<Flow>, String> {
@@ -145,36 +141,26 @@ pub fn flow_of_line(line: &str) -> Result<Option<Flow>, String> {
         .map(|t| t.sni.as_str())
         .or(r.http.as_ref().map(|h| h.host.as_str()))
         .or(r.dst_endpoint.hostname.as_deref());
-    let transport = Transport::from_protocol_number(r.connection_info.protocol_num);
-    Ok(Some(Flow {
-        src: r.src_endpoint.ip,
-        dst: r.dst_endpoint.ip,
-        transport,
-        dst_port: if transport.has_ports() {
-            r.dst_endpoint.port
-        } else {
-            0
-        },
-        name: name_of(raw),
-    }))
+    Ok(Some(Flow::from_record(
+        r.src_endpoint.ip,
+        r.dst_endpoint.ip,
+        r.connection_info.protocol_num,
+        r.dst_endpoint.port,
+        raw,
+    )))
 }
 
 fn flow_of_record(r: &DecisionRecord) -> Option<Flow> {
     if r.is_flow_end() || not_a_policy_decision(r.reason) {
         return None;
     }
-    let transport = Transport::from_protocol_number(r.connection_info.protocol_num);
-    Some(Flow {
-        src: r.src_endpoint.ip,
-        dst: r.dst_endpoint.ip,
-        transport,
-        dst_port: if transport.has_ports() {
-            r.dst_endpoint.port
-        } else {
-            0
-        },
-        name: name_of(r.name().or(r.dst_endpoint.hostname.as_deref())),
-    })
+    Some(Flow::from_record(
+        r.src_endpoint.ip,
+        r.dst_endpoint.ip,
+        r.connection_info.protocol_num,
+        r.dst_endpoint.port,
+        r.name().or(r.dst_endpoint.hostname.as_deref()),
+    ))
 }
 
 /// Reads one records file into `add`, line by line; `Err` names the file and line.

@@ -41,6 +41,26 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The flow a decision record describes: its addresses, IP protocol number, destination
+    /// port (kept only for transports with ports) and the name it saw, normalised (a name that
+    /// does not normalise counts as none).
+    pub fn from_record(
+        src: IpAddr,
+        dst: IpAddr,
+        protocol_num: u8,
+        dst_port: u16,
+        name: Option<&str>,
+    ) -> Flow {
+        let transport = Transport::from_protocol_number(protocol_num);
+        Flow {
+            src,
+            dst,
+            transport,
+            dst_port: if transport.has_ports() { dst_port } else { 0 },
+            name: name.and_then(|n| crate::normalize_name(n).ok().map(|n| n.into_owned())),
+        }
+    }
+
     fn query(&self) -> Query<'_> {
         Query {
             src: self.src,
