@@ -12,13 +12,12 @@
 //! Server paths: `/` answers a short text naming the server name the client asked for;
 //! `/bytes/N` answers N bytes (at most [`MAX_BODY`]) following [`super::body_byte`].
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,6 +27,7 @@ use quinn::{AsyncUdpSocket, TokioRuntime, UdpPoller};
 
 use super::clients::Outcome;
 use super::pki::Pki;
+use super::servers::RecentLog;
 use super::{body_byte, body_matches, LabError};
 use crate::netns;
 
@@ -37,7 +37,6 @@ pub const ALPN_H3: &[u8] = b"h3";
 pub const MAX_BODY: u64 = 16 << 20;
 /// Connections served at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 256;
-const SERVED_LOG: usize = 1024;
 /// How long the server keeps an idle connection.
 const SERVER_IDLE: Duration = Duration::from_secs(10);
 
@@ -61,26 +60,17 @@ pub struct QuicStats {
     pub handshake_failures: AtomicU64,
     pub requests: AtomicU64,
     pub refused_over_limit: AtomicU64,
-    served: Mutex<VecDeque<QuicServed>>,
+    served: RecentLog<QuicServed, 1024>,
 }
 
 impl QuicStats {
     /// The last requests answered (at most 1024), oldest first.
     pub fn served(&self) -> Vec<QuicServed> {
-        self.served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.served.entries()
     }
 
     fn push(&self, s: QuicServed) {
-        let mut q = self.served.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == SERVED_LOG {
-            q.pop_front();
-        }
-        q.push_back(s);
+        self.served.push(s);
     }
 }
 

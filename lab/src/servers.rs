@@ -38,7 +38,6 @@ pub const STREAM_MAX: Duration = Duration::from_secs(120);
 pub const MAX_CONNECTIONS: usize = 2048;
 const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const SERVED_LOG: usize = 4096;
 
 /// Ports the servers listen on.
 #[derive(Debug, Clone)]
@@ -81,26 +80,47 @@ pub struct ServerStats {
     pub requests: AtomicU64,
     pub udp_datagrams: AtomicU64,
     pub refused_over_limit: AtomicU64,
-    served: Mutex<VecDeque<Served>>,
+    served: RecentLog<Served, 4096>,
 }
 
 impl ServerStats {
     /// The last responses (at most 4096), oldest first.
     pub fn served(&self) -> Vec<Served> {
-        self.served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.served.entries()
     }
 
     fn push(&self, s: Served) {
-        let mut q = self.served.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == SERVED_LOG {
+        self.served.push(s);
+    }
+}
+
+/// The last `N` entries pushed, shared between a server's tasks and the test reading them.
+#[derive(Debug)]
+pub(crate) struct RecentLog<T, const N: usize>(Mutex<VecDeque<T>>);
+
+impl<T, const N: usize> Default for RecentLog<T, N> {
+    fn default() -> Self {
+        RecentLog(Mutex::new(VecDeque::new()))
+    }
+}
+
+impl<T: Clone, const N: usize> RecentLog<T, N> {
+    /// What is kept, oldest first.
+    pub(crate) fn entries(&self) -> Vec<T> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// Appends `entry`, dropping the oldest past `N`.
+    pub(crate) fn push(&self, entry: T) {
+        let mut q = self.lock();
+        if q.len() == N {
             q.pop_front();
         }
-        q.push_back(s);
+        q.push_back(entry);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
