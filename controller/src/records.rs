@@ -150,18 +150,7 @@ pub fn flow_of(json: &str) -> Option<(policy_engine::least::flows::Flow, bool)> 
     if !matches!(r.activity_id, 1 | 5) {
         return None;
     }
-    const NOT_POLICY: [&str; 9] = [
-        "inspect_timeout",
-        "inspect_overflow",
-        "memory_pressure",
-        "flow_limit",
-        "midstream",
-        "ambiguous_overlap",
-        "policy_update",
-        "fragmented_header",
-        "bad_checksum",
-    ];
-    if NOT_POLICY.contains(&r.reason.as_str()) {
+    if policy_engine::least::flows::NOT_A_POLICY_DECISION.contains(&r.reason.as_str()) {
         return None;
     }
     let raw = r

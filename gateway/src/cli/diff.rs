@@ -104,9 +104,9 @@ struct Host {
     host: String,
 }
 
-/// Records that do not describe a policy decision of their own: a bound or an evasion defence
-/// decided (the same under any policy), or a later event of a flow that already has its
-/// decision record (a cut after a policy swap).
+/// Records that do not describe a policy decision of their own: the reasons of
+/// [`policy_engine::least::flows::NOT_A_POLICY_DECISION`], matched on the enum (a test holds
+/// the two to each other).
 fn not_a_policy_decision(reason: Reason) -> bool {
     matches!(
         reason,
@@ -363,4 +363,22 @@ pub fn print_table(
         totals.unchanged,
         skipped
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reasons_left_out_are_the_policy_engines() {
+        let here: Vec<String> = Reason::KNOWN
+            .into_iter()
+            .filter(|r| not_a_policy_decision(*r))
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            here,
+            policy_engine::least::flows::NOT_A_POLICY_DECISION.map(str::to_owned)
+        );
+    }
 }

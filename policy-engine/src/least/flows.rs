@@ -25,6 +25,22 @@ use crate::model::{
     Action, DstGroup, DstSpec, Mode, Policy, Rule, SniDnsCheck, SrcSpec, Transport,
 };
 
+/// The decision-record reasons (`reason` of the log schema) that do not describe a policy
+/// decision of their own: a bound or an evasion defence decided (the same under any policy), or
+/// a later event of a flow that already has its decision record (a cut after a policy swap).
+/// Records with these reasons are left out when flows are read back from records.
+pub const NOT_A_POLICY_DECISION: [&str; 9] = [
+    "inspect_timeout",
+    "inspect_overflow",
+    "memory_pressure",
+    "flow_limit",
+    "policy_update",
+    "midstream",
+    "ambiguous_overlap",
+    "fragmented_header",
+    "bad_checksum",
+];
+
 /// One observed connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Flow {
